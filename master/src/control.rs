@@ -1,0 +1,222 @@
+//! `cohort.v1.Control`: the operator API (grpcurl, scripts). Reads come from
+//! the registry; `Send` routes like a member would, as sender `control`.
+
+use crate::json;
+use crate::registry::Registry;
+use cohort_proto::pb;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+/// How long `Send` with `expect_reply` waits when the caller names no timeout.
+pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Control service.
+pub struct ControlService {
+    registry: Arc<Registry>,
+    listen_addr: SocketAddr,
+    started: Instant,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    expect: (u32, u32),
+}
+
+impl ControlService {
+    /// A service over `registry`; `shutdown` is what `Control/Shutdown` cancels.
+    pub fn new(
+        registry: Arc<Registry>,
+        listen_addr: SocketAddr,
+        expect: (u32, u32),
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ControlService {
+            registry,
+            listen_addr,
+            started: Instant::now(),
+            tasks,
+            shutdown,
+            expect,
+        }
+    }
+}
+
+fn needs_supervision(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} needs local supervision, which this master version does not do yet; \
+         restart or scale members with their own supervisor (systemd, Kubernetes)"
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn list_members(
+        &self,
+        _: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Ok(Response::new(pb::ListMembersResponse {
+            members: self.registry.list(),
+        }))
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::MemberInfo>, Status> {
+        let member = request.into_inner().member;
+        if member.is_empty() {
+            return Err(Status::invalid_argument(
+                "member is empty: give a name, an instance id or pid@host",
+            ));
+        }
+        self.registry.get(&member).map(Response::new)
+    }
+
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let req = request.into_inner();
+        let data = match &req.json {
+            Some(v) => json::to_json(v).to_string().into_bytes().into(),
+            None => req.data,
+        };
+        let timeout = match req.timeout_ms {
+            0 => DEFAULT_CONTROL_TIMEOUT,
+            t => Duration::from_millis(u64::from(t)),
+        };
+        let env = pb::Envelope {
+            id: uuid::Uuid::new_v4().to_string(),
+            action: req.action,
+            data,
+            target: req.target,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        let (delivered, reply) =
+            self.registry
+                .control_send(env, req.expect_reply, Instant::now().into_std())?;
+        let Some(rx) = reply else {
+            return Ok(Response::new(pb::SendResponse {
+                delivered,
+                ..Default::default()
+            }));
+        };
+        let reply = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(env)) => env,
+            Ok(Err(_)) | Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no reply within {} ms; raise timeout_ms or check the receiver handles this action",
+                    timeout.as_millis()
+                )));
+            }
+        };
+        Ok(Response::new(pb::SendResponse {
+            delivered,
+            reply_json: json::from_json_bytes(&reply.data),
+            reply: Some(reply),
+        }))
+    }
+
+    async fn scale(
+        &self,
+        _: Request<pb::ScaleRequest>,
+    ) -> Result<Response<pb::ScaleResponse>, Status> {
+        Err(needs_supervision("Scale"))
+    }
+
+    async fn restart(
+        &self,
+        _: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::RestartResponse>, Status> {
+        Err(needs_supervision("Restart"))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let member = request.into_inner().member;
+        self.registry.drain(&member, Instant::now().into_std())?;
+        Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        tracing::info!("shutdown requested through Control/Shutdown");
+        self.shutdown.cancel();
+        Ok(Response::new(pb::ShutdownResponse {}))
+    }
+
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let (current, mut events) = self.registry.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            for ev in current {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    ev = events.recv() => ev,
+                };
+                let item = match ev {
+                    Ok(ev) => Ok(ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Err(Status::resource_exhausted(
+                        format!("this watcher fell {n} events behind; call WatchEvents again"),
+                    )),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cluster_info(
+        &self,
+        _: Request<pb::ClusterInfoRequest>,
+    ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+        let summary = self.registry.summary();
+        Ok(Response::new(pb::ClusterInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            listen_addr: self.listen_addr.to_string(),
+            counts: summary
+                .counts
+                .into_iter()
+                .map(|(role, state, count)| pb::StateCount {
+                    role: role.into(),
+                    state: state as i32,
+                    count,
+                })
+                .collect(),
+            cluster_ready: summary.cluster_ready,
+            listeners: Vec::new(),
+            expected_agents: self.expect.0,
+            expected_workers: self.expect.1,
+        }))
+    }
+}

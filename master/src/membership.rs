@@ -1,0 +1,128 @@
+//! `cohort.v1.Membership/Join`: one bidirectional stream per member. The
+//! handler waits for `hello`, registers the member, and hands each later
+//! frame to the registry from one reader task, which keeps that member's
+//! sends in order.
+
+use crate::outbound::OutboundStream;
+use crate::registry::Registry;
+use cohort_proto::pb::{self, member_frame::Kind as In};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// How long a new stream may take to send its `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Membership service.
+pub struct MembershipService {
+    registry: Arc<Registry>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl MembershipService {
+    /// A service over `registry`; reader tasks are tracked by `tasks` and
+    /// stop on `shutdown`.
+    pub fn new(registry: Arc<Registry>, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        MembershipService {
+            registry,
+            tasks,
+            shutdown,
+        }
+    }
+}
+
+fn frame_name(kind: &In) -> &'static str {
+    match kind {
+        In::Hello(_) => "hello",
+        In::Heartbeat(_) => "heartbeat",
+        In::Ready(_) => "ready",
+        In::Send(_) => "send",
+        In::Request(_) => "request",
+        In::Reply(_) => "reply",
+        In::Leaving(_) => "leaving",
+        In::SendBatch(_) => "send_batch",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::membership_server::Membership for MembershipService {
+    type JoinStream = OutboundStream;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<pb::MemberFrame>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("no hello within 10 s: send hello as the first frame")
+            })??;
+        let hello = match first.and_then(|f| f.kind) {
+            Some(In::Hello(h)) => h,
+            Some(other) => {
+                return Err(Status::failed_precondition(format!(
+                    "the first frame of a Join stream must be hello, not {}",
+                    frame_name(&other)
+                )));
+            }
+            None => {
+                return Err(Status::failed_precondition(
+                    "the stream ended or sent an empty frame before hello",
+                ));
+            }
+        };
+        let joined = self.registry.register(hello, Instant::now().into_std())?;
+        let span = tracing::info_span!("member", member.name = %joined.name, peer.addr = %peer);
+        let registry = self.registry.clone();
+        let shutdown = self.shutdown.clone();
+        let (instance, cancel) = (joined.instance_id, joined.cancel);
+        self.tasks.spawn(
+            async move {
+                loop {
+                    let msg = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = shutdown.cancelled() => break,
+                        msg = inbound.message() => msg,
+                    };
+                    let now = Instant::now().into_std();
+                    match msg {
+                        Ok(Some(pb::MemberFrame { kind: Some(kind) })) => {
+                            if let Err(status) = registry.on_frame(&instance, kind, now) {
+                                tracing::warn!(error = %status.message(), "closing member stream");
+                                registry.disconnect(&instance, status, now);
+                                break;
+                            }
+                        }
+                        Ok(Some(_)) => {} // an empty frame carries nothing
+                        Ok(None) => {
+                            registry.disconnect(
+                                &instance,
+                                Status::unavailable("stream closed"),
+                                now,
+                            );
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(error = %status.message(), "member stream failed");
+                            let reason = format!("stream failed: {}", status.message());
+                            registry.disconnect(&instance, Status::new(status.code(), reason), now);
+                            break;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(joined.stream))
+    }
+}

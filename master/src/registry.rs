@@ -1,0 +1,914 @@
+//! The registry owns the cluster's membership and routes every envelope.
+//!
+//! One mutex guards the whole state; every critical section is short and
+//! never awaits: routing only resolves targets and pushes into the members'
+//! bounded outbound queues ([`crate::outbound`]), so a slow member loses
+//! messages (counted) instead of slowing the sender. Per-sender FIFO follows
+//! from each member's frames being handled in order by one task and pushed
+//! into FIFO queues.
+
+use crate::config::{Expect, HealthConfig, MessagingConfig};
+use crate::outbound::{self, OutboundStream, OutboundTx, PushError};
+use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
+use cohort_proto::{MemberName, Role, Target};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+/// How long a request waits for its reply when the sender names no timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The `from` of envelopes sent through `Control/Send`.
+pub const CONTROL_SENDER: &str = "control";
+
+/// The registry's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct RegistryConfig {
+    /// Heartbeat timings.
+    pub health: HealthConfig,
+    /// Queue sizes.
+    pub messaging: MessagingConfig,
+    /// Members to wait for before ClusterReady.
+    pub expect: Expect,
+}
+
+/// Where a member is in its life, as far as the registry knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Presence {
+    /// Said hello, not ready yet.
+    Joined,
+    /// Takes work.
+    Ready,
+    /// Finishing its work before it leaves.
+    Draining,
+}
+
+/// One connected member.
+struct Member {
+    name: MemberName,
+    instance_id: String,
+    role: Role,
+    presence: Presence,
+    suspect: bool,
+    pid: u32,
+    host: String,
+    labels: HashMap<String, String>,
+    version: String,
+    started_at_ms: u64,
+    cpu_percent: f32,
+    rss_bytes: u64,
+    last_seen: Instant,
+    dropped: u64,
+    overflow_since: Option<Instant>,
+    outbound: OutboundTx,
+    cancel: CancellationToken,
+}
+
+impl Member {
+    fn info(&self) -> pb::MemberInfo {
+        let state = match (self.suspect, self.presence) {
+            (true, _) => pb::MemberState::Suspect,
+            (false, Presence::Joined) => pb::MemberState::Joined,
+            (false, Presence::Ready) => pb::MemberState::Ready,
+            (false, Presence::Draining) => pb::MemberState::Draining,
+        };
+        pb::MemberInfo {
+            name: self.name.to_string(),
+            instance_id: self.instance_id.clone(),
+            role: self.role.into(),
+            state: state as i32,
+            pid: self.pid,
+            host: self.host.clone(),
+            local: false,
+            restarts: 0,
+            started_at: self.started_at_ms,
+            cpu_percent: self.cpu_percent,
+            rss_bytes: self.rss_bytes,
+            labels: self.labels.clone(),
+            version: self.version.clone(),
+            dropped_messages: self.dropped,
+        }
+    }
+
+    /// Queues a frame; a full queue counts a drop and starts the
+    /// slow-consumer clock.
+    fn push(&mut self, frame: pb::MasterFrame, now: Instant) -> Result<(), PushError> {
+        let r = self.outbound.push(frame);
+        match r {
+            Ok(()) => self.overflow_since = None,
+            Err(PushError::Full) => {
+                self.dropped += 1;
+                self.overflow_since.get_or_insert(now);
+            }
+            Err(PushError::Closed) => {}
+        }
+        r
+    }
+
+    fn push_result(&mut self, id: String, status: Result<u32, Status>, now: Instant) {
+        let (code, message, delivered) = match status {
+            Ok(n) => (Code::Ok, String::new(), n),
+            Err(s) => (s.code(), s.message().to_string(), 0),
+        };
+        let frame = frame(Out::SendResult(pb::SendResult {
+            id,
+            code: code as i32,
+            message,
+            delivered,
+        }));
+        // A result that does not fit is one more counted drop.
+        let _ = self.push(frame, now);
+    }
+}
+
+fn frame(kind: Out) -> pb::MasterFrame {
+    pb::MasterFrame { kind: Some(kind) }
+}
+
+/// Who waits for a reply.
+pub enum Requester {
+    /// A member, by instance id.
+    Member(String),
+    /// A `Control/Send` call.
+    Control(oneshot::Sender<pb::Envelope>),
+}
+
+struct Pending {
+    requester: Requester,
+    original_id: String,
+    deadline: Instant,
+}
+
+struct Held {
+    sender: String,
+    request: bool,
+    envelope: pb::Envelope,
+}
+
+struct State {
+    members: BTreeMap<MemberName, Member>,
+    by_instance: HashMap<String, MemberName>,
+    last_random: HashMap<Role, MemberName>,
+    cluster_ready: bool,
+    held: VecDeque<Held>,
+    pending: HashMap<String, Pending>,
+    next_request: u64,
+}
+
+/// A registered member's stream: what the Join handler needs.
+pub struct Joined {
+    /// The member's new instance id.
+    pub instance_id: String,
+    /// Its (possibly assigned) name.
+    pub name: MemberName,
+    /// Frames for the member, welcome first.
+    pub stream: OutboundStream,
+    /// Cancelled when the registry evicts the member.
+    pub cancel: CancellationToken,
+}
+
+/// Counts by role and state, for `ClusterInfo`.
+pub struct Summary {
+    /// `(role, state, count)`.
+    pub counts: Vec<(Role, pb::MemberState, u32)>,
+    /// Whether ClusterReady was announced.
+    pub cluster_ready: bool,
+}
+
+/// The cluster's membership and router. Cheap to share behind an `Arc`.
+pub struct Registry {
+    state: Mutex<State>,
+    events: broadcast::Sender<pb::ClusterEvent>,
+    ready_tx: watch::Sender<bool>,
+    cfg: RegistryConfig,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn event(kind: pb::EventKind, member: Option<pb::MemberInfo>, reason: &str) -> pb::ClusterEvent {
+    pb::ClusterEvent {
+        kind: kind as i32,
+        member,
+        at: now_ms(),
+        reason: reason.to_string(),
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Registry {
+    /// An empty registry. ClusterReady is announced at once when nothing is
+    /// expected.
+    pub fn new(cfg: RegistryConfig) -> Registry {
+        let (events, _) = broadcast::channel(1024);
+        let ready = cfg.expect.agents == 0 && cfg.expect.workers == 0;
+        let (ready_tx, _) = watch::channel(ready);
+        Registry {
+            state: Mutex::new(State {
+                members: BTreeMap::new(),
+                by_instance: HashMap::new(),
+                last_random: HashMap::new(),
+                cluster_ready: ready,
+                held: VecDeque::new(),
+                pending: HashMap::new(),
+                next_request: 0,
+            }),
+            events,
+            ready_tx,
+            cfg,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than stopping routing would.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches whether ClusterReady has been announced.
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+
+    /// The settings members must follow.
+    pub fn settings(&self) -> pb::Settings {
+        pb::Settings {
+            heartbeat_interval_ms: ms(self.cfg.health.heartbeat_interval),
+            suspect_after_ms: ms(self.cfg.health.suspect_after),
+            dead_after_ms: ms(self.cfg.health.dead_after),
+            max_message_bytes: u32::try_from(cohort_proto::MAX_MESSAGE_BYTES).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Registers a member from its hello.
+    pub fn register(&self, hello: pb::Hello, now: Instant) -> Result<Joined, Status> {
+        let role = Role::try_from(hello.role)
+            .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
+        let mut st = self.lock();
+        let name = if hello.name.is_empty() {
+            st.free_name(role)
+        } else {
+            MemberName::parse(hello.name).map_err(Status::invalid_argument)?
+        };
+        if let Some(old) = st.members.get(&name) {
+            if !old.suspect {
+                return Err(Status::already_exists(format!(
+                    "member name {name} is taken by a live member (instance {}); pick another name or stop that member first",
+                    old.instance_id
+                )));
+            }
+            self.evict(
+                &mut st,
+                &name,
+                "replaced by a new instance of the same name",
+                now,
+            );
+        }
+        if role == Role::Agent {
+            if let Some(agent) = st
+                .members
+                .values()
+                .find(|m| m.role == Role::Agent && !m.suspect)
+            {
+                return Err(Status::already_exists(format!(
+                    "the cluster already has a live agent ({}); a cluster runs at most one",
+                    agent.name
+                )));
+            }
+        }
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let m_cfg = self.cfg.messaging;
+        let (outbound, stream) = outbound::channel(
+            m_cfg.queue_messages,
+            m_cfg.queue_bytes,
+            hello.accepts_batches,
+        );
+        let cancel = CancellationToken::new();
+        let member = Member {
+            name: name.clone(),
+            instance_id: instance_id.clone(),
+            role,
+            presence: Presence::Joined,
+            suspect: false,
+            pid: hello.pid,
+            host: hello.host,
+            labels: hello.labels,
+            version: hello.version,
+            started_at_ms: now_ms(),
+            cpu_percent: 0.0,
+            rss_bytes: 0,
+            last_seen: now,
+            dropped: 0,
+            overflow_since: None,
+            outbound,
+            cancel: cancel.clone(),
+        };
+        let info = member.info();
+        let welcome = pb::Welcome {
+            name: name.to_string(),
+            instance_id: instance_id.clone(),
+            settings: Some(self.settings()),
+            members: st.members.values().map(Member::info).collect(),
+            cluster_ready: st.cluster_ready,
+        };
+        // The queue is empty: the welcome always fits.
+        let _ = member.outbound.push(frame(Out::Welcome(welcome)));
+        self.publish(&mut st, event(pb::EventKind::Joined, Some(info), ""), now);
+        st.by_instance.insert(instance_id.clone(), name.clone());
+        st.members.insert(name.clone(), member);
+        tracing::info!(member.name = %name, member.role = %role, instance = %instance_id, "member joined");
+        Ok(Joined {
+            instance_id,
+            name,
+            stream,
+            cancel,
+        })
+    }
+
+    /// Handles one frame from a member's stream. An error ends that stream.
+    pub fn on_frame(&self, instance: &str, kind: In, now: Instant) -> Result<(), Status> {
+        let mut st = self.lock();
+        let Some(name) = st.by_instance.get(instance).cloned() else {
+            return Err(Status::unavailable(
+                "this member was evicted; reconnect and join again",
+            ));
+        };
+        let recovered = match st.members.get_mut(&name) {
+            Some(m) => {
+                m.last_seen = now;
+                std::mem::replace(&mut m.suspect, false)
+            }
+            None => {
+                return Err(Status::unavailable(
+                    "this member was evicted; reconnect and join again",
+                ));
+            }
+        };
+        if recovered {
+            let info = st.members.get(&name).map(Member::info);
+            tracing::info!(member.name = %name, "suspect member heard from again");
+            self.publish(&mut st, event(pb::EventKind::Recovered, info, ""), now);
+        }
+        match kind {
+            In::Hello(_) => {
+                return Err(Status::failed_precondition(
+                    "hello may only be the first frame of a Join stream",
+                ));
+            }
+            In::Heartbeat(hb) => {
+                if let Some(m) = st.members.get_mut(&name) {
+                    m.cpu_percent = hb.cpu_percent;
+                    m.rss_bytes = hb.rss_bytes;
+                    let _ = m.push(
+                        frame(Out::HeartbeatAck(pb::HeartbeatAck { seq: hb.seq })),
+                        now,
+                    );
+                }
+            }
+            In::Ready(_) => {
+                let info = st.members.get_mut(&name).and_then(|m| {
+                    (m.presence == Presence::Joined).then(|| {
+                        m.presence = Presence::Ready;
+                        m.info()
+                    })
+                });
+                if let Some(info) = info {
+                    tracing::info!(member.name = %name, "member ready");
+                    self.publish(&mut st, event(pb::EventKind::Ready, Some(info), ""), now);
+                    self.check_cluster_ready(&mut st, now);
+                }
+            }
+            In::Leaving(l) => {
+                if let Some(m) = st.members.get_mut(&name) {
+                    m.presence = Presence::Draining;
+                    let info = m.info();
+                    tracing::info!(member.name = %name, replace = l.replace, reason = %l.reason, "member leaving");
+                    self.publish(
+                        &mut st,
+                        event(pb::EventKind::Draining, Some(info), &l.reason),
+                        now,
+                    );
+                }
+            }
+            In::Send(env) => self.accept(&mut st, &name, env, false, now),
+            In::Request(env) => self.accept(&mut st, &name, env, true, now),
+            In::SendBatch(batch) => {
+                for env in batch.envelopes {
+                    self.accept(&mut st, &name, env, false, now);
+                }
+            }
+            In::Reply(env) => self.reply(&mut st, &name, env, now),
+        }
+        Ok(())
+    }
+
+    /// Takes a send or request from a member: held before ClusterReady,
+    /// routed after it.
+    fn accept(
+        &self,
+        st: &mut State,
+        sender: &MemberName,
+        env: pb::Envelope,
+        request: bool,
+        now: Instant,
+    ) {
+        if st.cluster_ready {
+            self.dispatch(st, sender, env, request, now);
+            return;
+        }
+        if st.held.len() >= self.cfg.messaging.held_messages {
+            let status = Status::resource_exhausted(format!(
+                "{} messages are already held until the cluster is ready; try again after ClusterReady",
+                st.held.len()
+            ));
+            if let Some(m) = st.members.get_mut(sender) {
+                m.push_result(env.id, Err(status), now);
+            }
+            return;
+        }
+        let instance = st
+            .members
+            .get(sender)
+            .map(|m| m.instance_id.clone())
+            .unwrap_or_default();
+        st.held.push_back(Held {
+            sender: instance,
+            request,
+            envelope: env,
+        });
+    }
+
+    fn dispatch(
+        &self,
+        st: &mut State,
+        sender: &MemberName,
+        env: pb::Envelope,
+        request: bool,
+        now: Instant,
+    ) {
+        let Some(instance) = st.members.get(sender).map(|m| m.instance_id.clone()) else {
+            return;
+        };
+        let (id, ack) = (env.id.clone(), env.ack);
+        let outcome = if request {
+            self.route_request(st, sender.as_str(), Requester::Member(instance), env, now)
+                .map(|()| None)
+        } else {
+            route(st, sender.as_str(), env, now).map(Some)
+        };
+        let result = match outcome {
+            Ok(Some(n)) if ack => Ok(n),
+            Ok(_) => return,
+            Err(status) => {
+                tracing::debug!(member.name = %sender, error = %status.message(), "send failed");
+                Err(status)
+            }
+        };
+        if let Some(m) = st.members.get_mut(sender) {
+            m.push_result(id, result, now);
+        }
+    }
+
+    fn route_request(
+        &self,
+        st: &mut State,
+        from: &str,
+        requester: Requester,
+        mut env: pb::Envelope,
+        now: Instant,
+    ) -> Result<(), Status> {
+        let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
+        if matches!(target, Target::All | Target::Role(_)) {
+            return Err(Status::invalid_argument(
+                "a request goes to one member: use target.member or target.random",
+            ));
+        }
+        if st.pending.len() >= self.cfg.messaging.pending_requests {
+            return Err(Status::resource_exhausted(format!(
+                "{} requests are already waiting for replies; retry later",
+                st.pending.len()
+            )));
+        }
+        st.next_request += 1;
+        let rid = format!("r{}", st.next_request);
+        let original_id = std::mem::replace(&mut env.id, rid.clone());
+        let timeout = match env.timeout_ms {
+            0 => DEFAULT_REQUEST_TIMEOUT,
+            t => Duration::from_millis(u64::from(t)),
+        };
+        env.expects_reply = true;
+        deliver(st, from, env, target, now)?;
+        st.pending.insert(
+            rid,
+            Pending {
+                requester,
+                original_id,
+                deadline: now + timeout,
+            },
+        );
+        Ok(())
+    }
+
+    fn reply(&self, st: &mut State, replier: &MemberName, mut env: pb::Envelope, now: Instant) {
+        let Some(p) = st.pending.remove(&env.reply_to) else {
+            let status = Status::not_found(format!(
+                "no request {:?} is waiting for a reply: it timed out or was answered already",
+                env.reply_to
+            ));
+            if let Some(m) = st.members.get_mut(replier) {
+                m.push_result(env.id, Err(status), now);
+            }
+            return;
+        };
+        env.from = replier.to_string();
+        env.reply_to = p.original_id;
+        env.target = None;
+        env.expects_reply = false;
+        match p.requester {
+            Requester::Control(tx) => {
+                // The Control caller may have given up; nothing else waits.
+                let _ = tx.send(env);
+            }
+            Requester::Member(instance) => {
+                let requester = st.by_instance.get(&instance).cloned();
+                match requester.and_then(|n| st.members.get_mut(&n)) {
+                    Some(m) => {
+                        let _ = m.push(frame(Out::Deliver(env)), now);
+                    }
+                    None => {
+                        if let Some(m) = st.members.get_mut(replier) {
+                            let status = Status::unavailable(
+                                "the requester has left; the reply was dropped",
+                            );
+                            m.push_result(env.id, Err(status), now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes an envelope from `Control/Send`. With a reply expected, the
+    /// returned receiver yields it.
+    pub fn control_send(
+        &self,
+        env: pb::Envelope,
+        expect_reply: bool,
+        now: Instant,
+    ) -> Result<(u32, Option<oneshot::Receiver<pb::Envelope>>), Status> {
+        let mut st = self.lock();
+        if expect_reply {
+            let (tx, rx) = oneshot::channel();
+            self.route_request(&mut st, CONTROL_SENDER, Requester::Control(tx), env, now)?;
+            Ok((1, Some(rx)))
+        } else {
+            route(&mut st, CONTROL_SENDER, env, now).map(|n| (n, None))
+        }
+    }
+
+    fn check_cluster_ready(&self, st: &mut State, now: Instant) {
+        if st.cluster_ready {
+            return;
+        }
+        let ready = |role| {
+            let n = st
+                .members
+                .values()
+                .filter(|m| m.role == role && m.presence == Presence::Ready)
+                .count();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
+        if ready(Role::Agent) < self.cfg.expect.agents
+            || ready(Role::Worker) < self.cfg.expect.workers
+        {
+            return;
+        }
+        st.cluster_ready = true;
+        tracing::info!(members = st.members.len(), "cluster ready");
+        for m in st.members.values_mut() {
+            let _ = m.push(frame(Out::ClusterReady(pb::ClusterReady {})), now);
+        }
+        self.publish(st, event(pb::EventKind::ClusterReady, None, ""), now);
+        self.ready_tx.send_replace(true);
+        while let Some(h) = st.held.pop_front() {
+            let sender = st.by_instance.get(&h.sender).cloned();
+            match sender {
+                Some(name) => self.dispatch(st, &name, h.envelope, h.request, now),
+                // The sender left while its message was held: route it
+                // anyway, under the name it had, as at-most-once allows.
+                None if !h.request => {
+                    let from = h.envelope.from.clone();
+                    let _ = route(st, &from, h.envelope, now);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Marks silent members SUSPECT, evicts the dead and the hopelessly slow,
+    /// and expires requests nobody answered.
+    pub fn sweep(&self, now: Instant) {
+        let mut st = self.lock();
+        let h = self.cfg.health;
+        let mut evict = Vec::new();
+        let mut suspects = Vec::new();
+        for m in st.members.values_mut() {
+            let silent = now.saturating_duration_since(m.last_seen);
+            if silent >= h.dead_after {
+                evict.push((
+                    m.name.clone(),
+                    format!("no heartbeat for {} ms", silent.as_millis()),
+                ));
+            } else if silent >= h.suspect_after && !m.suspect {
+                m.suspect = true;
+                suspects.push(m.info());
+            } else if let Some(since) = m.overflow_since {
+                if now.saturating_duration_since(since) >= self.cfg.messaging.slow_consumer_timeout
+                {
+                    evict.push((
+                        m.name.clone(),
+                        format!(
+                            "slow consumer: its queue stayed full for {} ms ({} messages dropped)",
+                            now.saturating_duration_since(since).as_millis(),
+                            m.dropped
+                        ),
+                    ));
+                }
+            }
+        }
+        for info in suspects {
+            tracing::warn!(member.name = %info.name, "member suspect: heartbeats missing");
+            self.publish(
+                &mut st,
+                event(pb::EventKind::Suspect, Some(info), "heartbeats missing"),
+                now,
+            );
+        }
+        for (name, reason) in evict {
+            self.evict(&mut st, &name, &reason, now);
+        }
+        let expired: Vec<String> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            let Some(p) = st.pending.remove(&key) else {
+                continue;
+            };
+            if let Requester::Member(instance) = p.requester {
+                let name = st.by_instance.get(&instance).cloned();
+                if let Some(m) = name.and_then(|n| st.members.get_mut(&n)) {
+                    let status =
+                        Status::deadline_exceeded("no reply before the request's deadline");
+                    m.push_result(p.original_id, Err(status), now);
+                }
+            }
+        }
+    }
+
+    /// Removes a member whose stream ended or broke the protocol, if it is
+    /// still this instance; `status` ends its stream.
+    pub fn disconnect(&self, instance: &str, status: Status, now: Instant) {
+        let mut st = self.lock();
+        if let Some(name) = st.by_instance.get(instance).cloned() {
+            self.remove(&mut st, &name, status, now);
+        }
+    }
+
+    fn evict(&self, st: &mut State, name: &MemberName, reason: &str, now: Instant) {
+        let status = Status::unavailable(format!("removed from the cluster: {reason}"));
+        self.remove(st, name, status, now);
+    }
+
+    /// Removes a member and ends its stream with `status`.
+    fn remove(&self, st: &mut State, name: &MemberName, status: Status, now: Instant) {
+        let Some(m) = st.members.remove(name) else {
+            return;
+        };
+        st.by_instance.remove(&m.instance_id);
+        m.cancel.cancel();
+        let mut info = m.info();
+        info.state = pb::MemberState::Gone as i32;
+        let reason = status.message().to_string();
+        tracing::info!(member.name = %name, instance = %m.instance_id, reason, "member left");
+        m.outbound.close_with(status);
+        self.publish(st, event(pb::EventKind::Left, Some(info), &reason), now);
+    }
+
+    /// Asks a member to drain.
+    pub fn drain(&self, member: &str, now: Instant) -> Result<(), Status> {
+        let mut st = self.lock();
+        let name = resolve_member(&st, member)?;
+        let Some(m) = st.members.get_mut(&name) else {
+            return Err(not_found(member));
+        };
+        m.presence = Presence::Draining;
+        let info = m.info();
+        let _ = m.push(
+            frame(Out::Drain(pb::Drain {
+                reason: "drain requested by an operator".into(),
+                deadline_ms: 0,
+            })),
+            now,
+        );
+        self.publish(
+            &mut st,
+            event(pb::EventKind::Draining, Some(info), "operator drain"),
+            now,
+        );
+        Ok(())
+    }
+
+    /// Ends every member stream (master shutdown).
+    pub fn close_all(&self, reason: &str) {
+        let mut st = self.lock();
+        st.by_instance.clear();
+        for (_, m) in std::mem::take(&mut st.members) {
+            m.cancel.cancel();
+            m.outbound
+                .close_with(Status::unavailable(reason.to_string()));
+        }
+    }
+
+    /// Every member, ordered by name.
+    pub fn list(&self) -> Vec<pb::MemberInfo> {
+        self.lock().members.values().map(Member::info).collect()
+    }
+
+    /// One member by name, instance id or `pid@host`.
+    pub fn get(&self, member: &str) -> Result<pb::MemberInfo, Status> {
+        let st = self.lock();
+        let name = resolve_member(&st, member)?;
+        st.members
+            .get(&name)
+            .map(Member::info)
+            .ok_or_else(|| not_found(member))
+    }
+
+    /// Counts by role and state.
+    pub fn summary(&self) -> Summary {
+        let st = self.lock();
+        let mut counts: BTreeMap<(Role, i32), u32> = BTreeMap::new();
+        for m in st.members.values() {
+            *counts.entry((m.role, m.info().state)).or_default() += 1;
+        }
+        Summary {
+            counts: counts
+                .into_iter()
+                .map(|((r, s), n)| (r, pb::MemberState::try_from(s).unwrap_or_default(), n))
+                .collect(),
+            cluster_ready: st.cluster_ready,
+        }
+    }
+
+    /// The current state as events, then a receiver of what follows; taken
+    /// under one lock so nothing falls between them.
+    pub fn subscribe(&self) -> (Vec<pb::ClusterEvent>, broadcast::Receiver<pb::ClusterEvent>) {
+        let st = self.lock();
+        let mut now: Vec<_> = st
+            .members
+            .values()
+            .map(|m| event(pb::EventKind::Current, Some(m.info()), ""))
+            .collect();
+        if st.cluster_ready {
+            now.push(event(pb::EventKind::ClusterReady, None, ""));
+        }
+        (now, self.events.subscribe())
+    }
+
+    fn publish(&self, st: &mut State, ev: pb::ClusterEvent, now: Instant) {
+        // No watcher is fine.
+        let _ = self.events.send(ev.clone());
+        for m in st.members.values_mut() {
+            let _ = m.push(frame(Out::MemberEvent(ev.clone())), now);
+        }
+    }
+}
+
+impl State {
+    fn free_name(&self, role: Role) -> MemberName {
+        let taken = |n: &str| self.members.keys().any(|k| k.as_str() == n);
+        if role == Role::Agent && !taken("agent") {
+            return MemberName::parse("agent").unwrap_or_else(|_| unreachable!());
+        }
+        (1u64..)
+            .map(|i| format!("{role}-{i}"))
+            .find(|n| !taken(n))
+            .and_then(|n| MemberName::parse(n).ok())
+            .unwrap_or_else(|| {
+                unreachable!("names of the form role-N are valid and finitely many are taken")
+            })
+    }
+}
+
+fn not_found(member: &str) -> Status {
+    Status::not_found(format!(
+        "no member named {member}: list them with Control/ListMembers (a name, an instance id or pid@host)"
+    ))
+}
+
+/// Finds a member by name, instance id, or `pid@host`.
+fn resolve_member(st: &State, key: &str) -> Result<MemberName, Status> {
+    if let Some((name, _)) = st.members.get_key_value(key) {
+        return Ok(name.clone());
+    }
+    if let Some(name) = st.by_instance.get(key) {
+        return Ok(name.clone());
+    }
+    if let Some((pid, host)) = key.split_once('@') {
+        if let Ok(pid) = pid.parse::<u32>() {
+            if let Some(m) = st.members.values().find(|m| m.pid == pid && m.host == host) {
+                return Ok(m.name.clone());
+            }
+        }
+    }
+    Err(not_found(key))
+}
+
+/// Routes a plain send; returns how many members it reached.
+fn route(st: &mut State, from: &str, env: pb::Envelope, now: Instant) -> Result<u32, Status> {
+    let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
+    deliver(st, from, env, target, now)
+}
+
+/// Stamps the sender and queues the envelope for every member the target
+/// names. A broadcast to nobody is not an error; a targeted send to nobody is.
+fn deliver(
+    st: &mut State,
+    from: &str,
+    mut env: pb::Envelope,
+    target: Target,
+    now: Instant,
+) -> Result<u32, Status> {
+    if env.action.is_empty() {
+        return Err(Status::invalid_argument(
+            "envelope.action is empty: name what the message is about",
+        ));
+    }
+    env.from = from.to_string();
+    env.target = None;
+    env.ack = false;
+    let one = match target {
+        Target::All | Target::Role(_) => {
+            let role = match target {
+                Target::Role(r) => Some(r),
+                _ => None,
+            };
+            let mut delivered = 0;
+            for m in st.members.values_mut() {
+                if role.is_none_or(|r| m.role == r)
+                    && m.push(frame(Out::Deliver(env.clone())), now).is_ok()
+                {
+                    delivered += 1;
+                }
+            }
+            return Ok(delivered);
+        }
+        Target::Member(key) => resolve_member(st, &key)?,
+        Target::Random(role) => pick_random(st, role)?,
+    };
+    let Some(m) = st.members.get_mut(&one) else {
+        return Err(not_found(one.as_str()));
+    };
+    match m.push(frame(Out::Deliver(env)), now) {
+        Ok(()) => Ok(1),
+        Err(PushError::Full) => Err(Status::unavailable(format!(
+            "{one} is not keeping up (its queue is full); the message was dropped"
+        ))),
+        Err(PushError::Closed) => Err(Status::unavailable(format!(
+            "{one} is leaving; the message was dropped"
+        ))),
+    }
+}
+
+/// The next ready member of `role` after the last one picked, by name.
+fn pick_random(st: &mut State, role: Role) -> Result<MemberName, Status> {
+    let eligible = |m: &&Member| m.role == role && m.presence == Presence::Ready && !m.suspect;
+    let after = st.last_random.get(&role);
+    let next = after
+        .and_then(|last| {
+            st.members
+                .range::<MemberName, _>((
+                    std::ops::Bound::Excluded(last),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(_, m)| m)
+                .find(eligible)
+        })
+        .or_else(|| st.members.values().find(eligible))
+        .map(|m| m.name.clone())
+        .ok_or_else(|| Status::unavailable(format!("no ready {role} to receive it")))?;
+    st.last_random.insert(role, next.clone());
+    Ok(next)
+}

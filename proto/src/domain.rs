@@ -1,0 +1,191 @@
+//! Domain types shared by the master and the SDK: a member's role, a
+//! validated member name, and where an envelope goes. Each converts to and
+//! from its protobuf form here, so no other crate matches on raw enum ints.
+
+use crate::pb;
+use std::fmt;
+
+/// What a member does in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The one member that does the cluster's shared background duties.
+    Agent,
+    /// A member that runs business code.
+    Worker,
+}
+
+impl Role {
+    /// Lower-case name as used in names, logs and config (`agent`, `worker`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "agent" => Ok(Role::Agent),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!(
+                "unknown role {other:?}: use \"agent\" or \"worker\""
+            )),
+        }
+    }
+}
+
+impl From<Role> for pb::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Agent => pb::Role::Agent,
+            Role::Worker => pb::Role::Worker,
+        }
+    }
+}
+
+impl From<Role> for i32 {
+    fn from(r: Role) -> Self {
+        pb::Role::from(r) as i32
+    }
+}
+
+impl TryFrom<i32> for Role {
+    type Error = String;
+    fn try_from(v: i32) -> Result<Self, Self::Error> {
+        match pb::Role::try_from(v) {
+            Ok(pb::Role::Agent) => Ok(Role::Agent),
+            Ok(pb::Role::Worker) => Ok(Role::Worker),
+            _ => Err(format!("role must be ROLE_AGENT or ROLE_WORKER (got {v})")),
+        }
+    }
+}
+
+/// Longest member name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A member name: 1–128 of `A-Z a-z 0-9 . _ -`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberName(String);
+
+impl MemberName {
+    /// Validates `s` as a member name; the error says what is allowed.
+    pub fn parse(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if s.is_empty() || s.len() > MAX_NAME_LEN || !ok_chars {
+            let shown: String = s.chars().take(40).collect();
+            return Err(format!(
+                "invalid member name {shown:?}: use 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"
+            ));
+        }
+        Ok(MemberName(s))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for MemberName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MemberName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an envelope goes (SPEC §3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every member, the sender included.
+    All,
+    /// Every member of a role, the sender included.
+    Role(Role),
+    /// One member by name, instance id or `pid@host`.
+    Member(String),
+    /// One ready member of a role, round-robin.
+    Random(Role),
+}
+
+impl From<Target> for pb::Target {
+    fn from(t: Target) -> Self {
+        use pb::target::Kind;
+        let kind = match t {
+            Target::All => Kind::All(pb::All {}),
+            Target::Role(r) => Kind::Role(r.into()),
+            Target::Member(m) => Kind::Member(m),
+            Target::Random(r) => Kind::Random(r.into()),
+        };
+        pb::Target { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<Option<&pb::Target>> for Target {
+    type Error = String;
+    fn try_from(t: Option<&pb::Target>) -> Result<Self, Self::Error> {
+        use pb::target::Kind;
+        match t.and_then(|t| t.kind.as_ref()) {
+            None => Err("envelope has no target: set all, role, member or random".into()),
+            Some(Kind::All(_)) => Ok(Target::All),
+            Some(Kind::Role(r)) => Ok(Target::Role(Role::try_from(*r)?)),
+            Some(Kind::Random(r)) => Ok(Target::Random(Role::try_from(*r)?)),
+            Some(Kind::Member(m)) if m.is_empty() => Err("target.member is empty".into()),
+            Some(Kind::Member(m)) => Ok(Target::Member(m.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_alphabet() {
+        for ok in ["worker-1", "agent", "a.b_c-D9", &"x".repeat(128)] {
+            assert!(MemberName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "has space", "slash/", "é", &"x".repeat(129)] {
+            let err = MemberName::parse(bad).expect_err(bad);
+            assert!(err.contains("invalid member name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn role_round_trips_and_rejects_unspecified() {
+        for r in [Role::Agent, Role::Worker] {
+            assert_eq!(Role::try_from(i32::from(r)), Ok(r));
+        }
+        assert!(Role::try_from(0).is_err());
+        assert!(Role::try_from(7).is_err());
+    }
+
+    #[test]
+    fn target_round_trips() {
+        for t in [
+            Target::All,
+            Target::Role(Role::Worker),
+            Target::Member("worker-2".into()),
+            Target::Random(Role::Agent),
+        ] {
+            let p = pb::Target::from(t.clone());
+            assert_eq!(Target::try_from(Some(&p)), Ok(t));
+        }
+        assert!(Target::try_from(None).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! The `cohort.v1` wire contract: messages and gRPC services generated from
+//! `proto/cohort/v1/cohort.proto`, plus the encoded descriptor set that the
+//! master serves for reflection. Nothing here is hand-written but re-exports
+//! and small conversions.
+
+mod domain;
+
+pub use domain::{MAX_NAME_LEN, MemberName, Role, Target};
+
+/// Generated code for package `cohort.v1`.
+#[allow(missing_docs)]
+pub mod pb {
+    tonic::include_proto!("cohort.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every file of the contract (including
+/// the well-known types it imports), for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cohort_descriptor.bin"));
+
+/// Largest encoded message either side accepts, in bytes (SPEC §7).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
