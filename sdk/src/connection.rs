@@ -1,0 +1,338 @@
+//! The connection task: one Join stream at a time, heartbeats with acks,
+//! and reconnects with backoff that re-register under the same name.
+
+use crate::Error;
+use crate::backoff::{Backoff, random_unit};
+use crate::member::{Event, Inner, MemberBuilder, Waiter, lock};
+use crate::stats::Sampler;
+use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tonic::transport::Endpoint;
+
+/// Frames queued towards the master before senders wait.
+const OUTBOUND_QUEUE: usize = 1024;
+/// Most sends packed into one `send_batch` frame.
+const MAX_BATCH: usize = 256;
+
+/// Runs until the member closes. `first` learns how the first join went.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    cfg: MemberBuilder,
+    first: oneshot::Sender<Result<(), Error>>,
+) {
+    let mut first = Some(first);
+    let mut name = cfg.name.clone();
+    let mut backoff = Backoff::default();
+    let started = Instant::now();
+    let mut sampler = Sampler::new();
+    loop {
+        let (established, result) =
+            session(&inner, &cfg, &mut name, &mut first, &mut sampler).await;
+        *lock(&inner.out) = None;
+        let reason = match &result {
+            Ok(()) => "the stream to the master ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        inner.fail_waiters(&reason);
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        if established {
+            backoff.reset();
+            tracing::warn!(reason, "disconnected from the master; reconnecting");
+            let _ = inner.events.send(Event::Disconnected {
+                reason: reason.clone(),
+            });
+        }
+        if let (Some(_), Err(e)) = (&first, &result) {
+            // A refusal will not change by retrying; an unreachable master may.
+            let retry =
+                e.code() == tonic::Code::Unavailable && started.elapsed() < cfg.join_timeout;
+            if !retry {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(result);
+                }
+                return;
+            }
+        }
+        let delay = backoff.next_delay(random_unit());
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting after delay"
+        );
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One Join stream, from connect to its end. Returns whether the master
+/// welcomed us, and why the stream ended.
+async fn session(
+    inner: &Arc<Inner>,
+    cfg: &MemberBuilder,
+    name: &mut Option<String>,
+    first: &mut Option<oneshot::Sender<Result<(), Error>>>,
+    sampler: &mut Sampler,
+) -> (bool, Result<(), Error>) {
+    let connect_err = |e: &dyn std::fmt::Display| Error::Connect {
+        addr: cfg.master.clone(),
+        message: e.to_string(),
+    };
+    let endpoint = match Endpoint::from_shared(cfg.master.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            return (
+                false,
+                Err(Error::Config(format!("COHORT_MASTER {}: {e}", cfg.master))),
+            );
+        }
+    };
+    let endpoint = endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = tokio::select! {
+        _ = inner.stop.cancelled() => return (false, Ok(())),
+        c = endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return (false, Err(connect_err(&error_chain(&e)))),
+        },
+    };
+    let max = cohort_proto::MAX_MESSAGE_BYTES;
+    let mut client = pb::membership_client::MembershipClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let hello = pb::Hello {
+        role: inner.role.into(),
+        name: name.clone().unwrap_or_default(),
+        pid: std::process::id(),
+        host: hostname(),
+        labels: cfg.labels.clone(),
+        version: cfg.version.clone(),
+        secret: cfg.secret.clone(),
+        accepts_batches: true,
+    };
+    // The queue is new and empty: this cannot block.
+    let _ = tx.try_send(pb::MemberFrame {
+        kind: Some(Out::Hello(hello)),
+    });
+    let mut request = tonic::Request::new(Outgoing { rx, stash: None });
+    if let Some(token) = &cfg.token {
+        match format!("Bearer {token}").parse() {
+            Ok(v) => {
+                request.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => {
+                return (
+                    false,
+                    Err(Error::Config(
+                        "the token has characters a header cannot carry".into(),
+                    )),
+                );
+            }
+        }
+    }
+    let response = tokio::select! {
+        _ = inner.stop.cancelled() => return (false, Ok(())),
+        r = client.join(request) => r,
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (false, Err(s.into())),
+    };
+    let welcome = match inbound.message().await {
+        Ok(Some(pb::MasterFrame {
+            kind: Some(In::Welcome(w)),
+        })) => w,
+        Ok(_) => {
+            return (
+                false,
+                Err(Error::Disconnected(
+                    "the master did not send a welcome".into(),
+                )),
+            );
+        }
+        Err(s) => return (false, Err(s.into())),
+    };
+    let settings = welcome.settings.unwrap_or_default();
+    let heartbeat = Duration::from_millis(u64::from(settings.heartbeat_interval_ms.max(10)));
+    let dead_after = Duration::from_millis(u64::from(settings.dead_after_ms.max(100)));
+    tracing::info!(member.name = %welcome.name, instance = %welcome.instance_id, "joined the master");
+    *name = Some(welcome.name.clone());
+    let reconnected = first.is_none();
+    inner
+        .identity
+        .send_replace((welcome.name, welcome.instance_id.clone()));
+    inner.cluster_ready.send_replace(welcome.cluster_ready);
+    *lock(&inner.out) = Some(tx.clone());
+    if inner.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = tx.try_send(pb::MemberFrame {
+            kind: Some(Out::Ready(pb::Ready {})),
+        });
+    }
+    match first.take() {
+        Some(f) => {
+            let _ = f.send(Ok(()));
+        }
+        None if reconnected => {
+            let _ = inner.events.send(Event::Reconnected {
+                instance_id: welcome.instance_id,
+            });
+        }
+        None => {}
+    }
+
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ack = Instant::now();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return (true, Ok(())),
+            _ = ticker.tick() => {
+                if last_ack.elapsed() > dead_after {
+                    return (true, Err(Error::Disconnected(format!(
+                        "no heartbeat ack from the master for {} ms", last_ack.elapsed().as_millis()
+                    ))));
+                }
+                seq += 1;
+                let (cpu_percent, rss_bytes) = sampler.sample();
+                // A full queue means the master is far behind; the next
+                // tick tries again and the ack clock decides.
+                let _ = tx.try_send(pb::MemberFrame {
+                    kind: Some(Out::Heartbeat(pb::Heartbeat { seq, cpu_percent, rss_bytes })),
+                });
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(frame)) => {
+                    if let Some(kind) = frame.kind {
+                        if let Some(end) = dispatch(inner, kind, &mut last_ack) {
+                            return (true, Err(end));
+                        }
+                    }
+                }
+                Ok(None) => return (true, Ok(())),
+                Err(s) => return (true, Err(s.into())),
+            },
+        }
+    }
+}
+
+/// Handles one frame from the master; `Some` ends the stream.
+fn dispatch(inner: &Arc<Inner>, kind: In, last_ack: &mut Instant) -> Option<Error> {
+    match kind {
+        In::Deliver(env) => inner.deliver(env),
+        In::DeliverBatch(batch) => batch.envelopes.into_iter().for_each(|e| inner.deliver(e)),
+        In::HeartbeatAck(_) => *last_ack = Instant::now(),
+        In::ClusterReady(_) => {
+            inner.cluster_ready.send_replace(true);
+            let _ = inner.events.send(Event::ClusterReady);
+        }
+        In::MemberEvent(ev) => {
+            let _ = inner.events.send(Event::Member(ev));
+        }
+        In::Drain(d) => {
+            tracing::info!(reason = %d.reason, "the master asks this member to drain");
+            inner.drain.send_replace(Some(d.reason.clone()));
+            let _ = inner.events.send(Event::Drain { reason: d.reason });
+        }
+        In::SendResult(r) => {
+            let error = (r.code != 0).then(|| Error::Status {
+                code: tonic::Code::from_i32(r.code),
+                message: r.message.clone(),
+            });
+            let waiter = lock(&inner.waiters).remove(&r.id);
+            match (waiter, error) {
+                (Some(Waiter::Ack(tx)), None) => drop(tx.send(Ok(r.delivered))),
+                (Some(Waiter::Ack(tx)), Some(e)) => drop(tx.send(Err(e))),
+                (Some(Waiter::Reply(tx)), Some(e)) => drop(tx.send(Err(e))),
+                (Some(w @ Waiter::Reply(_)), None) => {
+                    // A success result for a request: keep waiting for the reply.
+                    lock(&inner.waiters).insert(r.id, w);
+                }
+                (None, Some(error)) => {
+                    tracing::warn!(id = %r.id, error = %error, "send failed");
+                    let _ = inner.events.send(Event::SendFailed { id: r.id, error });
+                }
+                (None, None) => {}
+            }
+        }
+        In::Error(e) => {
+            return Some(Error::Status {
+                code: tonic::Code::from_i32(e.code),
+                message: e.message,
+            });
+        }
+        In::Welcome(_) => tracing::warn!("unexpected second welcome ignored"),
+    }
+    None
+}
+
+fn hostname() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// The request stream: frames as queued, with sends that are already
+/// waiting packed into one `send_batch` frame.
+struct Outgoing {
+    rx: mpsc::Receiver<pb::MemberFrame>,
+    stash: Option<pb::MemberFrame>,
+}
+
+impl Stream for Outgoing {
+    type Item = pb::MemberFrame;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let first = match self.stash.take() {
+            Some(f) => f,
+            None => match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(f)) => f,
+                other => return other,
+            },
+        };
+        let Some(Out::Send(env)) = first.kind else {
+            return Poll::Ready(Some(first));
+        };
+        let mut envelopes = vec![env];
+        while envelopes.len() < MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(pb::MemberFrame {
+                    kind: Some(Out::Send(e)),
+                }) => envelopes.push(e),
+                Ok(other) => {
+                    self.stash = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let kind = if envelopes.len() == 1 {
+            Out::Send(envelopes.remove(0))
+        } else {
+            Out::SendBatch(pb::Envelopes { envelopes })
+        };
+        Poll::Ready(Some(pb::MemberFrame { kind: Some(kind) }))
+    }
+}

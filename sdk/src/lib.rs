@@ -1,0 +1,50 @@
+//! The Cohort member SDK: what every agent and worker links.
+//!
+//! A [`Member`] keeps one `Membership/Join` stream to the master open for its
+//! whole life: it heartbeats with its CPU % and RSS, reconnects with capped,
+//! jittered backoff and re-registers under the same name, and carries the
+//! messenger (Egg's `broadcast`, `sendToApp`, `sendToAgent`, `sendRandom`,
+//! `sendTo`, plus `request`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cohort::Error> {
+//! let member = cohort::MemberBuilder::from_env()?.join().await?;
+//! let mut refresh = member.on("refresh");
+//! member.ready().await?;
+//! member.cluster_ready().await;
+//! member.send_to_app("hello", "from a worker").await?;
+//! while let Some(msg) = refresh.recv().await {
+//!     println!("{} says {:?}", msg.from, msg.text());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`backoff`] (reconnect delays), `member` (the handle and the
+//! messenger), `connection` (the stream, heartbeats, reconnects), `stats`
+//! (sysinfo sampling), `error`.
+
+pub mod backoff;
+mod connection;
+mod error;
+mod member;
+mod stats;
+
+pub use cohort_proto::{MemberName, Role, Target, pb};
+pub use error::Error;
+pub use member::{Event, Member, MemberBuilder, Message, Subscription};
+
+/// Environment variables a member reads (SPEC §6).
+pub mod env {
+    /// The master's address (`http://127.0.0.1:7420`; a bare `host:port` works).
+    pub const MASTER: &str = "COHORT_MASTER";
+    /// The member's name; empty or unset lets the master assign one.
+    pub const NAME: &str = "COHORT_NAME";
+    /// `agent` or `worker` (default `worker`).
+    pub const ROLE: &str = "COHORT_ROLE";
+    /// The one-time secret a master hands its local children.
+    pub const SECRET: &str = "COHORT_SECRET";
+    /// A bearer token for the master.
+    pub const TOKEN: &str = "COHORT_TOKEN";
+    /// A file holding the bearer token.
+    pub const TOKEN_FILE: &str = "COHORT_TOKEN_FILE";
+}
