@@ -203,7 +203,7 @@ mod tests {
         .expect("push");
         tx.push(deliver(3, 8)).expect("push");
         drop(tx);
-        let frames: Vec<_> = rx.by_ref().collect::<Vec<_>>().await;
+        let frames: Vec<_> = (&mut rx).collect::<Vec<_>>().await;
         let kinds: Vec<String> = frames
             .into_iter()
             .map(|f| match f.expect("ok").kind {
