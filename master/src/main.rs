@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    cohort_telemetry::init_from_env();
+    cohort_process::init_from_env();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -40,43 +40,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let signal = cohort_process::shutdown_signal();
     let mut out = std::io::stdout();
     writeln!(out, "READY master {addr}")?;
     out.flush()?;
-    cohort_master::run(listener, config, shutdown_signal()).await
-}
-
-/// Completes on SIGTERM, SIGINT or SIGQUIT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut streams = Vec::new();
-    for kind in [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::quit(),
-    ] {
-        match signal(kind) {
-            Ok(s) => streams.push(s),
-            Err(e) => tracing::warn!(error = %e, "cannot listen for a shutdown signal"),
-        }
-    }
-    let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
-    futures_select_all(waits).await;
-    tracing::info!("shutdown signal received");
-}
-
-async fn futures_select_all<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) {
-    let mut futs: Vec<F> = futs.collect();
-    if futs.is_empty() {
-        return std::future::pending().await;
-    }
-    std::future::poll_fn(|cx| {
-        for f in futs.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
+    cohort_master::run(listener, config, async {
+        signal.await;
+        tracing::info!("shutdown signal received");
     })
     .await
 }

@@ -83,6 +83,12 @@ impl MemberBuilder {
         Ok(b)
     }
 
+    /// Joins as this role instead of the one from the environment.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
     /// Asks for this name instead of one the master assigns.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -598,6 +604,43 @@ impl Member {
                 reason: reason.into(),
             }))
             .await
+    }
+
+    /// The usual life of a member once its handlers are set up: report
+    /// ready, run until `shutdown` completes or the master asks this member
+    /// to drain, then close.
+    pub async fn serve(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        self.ready().await?;
+        tracing::info!(member.name = %self.name(), "ready");
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down"),
+            reason = self.drained() => tracing::info!(reason, "drained by the master"),
+        }
+        self.close().await;
+        Ok(())
+    }
+
+    /// Answers every `ping` request with `{"name": NAME, "pid": PID}`, so
+    /// operators can check a member end to end (`Control/Send` with
+    /// `expect_reply`).
+    pub fn answer_pings(&self) {
+        let mut pings = self.on("ping");
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = pings.recv().await {
+                if msg.expects_reply() {
+                    // Names are plain ASCII without quotes: no escaping needed.
+                    let body =
+                        format!(r#"{{"name":"{}","pid":{}}}"#, me.name(), std::process::id());
+                    if let Err(e) = msg.reply(body).await {
+                        tracing::warn!(error = %e, "could not answer ping");
+                    }
+                }
+            }
+        });
     }
 
     /// Closes the stream (the master sees the member leave) and waits for

@@ -1,0 +1,263 @@
+//! Harness for end-to-end tests: finds (or builds) the three binaries,
+//! starts them on ephemeral ports with captured output, waits for their
+//! readiness lines with deadlines, and kills every process on drop, so a
+//! failing test leaves nothing behind.
+//!
+//! Tools from `scripts/venv` (grpcurl, Python with grpcio) are found through
+//! `COHORT_TEST_VENV` or the workspace's `.venv`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Generous deadline for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Path of one of the workspace's binaries, built on first use when missing
+/// (`cargo test --workspace` on a fresh clone just works).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .expect("target dir");
+        let missing = ["cohort-master", "cohort-agent", "cohort-worker"]
+            .iter()
+            .any(|b| !dir.join(b).exists());
+        if missing {
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--bins",
+                    "-p",
+                    "cohort-master",
+                    "-p",
+                    "cohort-agent",
+                    "-p",
+                    "cohort-worker",
+                ])
+                .current_dir(workspace())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the binaries failed");
+        }
+        dir
+    });
+    dir.join(name)
+}
+
+/// A child process that is killed (and reaped) when dropped. Its stderr
+/// goes to a file so failures can show it.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Name for messages.
+    pub name: String,
+    stderr: tempfile::NamedTempFile,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout piped and stderr captured.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let stderr = tempfile::NamedTempFile::new().expect("stderr file");
+        let err = stderr.reopen().expect("reopen stderr file");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout = child.stdout.take().map(BufReader::new);
+        Proc {
+            child,
+            name: name.to_string(),
+            stderr,
+            stdout,
+        }
+    }
+
+    /// What the process wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(self.stderr.path()).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    /// Reads stdout lines until one satisfies `pred` (or the deadline passes,
+    /// which panics with the process's stderr). Blocking: call from a
+    /// blocking context or a plain test.
+    pub fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut reader = self.stdout.take().expect("stdout already handed off");
+        let handle = std::thread::spawn(move || {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return reader,
+                    Ok(_) => {
+                        if tx.send(line.trim_end().to_string()).is_err() {
+                            return reader;
+                        }
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let found = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => break Some(line),
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        drop(rx);
+        // The reader thread ends at the next line or at EOF; keep it running
+        // detached rather than blocking on it.
+        std::mem::forget(handle);
+        found.unwrap_or_else(|| {
+            panic!(
+                "{} never printed {what}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            )
+        })
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {}", self.child.id());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `cohort-master` on an ephemeral port.
+pub struct Master {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Master {
+    /// Starts `cohort-master --listen 127.0.0.1:0 ARGS` and waits for its
+    /// `READY master ADDR` line.
+    pub fn start(args: &[&str]) -> Master {
+        let mut cmd = Command::new(bin("cohort-master"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        let mut proc = Proc::spawn("cohort-master", cmd);
+        let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
+        let addr = line.trim_start_matches("READY master ").to_string();
+        Master { proc, addr }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts a demo member binary (`cohort-worker` / `cohort-agent`)
+    /// pointed at this master.
+    pub fn member(&self, binary: &str, name: &str) -> Proc {
+        let mut cmd = Command::new(bin(binary));
+        cmd.env("COHORT_MASTER", self.url())
+            .env("COHORT_NAME", name);
+        Proc::spawn(name, cmd)
+    }
+}
+
+/// A tool from the test venv, or `None` (with a note) when it is missing
+/// outside CI. In CI a missing tool is a failure: `scripts/test` installs it.
+pub fn venv_tool(name: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os("COHORT_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv"));
+    let path = venv.join("bin").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing: scripts/test installs it (scripts/venv)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/test (it installs grpcurl and grpcio)",
+        path.display()
+    );
+    None
+}
+
+/// Runs grpcurl with `args` against `addr`; returns stdout, or panics with
+/// stderr when grpcurl fails.
+pub fn grpcurl(tool: &Path, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().expect("run grpcurl");
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs grpcurl and returns (success, stdout + stderr) without asserting.
+pub fn grpcurl_raw(tool: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(tool).args(args).output().expect("run grpcurl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
+/// after [`WAIT`].
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,61 @@
+//! What `cohort-master`, `cohort-agent` and `cohort-worker` share:
+//!
+//! - [`init`]: one tracing setup, a `RUST_LOG`-style filter (default
+//!   `info`), output on stderr, human-readable by default and JSON lines
+//!   when `COHORT_LOG_FORMAT=json`;
+//! - [`shutdown_signal`]: completes on SIGTERM, SIGINT or SIGQUIT.
+
+use tracing_subscriber::EnvFilter;
+
+/// The environment variable that picks the log format (`json` or `text`).
+pub const ENV_LOG_FORMAT: &str = "COHORT_LOG_FORMAT";
+
+/// Installs the global subscriber. `log_format` is the value of
+/// `COHORT_LOG_FORMAT`, `filter` the value of `RUST_LOG`; binaries read
+/// them from the environment and pass them in.
+pub fn init(log_format: Option<&str>, filter: Option<&str>) {
+    let filter = filter
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests that run several binaries' mains) is harmless.
+    let _ = if log_format == Some("json") {
+        builder.json().try_init()
+    } else {
+        builder.with_ansi(false).try_init()
+    };
+}
+
+/// Reads `COHORT_LOG_FORMAT` and `RUST_LOG` from the process environment and
+/// calls [`init`]; for binaries' `main`.
+pub fn init_from_env() {
+    let format = std::env::var(ENV_LOG_FORMAT).ok();
+    let filter = std::env::var("RUST_LOG").ok();
+    init(format.as_deref(), filter.as_deref());
+}
+
+/// Installs handlers for SIGTERM, SIGINT and SIGQUIT now (call it before
+/// announcing readiness, so an early signal is not lost) and returns a
+/// future that completes on the first of them. Must be called inside a
+/// tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let streams = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = streams else {
+            // Without handlers the default dispositions still end us.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = quit.recv() => {}
+        }
+    }
+}
