@@ -68,7 +68,7 @@ pub struct Proc {
     /// Name for messages.
     pub name: String,
     stderr: tempfile::NamedTempFile,
-    stdout: Option<BufReader<std::process::ChildStdout>>,
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -82,12 +82,23 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stdout = child.stdout.take().map(BufReader::new);
+        // One reader thread per child turns stdout into lines; it ends at EOF.
+        let (tx, lines) = std::sync::mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         Proc {
             child,
             name: name.to_string(),
             stderr,
-            stdout,
+            lines,
         }
     }
 
@@ -99,45 +110,21 @@ impl Proc {
     }
 
     /// Reads stdout lines until one satisfies `pred` (or the deadline passes,
-    /// which panics with the process's stderr). Blocking: call from a
-    /// blocking context or a plain test.
+    /// which panics with the process's stderr). Blocking.
     pub fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut reader = self.stdout.take().expect("stdout already handed off");
-        let handle = std::thread::spawn(move || {
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => return reader,
-                    Ok(_) => {
-                        if tx.send(line.trim_end().to_string()).is_err() {
-                            return reader;
-                        }
-                    }
-                }
-            }
-        });
         let deadline = Instant::now() + WAIT;
-        let found = loop {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if pred(&line) => break Some(line),
+            match self.lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
                 Ok(_) => continue,
-                Err(_) => break None,
+                Err(_) => panic!(
+                    "{} never printed {what}; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                ),
             }
-        };
-        drop(rx);
-        // The reader thread ends at the next line or at EOF; keep it running
-        // detached rather than blocking on it.
-        std::mem::forget(handle);
-        found.unwrap_or_else(|| {
-            panic!(
-                "{} never printed {what}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            )
-        })
+        }
     }
 
     /// Sends a signal to the process.

@@ -658,7 +658,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_source() {
-        let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (&["--listen", "nope"], &[], "--listen"),
             (&[], &[("COHORT_DEAD_AFTER", "10")], "COHORT_DEAD_AFTER"),
             (&["--agent-count", "2"], &[], "0 or 1"),

@@ -273,17 +273,16 @@ impl Registry {
                 now,
             );
         }
-        if role == Role::Agent {
-            if let Some(agent) = st
+        if role == Role::Agent
+            && let Some(agent) = st
                 .members
                 .values()
                 .find(|m| m.role == Role::Agent && !m.suspect)
-            {
-                return Err(Status::already_exists(format!(
-                    "the cluster already has a live agent ({}); a cluster runs at most one",
-                    agent.name
-                )));
-            }
+        {
+            return Err(Status::already_exists(format!(
+                "the cluster already has a live agent ({}); a cluster runs at most one",
+                agent.name
+            )));
         }
         let instance_id = uuid::Uuid::new_v4().to_string();
         let m_cfg = self.cfg.messaging;
@@ -631,18 +630,17 @@ impl Registry {
             } else if silent >= h.suspect_after && !m.suspect {
                 m.suspect = true;
                 suspects.push(m.info());
-            } else if let Some(since) = m.overflow_since {
-                if now.saturating_duration_since(since) >= self.cfg.messaging.slow_consumer_timeout
-                {
-                    evict.push((
-                        m.name.clone(),
-                        format!(
-                            "slow consumer: its queue stayed full for {} ms ({} messages dropped)",
-                            now.saturating_duration_since(since).as_millis(),
-                            m.dropped
-                        ),
-                    ));
-                }
+            } else if let Some(since) = m.overflow_since
+                && now.saturating_duration_since(since) >= self.cfg.messaging.slow_consumer_timeout
+            {
+                evict.push((
+                    m.name.clone(),
+                    format!(
+                        "slow consumer: its queue stayed full for {} ms ({} messages dropped)",
+                        now.saturating_duration_since(since).as_millis(),
+                        m.dropped
+                    ),
+                ));
             }
         }
         for info in suspects {
@@ -826,12 +824,11 @@ fn resolve_member(st: &State, key: &str) -> Result<MemberName, Status> {
     if let Some(name) = st.by_instance.get(key) {
         return Ok(name.clone());
     }
-    if let Some((pid, host)) = key.split_once('@') {
-        if let Ok(pid) = pid.parse::<u32>() {
-            if let Some(m) = st.members.values().find(|m| m.pid == pid && m.host == host) {
-                return Ok(m.name.clone());
-            }
-        }
+    if let Some((pid, host)) = key.split_once('@')
+        && let Ok(pid) = pid.parse::<u32>()
+        && let Some(m) = st.members.values().find(|m| m.pid == pid && m.host == host)
+    {
+        return Ok(m.name.clone());
     }
     Err(not_found(key))
 }

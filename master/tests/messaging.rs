@@ -72,9 +72,10 @@ impl Drop for TestMaster {
 }
 
 fn config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().expect("addr");
-    c
+    Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Config::default()
+    }
 }
 
 async fn recv(sub: &mut Subscription) -> Message {

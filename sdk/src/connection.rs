@@ -216,10 +216,10 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(frame)) => {
-                    if let Some(kind) = frame.kind {
-                        if let Some(end) = dispatch(inner, kind, &mut last_ack) {
-                            return (true, Err(end));
-                        }
+                    if let Some(kind) = frame.kind
+                        && let Some(end) = dispatch(inner, kind, &mut last_ack)
+                    {
+                        return (true, Err(end));
                     }
                 }
                 Ok(None) => return (true, Ok(())),

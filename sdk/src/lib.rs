@@ -32,6 +32,7 @@ mod stats;
 pub use cohort_proto::{MemberName, Role, Target, pb};
 pub use error::Error;
 pub use member::{Event, Member, MemberBuilder, Message, Subscription};
+pub use tonic::Code;
 
 /// Environment variables a member reads (SPEC §6).
 pub mod env {
