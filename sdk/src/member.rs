@@ -427,9 +427,16 @@ impl Member {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    /// Every future message with this action (Egg's `messenger.on`).
+    /// Every future message with this action (Egg's `messenger.on`). Up to
+    /// 1,024 messages wait for [`Subscription::recv`]; more are dropped and
+    /// counted in [`dropped_messages`](Self::dropped_messages).
     pub fn on(&self, action: impl Into<String>) -> Subscription {
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        self.on_with_capacity(action, SUBSCRIPTION_BUFFER)
+    }
+
+    /// Like [`on`](Self::on) with room for `capacity` waiting messages.
+    pub fn on_with_capacity(&self, action: impl Into<String>, capacity: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         lock(&self.inner.handlers)
             .entry(action.into())
             .or_default()

@@ -1,0 +1,292 @@
+//! `cohort-bench messaging`: request/reply latency, one-way relay
+//! throughput and broadcast-to-8 latency, with the master and every member
+//! in its own process (this binary re-executes itself for each role).
+//!
+//! ```text
+//! cargo run --release -p cohort-bench -- messaging [--out FILE] [--quick]
+//! ```
+
+use anyhow::{Context, bail};
+use cohort::{Member, MemberBuilder, Role, Target};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const REQUESTS: usize = 20_000;
+const RELAY: usize = 200_000;
+const BROADCAST_ROUNDS: usize = 2_000;
+const BROADCAST_MEMBERS: usize = 8;
+
+/// Kills the child when dropped, so a failed run leaves nothing behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("messaging") => messaging(&args[1..]),
+        Some("master") => run_master(&args[1..]),
+        Some("member") => run_member(&args[1..]),
+        _ => bail!("usage: cohort-bench messaging [--out FILE] [--quick]"),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting tokio")
+}
+
+/// The master, in this process (spawned by `messaging`).
+fn run_master(args: &[String]) -> anyhow::Result<()> {
+    let config = cohort_master::config::Config::load(args, &|_| None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        println!("READY master {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        cohort_master::run(listener, config, std::future::pending()).await
+    })
+}
+
+/// A member process: `member URL NAME MODE`.
+fn run_member(args: &[String]) -> anyhow::Result<()> {
+    let [url, name, mode] = args else {
+        bail!("member URL NAME MODE");
+    };
+    runtime()?.block_on(async move {
+        let member = MemberBuilder::new(url.clone(), Role::Worker)
+            .name(name.clone())
+            .join()
+            .await?;
+        match mode.as_str() {
+            "responder" => {
+                let mut sub = member.on_with_capacity("req", 1 << 16);
+                member.ready().await?;
+                while let Some(msg) = sub.recv().await {
+                    msg.reply(msg.data.clone()).await?;
+                }
+            }
+            "sink" => {
+                let mut sub = member.on_with_capacity("relay", 1 << 20);
+                member.ready().await?;
+                let mut count = 0u64;
+                while let Some(msg) = sub.recv().await {
+                    if &msg.data[..] == b"END" {
+                        member.post(Target::Member(msg.from.clone()), "done", count.to_string()).await?;
+                        count = 0;
+                    } else {
+                        count += 1;
+                    }
+                }
+            }
+            "bcast" => {
+                let mut sub = member.on_with_capacity("bcast", 1 << 16);
+                member.ready().await?;
+                while let Some(msg) = sub.recv().await {
+                    let sent: u128 = std::str::from_utf8(&msg.data)?.parse()?;
+                    let delta = now_ns().saturating_sub(sent);
+                    member.post(Target::Member(msg.from.clone()), "lat", delta.to_string()).await?;
+                }
+            }
+            other => bail!("unknown member mode {other}"),
+        }
+        Ok(())
+    })
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    Ok(Guard(child))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn wait_ready(member: &Member, names: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in names {
+        loop {
+            match member.send_to(name.clone(), "noop", "").await {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => bail!("{name} never joined: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn messaging(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "bench/results/messaging.md".into());
+    let scale = if quick { 10 } else { 1 };
+    let (requests, relay, rounds) = (REQUESTS / scale, RELAY / scale, BROADCAST_ROUNDS / scale);
+
+    // Queues large enough that the relay run measures throughput, not drops.
+    let cfg = std::env::temp_dir().join(format!("cohort-bench-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "[messaging]\nqueue_messages = 1048576\nqueue_bytes = 1073741824\n",
+    )?;
+    let cfg_path = cfg.to_string_lossy().to_string();
+    let mut master = spawn_self(&["master", "--listen", "127.0.0.1:0", "--config", &cfg_path])?;
+    let mut lines = BufReader::new(master.0.stdout.take().context("master stdout")?).lines();
+    let line = lines.next().context("master exited")??;
+    let addr = line.strip_prefix("READY master ").context("no READY line")?.to_string();
+    let url = format!("http://{addr}");
+    let master_pid = master.0.id();
+
+    let pair = vec![
+        spawn_self(&["member", &url, "responder", "responder"])?,
+        spawn_self(&["member", &url, "sink", "sink"])?,
+    ];
+    let bcast: Vec<String> = (1..=BROADCAST_MEMBERS).map(|i| format!("b-{i}")).collect();
+    let mut members = Vec::new();
+    for name in &bcast {
+        members.push(spawn_self(&["member", &url, name, "bcast"])?);
+    }
+
+    let report = runtime()?.block_on(async {
+        let a = MemberBuilder::new(url.clone(), Role::Agent).name("driver").join().await?;
+        let mut all = vec!["responder".to_string(), "sink".to_string()];
+        all.extend(bcast.iter().cloned());
+        wait_ready(&a, &all).await?;
+
+        // 1. request/reply, A → master → B → master → A.
+        let target = Target::Member("responder".into());
+        for _ in 0..1000 / scale {
+            a.request(target.clone(), "req", "warm", Duration::from_secs(5)).await?;
+        }
+        let mut lat = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let t = Instant::now();
+            a.request(target.clone(), "req", "0123456789abcdef", Duration::from_secs(5)).await?;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        let rr = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+
+        // 2. one-way relay A → master → B, 64-byte payloads.
+        let mut done = a.on("done");
+        let payload = bytes_64();
+        let cpu0 = cpu_seconds(master_pid);
+        let t = Instant::now();
+        let sink = Target::Member("sink".into());
+        for _ in 0..relay {
+            a.post(sink.clone(), "relay", payload.clone()).await?;
+        }
+        a.post(sink.clone(), "relay", "END").await?;
+        let got = tokio::time::timeout(Duration::from_secs(120), done.recv())
+            .await
+            .context("relay did not finish")?
+            .context("closed")?;
+        let elapsed = t.elapsed();
+        let cpu = cpu_seconds(master_pid) - cpu0;
+        let received: u64 = got.text().unwrap_or("0").parse()?;
+        let rate = received as f64 / elapsed.as_secs_f64();
+        let cpu_per_million = cpu / (received.max(1) as f64) * 1e6;
+
+        // 3. broadcast to 8 members until the last one has it: only the
+        // eight broadcast members stay.
+        drop(pair);
+        for gone in ["responder", "sink"] {
+            while a.send_to(gone, "noop", "").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let mut lats = a.on_with_capacity("lat", 1 << 16);
+        let mut bl = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            a.post(Target::Role(Role::Worker), "bcast", now_ns().to_string()).await?;
+            let mut worst = 0u128;
+            for _ in 0..BROADCAST_MEMBERS {
+                let m = tokio::time::timeout(Duration::from_secs(10), lats.recv())
+                    .await
+                    .context("broadcast answer")?
+                    .context("closed")?;
+                worst = worst.max(m.text().unwrap_or("0").parse()?);
+            }
+            bl.push(Duration::from_nanos(u64::try_from(worst).unwrap_or(u64::MAX)));
+        }
+        bl.sort();
+        a.close().await;
+        anyhow::Ok(format!(
+            "| request/reply A→master→B→master→A ({requests} requests) | p50 {} | p99 {} |\n\
+             | one-way relay A→master→B, 64 B ({relay} sent) | {:.0} msg/s | {received} received, master {cpu_per_million:.2} CPU-s per million |\n\
+             | broadcast to {BROADCAST_MEMBERS}, until the last has it ({rounds} rounds) | p50 {} | p99 {} |\n",
+            us(rr.0),
+            us(rr.1),
+            rate,
+            us(percentile(&bl, 0.5)),
+            us(percentile(&bl, 0.99)),
+        ))
+    })?;
+    drop(members);
+    drop(master);
+    let _ = std::fs::remove_file(&cfg);
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let text = format!(
+        "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
+         Machine: {cores} cores, {cpu}; master, driver and 10 members each in their own process.\n\n\
+         | measure | result | |\n|---|---|---|\n{report}",
+        if quick { " --quick" } else { "" }
+    );
+    println!("{text}");
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, text)?;
+    Ok(())
+}
+
+fn bytes_64() -> Vec<u8> {
+    vec![b'x'; 64]
+}
