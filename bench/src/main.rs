@@ -43,9 +43,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The master, in this process (spawned by `messaging`).
 fn run_master(args: &[String]) -> anyhow::Result<()> {
-    let config = cohort_master::config::Config::load(args, &|_| None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    runtime()?.block_on(async move {
+    let config =
+        cohort_master::config::Config::load(args, &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The same runtime as cohort-master's main.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         println!("READY master {}", listener.local_addr()?);
         std::io::stdout().flush()?;
@@ -77,7 +81,9 @@ fn run_member(args: &[String]) -> anyhow::Result<()> {
                 let mut count = 0u64;
                 while let Some(msg) = sub.recv().await {
                     if &msg.data[..] == b"END" {
-                        member.post(Target::Member(msg.from.clone()), "done", count.to_string()).await?;
+                        member
+                            .post(Target::Member(msg.from.clone()), "done", count.to_string())
+                            .await?;
                         count = 0;
                     } else {
                         count += 1;
@@ -90,7 +96,9 @@ fn run_member(args: &[String]) -> anyhow::Result<()> {
                 while let Some(msg) = sub.recv().await {
                     let sent: u128 = std::str::from_utf8(&msg.data)?.parse()?;
                     let delta = now_ns().saturating_sub(sent);
-                    member.post(Target::Member(msg.from.clone()), "lat", delta.to_string()).await?;
+                    member
+                        .post(Target::Member(msg.from.clone()), "lat", delta.to_string())
+                        .await?;
                 }
             }
             other => bail!("unknown member mode {other}"),
@@ -100,7 +108,10 @@ fn run_member(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
@@ -146,7 +157,9 @@ async fn wait_ready(member: &Member, names: &[String]) -> anyhow::Result<()> {
         loop {
             match member.send_to(name.clone(), "noop", "").await {
                 Ok(_) => break,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
                 Err(e) => bail!("{name} never joined: {e}"),
             }
         }
@@ -175,7 +188,10 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
     let mut master = spawn_self(&["master", "--listen", "127.0.0.1:0", "--config", &cfg_path])?;
     let mut lines = BufReader::new(master.0.stdout.take().context("master stdout")?).lines();
     let line = lines.next().context("master exited")??;
-    let addr = line.strip_prefix("READY master ").context("no READY line")?.to_string();
+    let addr = line
+        .strip_prefix("READY master ")
+        .context("no READY line")?
+        .to_string();
     let url = format!("http://{addr}");
     let master_pid = master.0.id();
 
@@ -270,9 +286,15 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let text = format!(
         "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
          Machine: {cores} cores, {cpu}; master, driver and 10 members each in their own process.\n\n\
