@@ -30,6 +30,27 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Accepted connections with TCP_NODELAY set (tonic only sets it on
+/// listeners it binds itself). A failed accept (a reset before accept, too
+/// many open files) is logged and skipped instead of ending the server.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).filter_map(|r| match r {
+        Ok(s) => {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            Some(Ok(s))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            None
+        }
+    })
+}
+
 /// How long shutdown waits for connections to close before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -126,7 +147,6 @@ pub async fn run(
     let drain_registry = registry.clone();
     let server_stop = stop.clone();
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
@@ -135,21 +155,35 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(membership)
         .add_service(control)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             server_stop.cancelled().await;
             tracing::info!("shutting down: closing member streams");
             drain_registry.close_all("the master is shutting down");
         });
     tracing::info!(listen.addr = %addr, "master serving");
-    let served = tokio::spawn(server);
-    stop.cancelled().await;
+    let mut served = tokio::spawn(server);
+    let early = tokio::select! {
+        _ = stop.cancelled() => None,
+        r = &mut served => Some(r),
+    };
+    let ended_early = early.is_some();
+    stop.cancel();
     tasks.close();
-    match tokio::time::timeout(SHUTDOWN_GRACE, served).await {
-        Ok(Ok(result)) => result.context("serving gRPC")?,
-        Ok(Err(join)) => return Err(join).context("the gRPC server task failed"),
-        Err(_) => {
+    let result = match early {
+        Some(r) => Some(r),
+        None => tokio::time::timeout(SHUTDOWN_GRACE, served).await.ok(),
+    };
+    match result {
+        Some(Ok(r)) => r.context("serving gRPC")?,
+        Some(Err(join)) => return Err(join).context("the gRPC server task failed"),
+        None => {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; stopping anyway")
         }
+    }
+    // The server may only end after `stop`: anything else is a failure the
+    // supervisor (systemd, Kubernetes) must see.
+    if ended_early {
+        anyhow::bail!("the gRPC server stopped on its own");
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
         .await
