@@ -163,10 +163,13 @@ pub async fn run(
     tracing::info!(listen.addr = %addr, "master serving");
     let mut served = tokio::spawn(server);
     let early = tokio::select! {
+        biased;
         _ = stop.cancelled() => None,
         r = &mut served => Some(r),
     };
-    let ended_early = early.is_some();
+    // The server ends by itself right after `stop` too; only an end
+    // without `stop` is a failure.
+    let ended_early = !stop.is_cancelled();
     stop.cancel();
     tasks.close();
     let result = match early {
