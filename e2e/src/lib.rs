@@ -24,7 +24,9 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Path of one of the workspace's binaries, built on first use when missing
-/// (`cargo test --workspace` on a fresh clone just works).
+/// (`cargo test --workspace` on a fresh clone just works). Binaries that
+/// exist are used as they are: `scripts/test` rebuilds them first, so run
+/// that (or `cargo build --workspace --bins`) after changing their code.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
