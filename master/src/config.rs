@@ -555,7 +555,7 @@ impl Config {
         Ok(())
     }
 
-    /// The gRPC-level settings handed to members in their welcome.
+    /// How many local workers to run on a host with `cpus` CPUs.
     pub fn worker_count(&self, cpus: usize) -> u32 {
         match self.worker.count {
             WorkerCount::Auto => u32::try_from(cpus.max(1)).unwrap_or(u32::MAX),
