@@ -53,7 +53,7 @@ fn run_master(args: &[String]) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         println!("READY master {}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        cohort_master::run(listener, config, std::future::pending()).await
+        cohort_master::run(listener, Vec::new(), config, std::future::pending()).await
     })
 }
 
@@ -182,7 +182,7 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
     let cfg = std::env::temp_dir().join(format!("cohort-bench-{}.toml", std::process::id()));
     std::fs::write(
         &cfg,
-        "[messaging]\nqueue_messages = 1048576\nqueue_bytes = 1073741824\n",
+        "[agent]\ncount = 0\n[worker]\ncount = 0\n[messaging]\nqueue_messages = 1048576\nqueue_bytes = 1073741824\n",
     )?;
     let cfg_path = cfg.to_string_lossy().to_string();
     let mut master = spawn_self(&["master", "--listen", "127.0.0.1:0", "--config", &cfg_path])?;

@@ -25,7 +25,16 @@ fn grpcurl_lists_services_and_drives_control() {
     let Some(tool) = venv_tool("grpcurl") else {
         return;
     };
-    let mut master = Master::start(&["--expect-agents", "1", "--expect-workers", "2"]);
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--expect-agents",
+        "1",
+        "--expect-workers",
+        "2",
+    ]);
     let addr = master.addr.clone();
 
     let services = grpcurl(&tool, &["-plaintext", &addr, "list"]);

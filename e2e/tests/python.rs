@@ -28,7 +28,7 @@ fn python_grpcio_member_joins_receives_and_replies() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let master = Master::start(&[]);
+    let master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
     let mut cmd = Command::new(&python);
     cmd.arg(workspace().join("e2e/python/member.py"))
         .arg(stubs.path())

@@ -40,6 +40,14 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("--suspect-after", "health.suspect_after"),
     ("--dead-after", "health.dead_after"),
     ("--slow-consumer-timeout", "messaging.slow_consumer_timeout"),
+    ("--min-uptime", "restart.min_uptime"),
+    ("--backoff-initial", "restart.backoff_initial"),
+    ("--backoff-max", "restart.backoff_max"),
+    ("--drain-timeout", "restart.drain_timeout"),
+    ("--kill-timeout", "restart.kill_timeout"),
+    ("--max-restarts", "restart.max_restarts"),
+    ("--restart-window", "restart.restart_window"),
+    ("--listener", "listener"),
 ];
 
 /// Text of `cohort-master --help`.
@@ -58,6 +66,14 @@ usage: cohort-master [--config FILE] [FLAGS]
   --suspect-after DUR
   --dead-after DUR
   --slow-consumer-timeout DUR
+  --listener NAME=ADDR           a shared listener for workers (repeatable; port 0 allowed)
+  --min-uptime DUR               restart policy (see [restart] in the README)
+  --backoff-initial DUR
+  --backoff-max DUR
+  --drain-timeout DUR
+  --kill-timeout DUR
+  --max-restarts N               0 = never give up
+  --restart-window DUR
   --insecure                     allow a non-loopback listen address without auth
   -h, --help                     this text
   -V, --version                  print the version
@@ -163,6 +179,13 @@ pub struct RestartConfig {
     pub drain_timeout: Duration,
     /// How long after SIGTERM before SIGKILL.
     pub kill_timeout: Duration,
+    /// Restarts allowed within `restart_window` before a slot is FAILED
+    /// (0 = no limit).
+    pub max_restarts: u32,
+    /// The window `max_restarts` counts in.
+    pub restart_window: Duration,
+    /// How long a startup stage (agent, then workers) may take to be ready.
+    pub start_timeout: Duration,
 }
 
 /// `[messaging]`: per-member queues and the pre-ready hold (SPEC §3).
@@ -203,6 +226,8 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Allow a non-loopback listen address without auth.
     pub insecure: bool,
+    /// systemd's `NOTIFY_SOCKET`: where to send `READY=1` at ClusterReady.
+    pub notify_socket: Option<String>,
 }
 
 impl Default for Config {
@@ -230,6 +255,9 @@ impl Default for Config {
                 backoff_max: Duration::from_secs(30),
                 drain_timeout: Duration::from_secs(30),
                 kill_timeout: Duration::from_secs(5),
+                max_restarts: 0,
+                restart_window: Duration::from_secs(60),
+                start_timeout: Duration::from_secs(30),
             },
             messaging: MessagingConfig {
                 queue_messages: 1024,
@@ -240,6 +268,7 @@ impl Default for Config {
             },
             token_file: None,
             insecure: false,
+            notify_socket: None,
         }
     }
 }
@@ -291,6 +320,9 @@ struct FileRestart {
     backoff_max: Option<String>,
     drain_timeout: Option<String>,
     kill_timeout: Option<String>,
+    max_restarts: Option<u32>,
+    restart_window: Option<String>,
+    start_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +427,7 @@ impl Config {
                 .map_err(|message| ConfigError::Value { key: flag, message })?;
         }
         cfg.insecure |= insecure;
+        cfg.notify_socket = env("NOTIFY_SOCKET").filter(|s| !s.is_empty());
         cfg.validate()?;
         Ok(cfg)
     }
@@ -452,6 +485,9 @@ impl Config {
             push_opt(&mut pairs, "restart.backoff_max", r.backoff_max);
             push_opt(&mut pairs, "restart.drain_timeout", r.drain_timeout);
             push_opt(&mut pairs, "restart.kill_timeout", r.kill_timeout);
+            push_opt(&mut pairs, "restart.restart_window", r.restart_window);
+            push_opt(&mut pairs, "restart.start_timeout", r.start_timeout);
+            self.restart.max_restarts = r.max_restarts.unwrap_or(self.restart.max_restarts);
         }
         if let Some(m) = f.messaging {
             let m_cfg = &mut self.messaging;
@@ -506,6 +542,22 @@ impl Config {
             "restart.backoff_max" => self.restart.backoff_max = parse_duration(v)?,
             "restart.drain_timeout" => self.restart.drain_timeout = parse_duration(v)?,
             "restart.kill_timeout" => self.restart.kill_timeout = parse_duration(v)?,
+            "restart.max_restarts" => self.restart.max_restarts = parse_u32(v)?,
+            "restart.restart_window" => self.restart.restart_window = parse_duration(v)?,
+            "restart.start_timeout" => self.restart.start_timeout = parse_duration(v)?,
+            "listener" => {
+                let (name, addr) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("{v:?}: use NAME=ADDR, e.g. http=127.0.0.1:8080"))?;
+                let addr = addr
+                    .parse()
+                    .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:8080"))?;
+                self.listeners.retain(|l| l.name != name);
+                self.listeners.push(ListenerConfig {
+                    name: name.to_string(),
+                    addr,
+                });
+            }
             "messaging.slow_consumer_timeout" => {
                 self.messaging.slow_consumer_timeout = parse_duration(v)?
             }
@@ -530,6 +582,18 @@ impl Config {
                 "health.dead_after",
                 "must be longer than health.suspect_after",
             ));
+        }
+        for l in &self.listeners {
+            let ok = !l.name.is_empty()
+                && l.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(value_err(
+                    "listener.name",
+                    &format!("{:?}: use letters, digits, _ and -", l.name),
+                ));
+            }
         }
         if self.messaging.queue_messages == 0 || self.messaging.queue_bytes == 0 {
             return Err(value_err("messaging", "queue sizes must be above 0"));

@@ -3,6 +3,8 @@
 
 use crate::json;
 use crate::registry::Registry;
+use crate::supervisor::SupervisorHandle;
+use cohort_proto::Role;
 use cohort_proto::pb;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,6 +29,8 @@ pub struct ControlService {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     expect: (u32, u32),
+    supervisor: SupervisorHandle,
+    listeners: Vec<pb::ListenerInfo>,
 }
 
 impl ControlService {
@@ -35,6 +39,8 @@ impl ControlService {
         registry: Arc<Registry>,
         listen_addr: SocketAddr,
         expect: (u32, u32),
+        supervisor: SupervisorHandle,
+        listeners: Vec<pb::ListenerInfo>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -45,15 +51,32 @@ impl ControlService {
             tasks,
             shutdown,
             expect,
+            supervisor,
+            listeners,
         }
+    }
+
+    /// Registered members, with local slots' restart counts, plus local
+    /// slots that have no registered instance (starting, BACKOFF, FAILED).
+    fn members(&self) -> Vec<pb::MemberInfo> {
+        let mut members = self.registry.list();
+        for view in self.supervisor.views() {
+            match members.iter().position(|m| m.name == view.name) {
+                Some(i) if members[i].local => {
+                    members[i].restarts = view.restarts;
+                    members[i].last_exit = view.last_exit.clone();
+                }
+                Some(_) => {}
+                None => members.push(view.info()),
+            }
+        }
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members
     }
 }
 
-fn needs_supervision(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} needs local supervision, which this master version does not do yet; \
-         restart or scale members with their own supervisor (systemd, Kubernetes)"
-    ))
+fn role_of(value: i32, what: &str) -> Result<Role, Status> {
+    Role::try_from(value).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
 #[tonic::async_trait]
@@ -63,7 +86,7 @@ impl pb::control_server::Control for ControlService {
         _: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         Ok(Response::new(pb::ListMembersResponse {
-            members: self.registry.list(),
+            members: self.members(),
         }))
     }
 
@@ -77,7 +100,20 @@ impl pb::control_server::Control for ControlService {
                 "member is empty: give a name, an instance id or pid@host",
             ));
         }
-        self.registry.get(&member).map(Response::new)
+        match self.registry.get(&member) {
+            Ok(m) => Ok(Response::new(
+                self.members()
+                    .into_iter()
+                    .find(|x| x.instance_id == m.instance_id)
+                    .unwrap_or(m),
+            )),
+            Err(e) => self
+                .members()
+                .into_iter()
+                .find(|x| x.name == member)
+                .map(Response::new)
+                .ok_or(e),
+        }
     }
 
     async fn send(
@@ -128,16 +164,31 @@ impl pb::control_server::Control for ControlService {
 
     async fn scale(
         &self,
-        _: Request<pb::ScaleRequest>,
+        request: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleResponse>, Status> {
-        Err(needs_supervision("Scale"))
+        let req = request.into_inner();
+        let role = role_of(req.role, "role")?;
+        self.supervisor.scale(role, req.count).await?;
+        Ok(Response::new(pb::ScaleResponse {}))
     }
 
     async fn restart(
         &self,
-        _: Request<pb::RestartRequest>,
+        request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::RestartResponse>, Status> {
-        Err(needs_supervision("Restart"))
+        use pb::restart_request::Which;
+        let req = request.into_inner();
+        let (member, role) = match req.which {
+            Some(Which::Member(m)) if !m.is_empty() => (Some(m), None),
+            Some(Which::Role(r)) => (None, Some(role_of(r, "role")?)),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name a member (\"member\": \"worker-1\") or a role (\"role\": \"ROLE_WORKER\")",
+                ));
+            }
+        };
+        self.supervisor.restart(member, role, req.rolling).await?;
+        Ok(Response::new(pb::RestartResponse {}))
     }
 
     async fn drain(
@@ -214,7 +265,7 @@ impl pb::control_server::Control for ControlService {
                 })
                 .collect(),
             cluster_ready: summary.cluster_ready,
-            listeners: Vec::new(),
+            listeners: self.listeners.clone(),
             expected_agents: self.expect.0,
             expected_workers: self.expect.1,
         }))

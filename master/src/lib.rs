@@ -7,6 +7,7 @@
 //! - [`membership`]: the `Membership/Join` stream.
 //! - [`control`]: the `Control` API.
 //! - [`json`]: JSON ⇄ `google.protobuf.Value` for `Control/Send`.
+//! - [`supervisor`]: the local agent and workers: spawn, respawn, replace, stop.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! pass port 0 and their own shutdown.
@@ -17,6 +18,7 @@ pub mod json;
 pub mod membership;
 pub mod outbound;
 pub mod registry;
+pub mod supervisor;
 
 use anyhow::Context;
 use cohort_proto::pb;
@@ -51,22 +53,119 @@ fn incoming(
     })
 }
 
+/// Sends `READY=1` to systemd's notify socket (a path, or `@name` for the
+/// abstract namespace).
+fn notify_systemd(socket: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = match socket.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(socket),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(b"READY=1", &addr)
+    });
+    match sent {
+        Ok(_) => tracing::info!("told systemd READY=1"),
+        Err(e) => tracing::warn!(error = %e, socket, "cannot notify systemd"),
+    }
+}
+
 /// How long shutdown waits for connections to close before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves the master on `listener` until `shutdown` completes or an operator
-/// calls `Control/Shutdown`, then ends every member stream and returns.
+/// A shared listener the master bound for its workers.
+pub struct SharedListener {
+    /// Its name (`LISTEN_FDNAMES`).
+    pub name: String,
+    /// The bound socket; it stays open for the master's whole life.
+    pub listener: std::net::TcpListener,
+}
+
+/// Binds every `[[listener]]` of the config (parse first, bind second).
+pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<SharedListener>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let listener = std::net::TcpListener::bind(l.addr)
+                .with_context(|| format!("binding listener {} on {}", l.name, l.addr))?;
+            Ok(SharedListener {
+                name: l.name.clone(),
+                listener,
+            })
+        })
+        .collect()
+}
+
+/// Serves the master on `listener`, starts the local agent and workers (who
+/// inherit `shared`), and runs until `shutdown` completes or an operator
+/// calls `Control/Shutdown`; then stops the workers, then the agent, ends
+/// every member stream and returns.
 pub async fn run(
     listener: TcpListener,
+    shared: Vec<SharedListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let registry = Arc::new(Registry::new(RegistryConfig {
-        health: config.health,
-        messaging: config.messaging,
-        expect: config.expect,
-    }));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (agents, workers) = (config.agent.count, config.worker_count(cpus));
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(256);
+    let registry = Arc::new(Registry::new(
+        RegistryConfig {
+            health: config.health,
+            messaging: config.messaging,
+            expect: config::Expect {
+                agents: config.expect.agents + agents,
+                workers: config.expect.workers + workers,
+            },
+        },
+        Some(notice_tx),
+    ));
+    let mut listeners_info = Vec::new();
+    let mut fds = Vec::new();
+    for l in &shared {
+        let bound = l
+            .listener
+            .local_addr()
+            .context("reading a listener's address")?;
+        tracing::info!(listener = %l.name, addr = %bound, "shared listener bound");
+        listeners_info.push(pb::ListenerInfo {
+            name: l.name.clone(),
+            addr: bound.to_string(),
+        });
+        fds.push((l.name.clone(), l.listener.as_raw_fd()));
+    }
+    let master_host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let (supervisor, supervisor_task) = supervisor::start(
+        supervisor::SupervisorConfig {
+            agents,
+            workers,
+            agent_command: config.agent.command.clone(),
+            worker_command: config.worker.command.clone(),
+            policy: supervisor::slot::Policy {
+                min_uptime: config.restart.min_uptime,
+                backoff_initial: config.restart.backoff_initial,
+                backoff_max: config.restart.backoff_max,
+                max_restarts: config.restart.max_restarts,
+                restart_window: config.restart.restart_window,
+            },
+            drain_timeout: config.restart.drain_timeout,
+            kill_timeout: config.restart.kill_timeout,
+            start_timeout: config.restart.start_timeout,
+            master_url: format!("http://{master_host}"),
+            listeners: fds,
+        },
+        registry.clone(),
+        notice_rx,
+    );
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -82,6 +181,7 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let mut ready = registry.ready_watch();
+    let notify_socket = config.notify_socket.clone();
     let health_stop = stop.clone();
     tasks.spawn(async move {
         let became_ready = tokio::select! {
@@ -92,6 +192,9 @@ pub async fn run(
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
+            if let Some(socket) = notify_socket {
+                notify_systemd(&socket);
+            }
         }
     });
 
@@ -131,6 +234,8 @@ pub async fn run(
         registry.clone(),
         addr,
         (config.expect.agents, config.expect.workers),
+        supervisor.clone(),
+        listeners_info,
         tasks.clone(),
         stop.clone(),
     ))
@@ -146,6 +251,7 @@ pub async fn run(
     });
     let drain_registry = registry.clone();
     let server_stop = stop.clone();
+    let drain_supervisor = supervisor.clone();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -157,6 +263,7 @@ pub async fn run(
         .add_service(control)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             server_stop.cancelled().await;
+            drain_supervisor.shutdown().await;
             tracing::info!("shutting down: closing member streams");
             drain_registry.close_all("the master is shutting down");
         });
@@ -172,10 +279,19 @@ pub async fn run(
     let ended_early = !stop.is_cancelled();
     stop.cancel();
     tasks.close();
+    let grace = SHUTDOWN_GRACE + config.restart.kill_timeout * 2;
     let result = match early {
         Some(r) => Some(r),
-        None => tokio::time::timeout(SHUTDOWN_GRACE, served).await.ok(),
+        None => tokio::time::timeout(grace, served).await.ok(),
     };
+    supervisor.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, supervisor_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the supervisor did not stop in time");
+    }
+    drop(shared);
     match result {
         Some(Ok(r)) => r.context("serving gRPC")?,
         Some(Err(join)) => return Err(join).context("the gRPC server task failed"),

@@ -46,11 +46,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let shared = cohort_master::bind_listeners(&config)?;
     let signal = cohort_process::shutdown_signal();
     let mut out = std::io::stdout();
     writeln!(out, "READY master {addr}")?;
     out.flush()?;
-    cohort_master::run(listener, config, async {
+    cohort_master::run(listener, shared, config, async {
         signal.await;
         tracing::info!("shutdown signal received");
     })

@@ -23,6 +23,28 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `from` of envelopes sent through `Control/Send`.
 pub const CONTROL_SENDER: &str = "control";
 
+/// What the registry tells the supervisor about its own (local) members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A local member reported ready.
+    Ready {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A local member is leaving; with `replace` it asks for a replacement
+    /// first (the fatal-error path).
+    Leaving {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+        /// Start a replacement now.
+        replace: bool,
+    },
+}
+
 /// The registry's settings.
 #[derive(Clone, Copy, Debug)]
 pub struct RegistryConfig {
@@ -54,6 +76,7 @@ struct Member {
     suspect: bool,
     pid: u32,
     host: String,
+    local: bool,
     labels: HashMap<String, String>,
     version: String,
     started_at_ms: u64,
@@ -81,7 +104,7 @@ impl Member {
             state: state as i32,
             pid: self.pid,
             host: self.host.clone(),
-            local: false,
+            local: self.local,
             restarts: 0,
             started_at: self.started_at_ms,
             cpu_percent: self.cpu_percent,
@@ -89,6 +112,7 @@ impl Member {
             labels: self.labels.clone(),
             version: self.version.clone(),
             dropped_messages: self.dropped,
+            ..Default::default()
         }
     }
 
@@ -155,6 +179,9 @@ struct State {
     held: VecDeque<Held>,
     pending: HashMap<String, Pending>,
     next_request: u64,
+    /// Names of the master's own slots and the one-time secret of each
+    /// slot's newest instance.
+    secrets: HashMap<String, String>,
 }
 
 /// A registered member's stream: what the Join handler needs.
@@ -183,6 +210,7 @@ pub struct Registry {
     events: broadcast::Sender<pb::ClusterEvent>,
     ready_tx: watch::Sender<bool>,
     cfg: RegistryConfig,
+    notices: Option<tokio::sync::mpsc::Sender<Notice>>,
 }
 
 fn now_ms() -> u64 {
@@ -208,7 +236,10 @@ fn ms(d: Duration) -> u32 {
 impl Registry {
     /// An empty registry. ClusterReady is announced at once when nothing is
     /// expected.
-    pub fn new(cfg: RegistryConfig) -> Registry {
+    pub fn new(
+        cfg: RegistryConfig,
+        notices: Option<tokio::sync::mpsc::Sender<Notice>>,
+    ) -> Registry {
         let (events, _) = broadcast::channel(1024);
         let ready = cfg.expect.agents == 0 && cfg.expect.workers == 0;
         let (ready_tx, _) = watch::channel(ready);
@@ -221,10 +252,12 @@ impl Registry {
                 held: VecDeque::new(),
                 pending: HashMap::new(),
                 next_request: 0,
+                secrets: HashMap::new(),
             }),
             events,
             ready_tx,
             cfg,
+            notices,
         }
     }
 
@@ -259,11 +292,28 @@ impl Registry {
         } else {
             MemberName::parse(hello.name).map_err(Status::invalid_argument)?
         };
-        if let Some(old) = st.members.get(&name) {
-            if !old.suspect {
+        let local = match st.secrets.get(name.as_str()) {
+            None => false,
+            Some(secret) if secrets_match(secret, &hello.secret) => true,
+            Some(_) => {
+                return Err(Status::permission_denied(format!(
+                    "member name {name} belongs to a member this master starts itself; \
+                     only that process (holding its one-time COHORT_SECRET) may use it"
+                )));
+            }
+        };
+        let holder = st
+            .members
+            .get(&name)
+            .map(|m| (m.suspect, m.instance_id.clone()));
+        if let Some((suspect, instance)) = holder {
+            // A local instance with its slot's newest secret supersedes the
+            // old one (restart, fatal path): the supervisor retires the old
+            // process. Anyone else may only take a suspect's name.
+            if !local && !suspect {
                 return Err(Status::already_exists(format!(
-                    "member name {name} is taken by a live member (instance {}); pick another name or stop that member first",
-                    old.instance_id
+                    "member name {name} is taken by a live member (instance {instance}); \
+                     pick another name or stop that member first"
                 )));
             }
             self.evict(
@@ -300,6 +350,7 @@ impl Registry {
             suspect: false,
             pid: hello.pid,
             host: hello.host,
+            local,
             labels: hello.labels,
             version: hello.version,
             started_at_ms: now_ms(),
@@ -382,6 +433,12 @@ impl Registry {
                 });
                 if let Some(info) = info {
                     tracing::info!(member.name = %name, "member ready");
+                    if info.local {
+                        self.notify(Notice::Ready {
+                            name: info.name.clone(),
+                            pid: info.pid,
+                        });
+                    }
                     self.publish(&mut st, event(pb::EventKind::Ready, Some(info), ""), now);
                     self.check_cluster_ready(&mut st, now);
                 }
@@ -391,6 +448,13 @@ impl Registry {
                     m.presence = Presence::Draining;
                     let info = m.info();
                     tracing::info!(member.name = %name, replace = l.replace, reason = %l.reason, "member leaving");
+                    if info.local {
+                        self.notify(Notice::Leaving {
+                            name: info.name.clone(),
+                            pid: info.pid,
+                            replace: l.replace,
+                        });
+                    }
                     self.publish(
                         &mut st,
                         event(pb::EventKind::Draining, Some(info), &l.reason),
@@ -728,6 +792,34 @@ impl Registry {
         Ok(())
     }
 
+    fn notify(&self, notice: Notice) {
+        if let Some(tx) = &self.notices
+            && tx.try_send(notice).is_err()
+        {
+            tracing::warn!("supervisor notice dropped: its queue is full");
+        }
+    }
+
+    /// Reserves `name` for the master's own slot; only a hello carrying
+    /// `secret` may use it from now on.
+    pub fn reserve(&self, name: &str, secret: &str) {
+        self.lock()
+            .secrets
+            .insert(name.to_string(), secret.to_string());
+    }
+
+    /// Frees a slot's name (scale down).
+    pub fn release(&self, name: &str) {
+        self.lock().secrets.remove(name);
+    }
+
+    /// Publishes an event that happened outside the registry (respawn,
+    /// backoff, failed slot).
+    pub fn announce(&self, kind: pb::EventKind, member: pb::MemberInfo, reason: &str) {
+        let mut st = self.lock();
+        self.publish(&mut st, event(kind, Some(member), reason), Instant::now());
+    }
+
     /// Ends every member stream (master shutdown).
     pub fn close_all(&self, reason: &str) {
         let mut st = self.lock();
@@ -796,7 +888,7 @@ impl Registry {
 
 impl State {
     fn free_name(&self, role: Role) -> MemberName {
-        let taken = |n: &str| self.members.keys().any(|k| k.as_str() == n);
+        let taken = |n: &str| self.members.contains_key(n) || self.secrets.contains_key(n);
         if role == Role::Agent && !taken("agent") {
             return MemberName::parse("agent").unwrap_or_else(|_| unreachable!());
         }
@@ -808,6 +900,12 @@ impl State {
                 unreachable!("names of the form role-N are valid and finitely many are taken")
             })
     }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn secrets_match(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn not_found(member: &str) -> Status {

@@ -2,7 +2,7 @@
 //! over real gRPC, and raw tonic clients for malformed input.
 
 use cohort::{Error, Member, MemberBuilder, Message, Role, Subscription, Target};
-use cohort_master::config::Config;
+use cohort_master::config::{Config, WorkerCount};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +25,7 @@ impl TestMaster {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cohort_master::run(listener, cfg, async move {
+        let task = tokio::spawn(cohort_master::run(listener, Vec::new(), cfg, async move {
             let _ = rx.await;
         }));
         TestMaster {
@@ -72,10 +72,14 @@ impl Drop for TestMaster {
 }
 
 fn config() -> Config {
-    Config {
+    // Members here are the tests' own SDK clients: no local slots.
+    let mut c = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         ..Config::default()
-    }
+    };
+    c.agent.count = 0;
+    c.worker.count = WorkerCount::Fixed(0);
+    c
 }
 
 async fn recv(sub: &mut Subscription) -> Message {
