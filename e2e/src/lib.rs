@@ -169,11 +169,13 @@ pub struct Master {
 }
 
 impl Master {
-    /// Starts `cohort-master --listen 127.0.0.1:0 ARGS` and waits for its
-    /// `READY master ADDR` line.
+    /// Starts `cohort-master --listen 127.0.0.1:0 --listener
+    /// http=127.0.0.1:0 ARGS` and waits for its `READY master ADDR` line.
     pub fn start(args: &[&str]) -> Master {
         let mut cmd = Command::new(bin("cohort-master"));
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        // An ephemeral shared listener, so parallel tests never fight over 8080.
+        cmd.args(["--listen", "127.0.0.1:0", "--listener", "http=127.0.0.1:0"])
+            .args(args);
         let mut proc = Proc::spawn("cohort-master", cmd);
         let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
         let addr = line.trim_start_matches("READY master ").to_string();

@@ -242,7 +242,10 @@ impl Default for Config {
                 count: WorkerCount::Auto,
                 command: vec!["cohort-worker".into()],
             },
-            listeners: Vec::new(),
+            listeners: vec![ListenerConfig {
+                name: "http".into(),
+                addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            }],
             expect: Expect::default(),
             health: HealthConfig {
                 heartbeat_interval: Duration::from_secs(1),
@@ -465,7 +468,9 @@ impl Config {
                 }
             }
         }
-        self.listeners = f.listener;
+        if !f.listener.is_empty() {
+            self.listeners = f.listener;
+        }
         if let Some(e) = f.expect {
             self.expect.agents = e.agents.unwrap_or(self.expect.agents);
             self.expect.workers = e.workers.unwrap_or(self.expect.workers);
@@ -647,25 +652,7 @@ fn parse_u32(v: &str) -> Result<u32, String> {
         .map_err(|_| format!("{v:?} is not a whole number"))
 }
 
-/// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h`.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let v = v.trim();
-    let split = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{v:?} is not a duration like 500ms, 1s or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{v:?} needs a unit: ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{v:?} is out of range"))
-}
+pub use cohort_process::parse_duration;
 
 #[cfg(test)]
 mod tests {

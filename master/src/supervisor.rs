@@ -412,13 +412,17 @@ impl Supervisor {
         match cmd {
             Command::Exited { pid, outcome } => {
                 self.live.remove(&pid);
+                let mut retired = false;
                 if let Some(pos) = self.retiring.iter().position(|r| r.pid == pid) {
                     self.retiring.remove(pos);
-                    tracing::info!(pid, outcome = %outcome, "retired instance exited");
-                    return;
+                    retired = true;
                 }
                 if let Some(e) = self.entries.iter_mut().find(|e| e.predecessor == Some(pid)) {
                     e.predecessor = None;
+                    retired = true;
+                }
+                if retired {
+                    tracing::info!(pid, outcome = %outcome, "replaced instance exited");
                     return;
                 }
                 if let Some(i) = self.entries.iter().position(|e| e.slot.pid() == Some(pid)) {
@@ -451,7 +455,13 @@ impl Supervisor {
                 }
                 self.apply(i, Event::Ready { pid });
                 if let Some(old) = self.entries[i].predecessor.take() {
-                    self.retire(old, true);
+                    if self.retiring.iter().any(|r| r.pid == old) {
+                        // Fatal path: already on its drain clock; now that
+                        // the replacement serves, ask it to finish.
+                        spawn::signal_group(old, libc::SIGTERM);
+                    } else {
+                        self.retire(old, true);
+                    }
                 }
                 if let Some(r) = &mut self.restarting
                     && r.waiting.remove(&name)
@@ -468,9 +478,11 @@ impl Supervisor {
                     return;
                 }
                 tracing::info!(member.name = %name, pid, "fatal error reported; starting a replacement now");
-                // The old instance drains by itself; it is killed if it
+                // The old instance stops taking work by itself and gets
+                // SIGTERM once the replacement is ready; it is killed if it
                 // outlives drain_timeout.
                 self.retire(pid, false);
+                self.entries[i].predecessor = Some(pid);
                 self.apply(i, Event::Replace);
             }
         }

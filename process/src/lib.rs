@@ -3,7 +3,8 @@
 //! - [`init`]: one tracing setup, a `RUST_LOG`-style filter (default
 //!   `info`), output on stderr, human-readable by default and JSON lines
 //!   when `COHORT_LOG_FORMAT=json`;
-//! - [`shutdown_signal`]: completes on SIGTERM, SIGINT or SIGQUIT.
+//! - [`shutdown_signal`]: completes on SIGTERM, SIGINT or SIGQUIT;
+//! - [`parse_duration`]: `500ms`, `1s`, `2m` as config files and flags write them.
 
 use tracing_subscriber::EnvFilter;
 
@@ -58,4 +59,24 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
             _ = quit.recv() => {}
         }
     }
+}
+
+/// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h`.
+pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{v:?} is not a duration like 500ms, 1s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{v:?} needs a unit: ms, s, m or h")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{v:?} is out of range"))
 }

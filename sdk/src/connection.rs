@@ -40,7 +40,7 @@ pub(crate) async fn run(
             Err(e) => e.to_string(),
         };
         inner.fail_waiters(&reason);
-        if inner.stop.is_cancelled() {
+        if inner.stop.is_cancelled() || inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         if established {

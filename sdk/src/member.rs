@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+/// The handler key of [`Member::incoming`]; no real action is empty.
+const ANY_ACTION: &str = "";
+
 /// How long a send waits for the master's verdict.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages a subscription buffers before it drops (and counts) more.
@@ -239,6 +242,8 @@ pub(crate) struct Inner {
     pub(crate) drain: watch::Sender<Option<String>>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) ready: AtomicBool,
+    /// Set by `leave`: a lost stream is not re-established.
+    pub(crate) leaving: AtomicBool,
     next_id: AtomicU64,
     id_prefix: String,
     pub(crate) stop: CancellationToken,
@@ -274,6 +279,7 @@ impl Inner {
             drain: watch::channel(None).0,
             events: broadcast::channel(256).0,
             ready: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:016x}", uuid::Uuid::new_v4().as_u128() as u64),
             stop: CancellationToken::new(),
@@ -318,7 +324,13 @@ impl Inner {
         }
         let msg = self.message(env);
         let mut handlers = lock(&self.handlers);
-        let Some(list) = handlers.get_mut(&msg.action) else {
+        // Messages no action handler wants go to the catch-all, if any.
+        let key = if handlers.contains_key(&msg.action) {
+            msg.action.clone()
+        } else {
+            ANY_ACTION.to_string()
+        };
+        let Some(list) = handlers.get_mut(&key) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(action = %msg.action, from = %msg.from, "no handler for message");
             return;
@@ -340,7 +352,7 @@ impl Inner {
             }
         }
         if kept.is_empty() {
-            handlers.remove(&msg.action);
+            handlers.remove(&key);
         } else {
             *list = kept;
         }
@@ -432,6 +444,12 @@ impl Member {
     /// counted in [`dropped_messages`](Self::dropped_messages).
     pub fn on(&self, action: impl Into<String>) -> Subscription {
         self.on_with_capacity(action, SUBSCRIPTION_BUFFER)
+    }
+
+    /// Every message for which no [`on`](Self::on) / [`once`](Self::once)
+    /// handler of its action exists (a catch-all, for bridges and proxies).
+    pub fn incoming(&self, capacity: usize) -> Subscription {
+        self.on_with_capacity(ANY_ACTION, capacity)
     }
 
     /// Like [`on`](Self::on) with room for `capacity` waiting messages.
@@ -603,8 +621,10 @@ impl Member {
 
     /// Tells the master this member is leaving; with `replace`, the master
     /// starts a replacement first (the fatal-error path). Keep finishing
-    /// work, then call [`close`](Self::close).
+    /// work, then call [`close`](Self::close). Once leaving, a lost stream is
+    /// not re-established (the replacement has the name).
     pub async fn leave(&self, replace: bool, reason: impl Into<String>) -> Result<(), Error> {
+        self.inner.leaving.store(true, Ordering::SeqCst);
         self.inner
             .send_frame(Out::Leaving(pb::Leaving {
                 replace,

@@ -1,6 +1,7 @@
 //! Starting a supervised child: its own process group (so the whole group
-//! can be signalled, grandchildren included), a parent-death signal (so
-//! `kill -9` of the master leaves no orphan), the shared listeners at fds
+//! can be signalled, grandchildren included), a parent-death signal (SIGTERM,
+//! so `kill -9` of the master leaves no orphan: `cohort-worker` and
+//! `cohort-agent` pass it on to their whole group), the shared listeners at fds
 //! 3.. (`LISTEN_FDS` / `LISTEN_FDNAMES`), and stdout/stderr captured line by
 //! line into the master's log under the member's name.
 

@@ -1,0 +1,247 @@
+//! `--exec -- CMD ARGS`: runs any program as the worker's payload. The
+//! payload inherits the shared listeners (fds 3..) and gets the messenger
+//! over a JSON-lines socket at fd `COHORT_CHANNEL_FD`:
+//!
+//! ```text
+//! payload → worker  {"type":"ready"}
+//!                   {"type":"send","target":"all"|"workers"|"agent"|"random"|"member:NAME","action":"a","data":ANY}
+//!                   {"type":"reply","to":"ID","data":ANY}
+//! worker → payload  {"type":"message","id":"ID","from":"worker-2","action":"a","data":ANY,"expects_reply":true}
+//!                   {"type":"error","message":"..."}
+//! ```
+//!
+//! `data` is any JSON value, carried as its JSON text. The worker exits with
+//! the payload's status.
+
+// Placing the channel fd in the payload needs `pre_exec` (unsafe); only
+// async-signal-safe calls run there.
+#![allow(unsafe_code)]
+
+use cohort::{Member, Message, Role, Target};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Environment variable naming the channel fd.
+pub const CHANNEL_FD: &str = "COHORT_CHANNEL_FD";
+/// Requests awaiting the payload's reply, at most.
+const MAX_PENDING: usize = 4096;
+
+fn parse_target(t: &str) -> Result<Target, String> {
+    match t {
+        "all" => Ok(Target::All),
+        "workers" => Ok(Target::Role(Role::Worker)),
+        "agent" => Ok(Target::Role(Role::Agent)),
+        "random" => Ok(Target::Random(Role::Worker)),
+        _ => t
+            .strip_prefix("member:")
+            .filter(|m| !m.is_empty())
+            .map(|m| Target::Member(m.to_string()))
+            .ok_or_else(|| {
+                format!("unknown target {t:?}: use all, workers, agent, random or member:NAME")
+            }),
+    }
+}
+
+fn data_of(v: Option<&Value>) -> Vec<u8> {
+    v.map(|d| d.to_string().into_bytes()).unwrap_or_default()
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; a gone target yields ESRCH.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Runs the payload until it exits; returns its exit code (128 + signal when
+/// killed). `shutdown` asks the payload (and its process group) to stop.
+pub async fn run(
+    member: Member,
+    command: &[String],
+    listen_fds: usize,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<i32> {
+    let Some((program, args)) = command.split_first() else {
+        anyhow::bail!("--exec needs a command: cohort-worker --exec -- CMD ARGS");
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let target: RawFd = 3 + RawFd::try_from(listen_fds)?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env(CHANNEL_FD, target.to_string())
+        .stdin(std::process::Stdio::null());
+    // SAFETY: runs in the forked child before exec; prctl, fcntl and dup2
+    // are async-signal-safe and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = if theirs_fd == target {
+                libc::fcntl(target, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(theirs_fd, target)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {program}: {e}"))?;
+    drop(theirs);
+    let child_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    tracing::info!(program, pid = child_pid, "payload started");
+
+    ours.set_nonblocking(true)?;
+    let (reader, mut writer) = tokio::net::UnixStream::from_std(ours)?.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Value>(1024);
+    let writer_task = tokio::spawn(async move {
+        while let Some(v) = out_rx.recv().await {
+            let mut line = v.to_string();
+            line.push('\n');
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let pending: Arc<Mutex<HashMap<String, Message>>> = Arc::default();
+    let mut incoming = member.incoming(4096);
+    let (tx, pend) = (out_tx.clone(), pending.clone());
+    let to_payload = tokio::spawn(async move {
+        while let Some(msg) = incoming.recv().await {
+            let data = serde_json::from_slice::<Value>(&msg.data)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&msg.data).into_owned()));
+            let line = json!({
+                "type": "message", "id": msg.id, "from": msg.from, "action": msg.action,
+                "data": data, "expects_reply": msg.expects_reply(),
+            });
+            if msg.expects_reply() {
+                let mut p = pend.lock().unwrap_or_else(|e| e.into_inner());
+                if p.len() < MAX_PENDING {
+                    p.insert(msg.id.clone(), msg);
+                }
+            }
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let from_member = member.clone();
+    let from_payload = tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Err(message) = handle_line(&from_member, &pending, &line).await {
+                let _ = out_tx
+                    .send(json!({"type": "error", "message": message}))
+                    .await;
+            }
+        }
+    });
+
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        _ = shutdown => {
+            // Our process group holds the payload and its children; when
+            // only we were signalled (parent death), pass it on to them.
+            // SAFETY: getpgrp/getpid have no preconditions.
+            let leader = unsafe { libc::getpgrp() == libc::getpid() };
+            let target = if leader { -unsafe { libc::getpgrp() } } else { child_pid };
+            signal(target, libc::SIGTERM);
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(s) => s?,
+                Err(_) => {
+                    signal(target, libc::SIGKILL);
+                    child.wait().await?
+                }
+            }
+        }
+    };
+    from_payload.abort();
+    to_payload.abort();
+    writer_task.abort();
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    tracing::info!(code, "payload exited");
+    Ok(code)
+}
+
+async fn handle_line(
+    member: &Member,
+    pending: &Mutex<HashMap<String, Message>>,
+    line: &str,
+) -> Result<(), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+    match v["type"].as_str() {
+        Some("ready") => member.ready().await.map_err(|e| e.to_string()),
+        Some("send") => {
+            let target = parse_target(v["target"].as_str().unwrap_or("all"))?;
+            let action = v["action"]
+                .as_str()
+                .filter(|a| !a.is_empty())
+                .ok_or("send needs an action")?;
+            member
+                .send(target, action.to_string(), data_of(v.get("data")))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("send {action}: {e}"))
+        }
+        Some("reply") => {
+            let to = v["to"]
+                .as_str()
+                .ok_or("reply needs \"to\": the message id")?;
+            let msg = pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(to)
+                .ok_or_else(|| format!("no request {to} is waiting for a reply"))?;
+            msg.reply(data_of(v.get("data")))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        _ => Err(format!(
+            "unknown message type in {line}: use ready, send or reply"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_explain_mistakes() {
+        assert_eq!(parse_target("all"), Ok(Target::All));
+        assert_eq!(parse_target("workers"), Ok(Target::Role(Role::Worker)));
+        assert_eq!(
+            parse_target("member:worker-2"),
+            Ok(Target::Member("worker-2".into()))
+        );
+        assert!(parse_target("member:").is_err());
+        assert!(
+            parse_target("everyone")
+                .expect_err("bad")
+                .contains("member:NAME")
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! `cohort-worker`: the demo worker. It joins the master as a worker,
+//! serves HTTP on the inherited `http` listener (or `--http ADDR`), keeps an
+//! in-memory cache that `refresh` messages update (the seed's cache-refresh
+//! example), answers `ping`, and leaves cleanly on SIGTERM or drain. With
+//! `--exec -- CMD` it runs CMD instead and bridges the messenger to it.
+//!
+//! Modules: [`http`] (the demo app), [`exec`] (the payload bridge),
+//! [`listeners`] (`LISTEN_FDS`).
+
+pub mod exec;
+pub mod http;
+pub mod listeners;
+
+use cohort::MemberBuilder;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Exit status after the fatal-error path (`EX_SOFTWARE`).
+pub const EXIT_FATAL: i32 = 70;
+
+/// How the worker runs.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Address to serve HTTP on when no `http` listener was inherited.
+    pub http: Option<SocketAddr>,
+    /// Enable `POST /crash`.
+    pub demo_faults: bool,
+    /// Run this program instead of the demo app.
+    pub exec: Vec<String>,
+    /// Inherited listeners.
+    pub inherited: listeners::Inherited,
+    /// How long in-flight requests may take after the worker stops accepting.
+    pub drain: Duration,
+}
+
+/// Joins and runs until `shutdown`, a drain request, or (with `--exec`) the
+/// payload's exit. Returns the process exit code.
+pub async fn run(
+    builder: MemberBuilder,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<i32> {
+    let member = builder.join().await?;
+    member.answer_pings();
+    if !settings.exec.is_empty() {
+        let code = exec::run(
+            member.clone(),
+            &settings.exec,
+            settings.inherited.names.len(),
+            shutdown,
+        )
+        .await;
+        member.close().await;
+        return code;
+    }
+
+    let listener = match settings.inherited.take("http") {
+        Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
+        None => match settings.http {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        },
+    };
+    let app = Arc::new(http::App {
+        member: member.clone(),
+        cache: Mutex::new((0, serde_json::Value::Null)),
+        demo_faults: settings.demo_faults,
+        stop_accepting: CancellationToken::new(),
+    });
+    let mut refresh = member.on("refresh");
+    let cache_app = app.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = refresh.recv().await {
+            let data = serde_json::from_slice(&msg.data).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&msg.data).into())
+            });
+            let mut cache = cache_app.cache.lock().unwrap_or_else(|p| p.into_inner());
+            *cache = (cache.0 + 1, data);
+            tracing::info!(from = %msg.from, refreshes = cache.0, "cache refreshed");
+        }
+    });
+    let server = match listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tracing::info!(http.addr = %addr, "serving HTTP");
+            if settings.inherited.names.is_empty() {
+                // A standalone worker says where it serves, as the master does.
+                println!("READY worker http {addr}");
+            }
+            Some(tokio::spawn(http::serve(l, app.clone(), settings.drain)))
+        }
+        None => None,
+    };
+    member.ready().await?;
+    tracing::info!(member.name = %member.name(), "ready");
+    let mut code = 0;
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        reason = member.drained() => tracing::info!(reason, "drained by the master"),
+        _ = app.stop_accepting.cancelled() => {
+            // Fatal path: the master starts a replacement and sends SIGTERM
+            // once it is ready; without a master, give up after the drain time.
+            code = EXIT_FATAL;
+            tokio::time::sleep(settings.drain).await;
+        }
+    }
+    app.stop_accepting.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    member.close().await;
+    Ok(code)
+}
