@@ -131,11 +131,7 @@ impl Proc {
 
     /// Sends a signal to the process.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {}", self.child.id());
+        kill(self.child.id(), sig);
     }
 
     /// Waits for the process to exit, up to `limit`.
@@ -251,4 +247,142 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and body.
+pub fn http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next()),
+            Some(Some('Z')) | Some(Some('X'))
+        ),
+        Err(_) => false,
+    }
+}
+
+/// A client loop of HTTP GETs on its own thread, bounded in time.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    /// Starts GETting `http://addr/` in a loop (at most 60 s).
+    pub fn start(addr: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, addr) = (stop.clone(), addr.to_string());
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failures) = (0u32, Vec::new());
+            let end = Instant::now() + Duration::from_secs(60);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                match http(&addr, "GET", "/") {
+                    Ok((200, _)) => ok += 1,
+                    Ok((code, body)) => failures.push(format!("{code} {body}")),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (ok, failures)
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop; returns (successful requests, failures).
+    pub fn stop(mut self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A Control client for the master at `addr`.
+pub async fn control(
+    addr: &str,
+) -> cohort_proto::pb::control_client::ControlClient<tonic::transport::Channel> {
+    cohort_proto::pb::control_client::ControlClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to Control")
+}
+
+/// Every member the master lists.
+pub async fn members(addr: &str) -> Vec<cohort_proto::pb::MemberInfo> {
+    control(addr)
+        .await
+        .list_members(cohort_proto::pb::ListMembersRequest {})
+        .await
+        .expect("ListMembers")
+        .into_inner()
+        .members
+}
+
+/// Polls `check` every 50 ms (async) until it returns `Some`, or panics
+/// with `what` after [`WAIT`].
+pub async fn eventually_async<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the master lists exactly `names`, each READY, and returns them.
+pub async fn wait_ready(addr: &str, names: &[&str]) -> Vec<cohort_proto::pb::MemberInfo> {
+    let ready = cohort_proto::pb::MemberState::Ready as i32;
+    eventually_async(&format!("{names:?} READY"), || async {
+        let m = members(addr).await;
+        let listed: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        (listed == names && m.iter().all(|m| m.state == ready)).then_some(m)
+    })
+    .await
+}
+
+/// Sends `signal` (e.g. `KILL`, `TERM`) to `pid`.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }

@@ -169,6 +169,8 @@ struct Entry {
 
 struct Retiring {
     pid: u32,
+    name: String,
+    role: Role,
     deadline: Instant,
     killed: bool,
 }
@@ -412,17 +414,28 @@ impl Supervisor {
         match cmd {
             Command::Exited { pid, outcome } => {
                 self.live.remove(&pid);
-                let mut retired = false;
+                let mut retired = None;
                 if let Some(pos) = self.retiring.iter().position(|r| r.pid == pid) {
-                    self.retiring.remove(pos);
-                    retired = true;
+                    let r = self.retiring.remove(pos);
+                    retired = Some((r.name, r.role));
                 }
                 if let Some(e) = self.entries.iter_mut().find(|e| e.predecessor == Some(pid)) {
                     e.predecessor = None;
-                    retired = true;
+                    retired = Some((e.name.clone(), e.role));
                 }
-                if retired {
-                    tracing::info!(pid, outcome = %outcome, "replaced instance exited");
+                if let Some((name, role)) = retired {
+                    tracing::info!(member.name = %name, pid, outcome = %outcome, "replaced instance exited");
+                    let info = pb::MemberInfo {
+                        name,
+                        role: role.into(),
+                        state: pb::MemberState::Gone as i32,
+                        pid,
+                        local: true,
+                        last_exit: outcome.to_string(),
+                        ..Default::default()
+                    };
+                    let reason = format!("replaced instance exited: {outcome}");
+                    self.registry.announce(pb::EventKind::Left, info, &reason);
                     return;
                 }
                 if let Some(i) = self.entries.iter().position(|e| e.slot.pid() == Some(pid)) {
@@ -460,7 +473,8 @@ impl Supervisor {
                         // the replacement serves, ask it to finish.
                         spawn::signal_group(old, libc::SIGTERM);
                     } else {
-                        self.retire(old, true);
+                        let (name, role) = (self.entries[i].name.clone(), self.entries[i].role);
+                        self.retire(old, &name, role, true);
                     }
                 }
                 if let Some(r) = &mut self.restarting
@@ -481,19 +495,22 @@ impl Supervisor {
                 // The old instance stops taking work by itself and gets
                 // SIGTERM once the replacement is ready; it is killed if it
                 // outlives drain_timeout.
-                self.retire(pid, false);
+                let role = self.entries[i].role;
+                self.retire(pid, &name, role, false);
                 self.entries[i].predecessor = Some(pid);
                 self.apply(i, Event::Replace);
             }
         }
     }
 
-    fn retire(&mut self, pid: u32, sigterm: bool) {
+    fn retire(&mut self, pid: u32, name: &str, role: Role, sigterm: bool) {
         if sigterm {
             spawn::signal_group(pid, libc::SIGTERM);
         }
         self.retiring.push(Retiring {
             pid,
+            name: name.to_string(),
+            role,
             deadline: Instant::now() + self.cfg.drain_timeout,
             killed: false,
         });
@@ -584,7 +601,7 @@ impl Supervisor {
             };
             let mut e = self.entries.remove(i);
             for pid in e.slot.pid().into_iter().chain(e.predecessor.take()) {
-                self.retire(pid, true);
+                self.retire(pid, &name, role, true);
             }
             self.registry.release(&name);
         }

@@ -98,7 +98,8 @@ async fn handle(mut stream: TcpStream, app: &App) -> std::io::Result<()> {
         }
         ("POST", "/crash") if app.demo_faults => {
             tracing::error!("POST /crash: simulating a fatal error");
-            respond(&mut stream, 202, r#"{"crashing":true}"#).await?;
+            let body = serde_json::json!({ "crashing": true, "pid": std::process::id(), "name": app.member.name() });
+            respond(&mut stream, 202, &body.to_string()).await?;
             if let Err(e) = app
                 .member
                 .leave(true, "fatal error (POST /crash demo fault)")

@@ -97,14 +97,18 @@ pub async fn run(
     member.ready().await?;
     tracing::info!(member.name = %member.name(), "ready");
     let mut code = 0;
+    tokio::pin!(shutdown);
     tokio::select! {
-        _ = shutdown => tracing::info!("shutting down"),
+        _ = &mut shutdown => tracing::info!("shutting down"),
         reason = member.drained() => tracing::info!(reason, "drained by the master"),
         _ = app.stop_accepting.cancelled() => {
             // Fatal path: the master starts a replacement and sends SIGTERM
             // once it is ready; without a master, give up after the drain time.
             code = EXIT_FATAL;
-            tokio::time::sleep(settings.drain).await;
+            tokio::select! {
+                _ = &mut shutdown => tracing::info!("replacement ready; exiting"),
+                _ = tokio::time::sleep(settings.drain) => {}
+            }
         }
     }
     app.stop_accepting.cancel();

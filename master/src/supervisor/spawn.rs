@@ -71,7 +71,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Child> {
         cmd.pre_exec(move || {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
+                libc::SIGTERM as libc::c_ulong,
                 0,
                 0,
                 0,

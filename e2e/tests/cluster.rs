@@ -1,0 +1,477 @@
+//! The master as a local supervisor, end to end: real binaries, a shared
+//! HTTP listener on an ephemeral port, crashes, replacements, scaling and
+//! shutdown, each checking that no process of the cluster is left behind.
+
+use cohort_e2e::{
+    Load, Master, alive, bin, control, eventually_async, http, members, wait_ready, workspace,
+};
+use cohort_proto::pb;
+use std::time::{Duration, Instant};
+
+const READY: i32 = pb::MemberState::Ready as i32;
+
+async fn http_addr(addr: &str) -> String {
+    let info = control(addr)
+        .await
+        .cluster_info(pb::ClusterInfoRequest {})
+        .await
+        .expect("ClusterInfo")
+        .into_inner();
+    info.listeners
+        .iter()
+        .find(|l| l.name == "http")
+        .map(|l| l.addr.clone())
+        .expect("http listener")
+}
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("cohort.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
+fn toml_str(p: &std::path::Path) -> String {
+    format!("{:?}", p.to_string_lossy())
+}
+
+/// Stops the master with SIGTERM and checks it exits 0 in time and that
+/// every listed pid is gone.
+fn stop_cleanly(master: &mut Master, pids: &[u32]) {
+    master.proc.signal("TERM");
+    let status = master
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("master exits");
+    assert_eq!(status.code(), Some(0), "{}", master.proc.stderr());
+    cohort_e2e::eventually("every cluster process to end", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_agent_then_workers_serves_http_and_stops_cleanly() {
+    let mut master = Master::start(&["--worker-count", "2"]);
+    let addr = master.addr.clone();
+    let mut events = control(&addr)
+        .await
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let listed = wait_ready(&addr, &["agent", "worker-1", "worker-2"]).await;
+    assert!(listed.iter().all(|m| m.local), "{listed:?}");
+    let ready_at = |name: &str, seen: &[(i32, String)]| {
+        seen.iter().position(|(k, n)| {
+            (*k == pb::EventKind::Ready as i32 || *k == pb::EventKind::Current as i32) && n == name
+        })
+    };
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|(k, _)| *k == pb::EventKind::ClusterReady as i32)
+    {
+        let ev = tokio::time::timeout(cohort_e2e::WAIT, events.message())
+            .await
+            .expect("event in time")
+            .expect("stream ok")
+            .expect("not ended");
+        seen.push((ev.kind, ev.member.map(|m| m.name).unwrap_or_default()));
+    }
+    // The agent was ready before any worker (start order).
+    if let (Some(a), Some(w)) = (ready_at("agent", &seen), ready_at("worker-1", &seen)) {
+        assert!(a < w, "{seen:?}");
+    }
+
+    let web = http_addr(&addr).await;
+    let master_pid = master.proc.child.id();
+    let mut answered = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (code, body) = http(&web, "GET", "/").expect("GET /");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            v["ppid"], master_pid,
+            "served by a child of the master: {body}"
+        );
+        answered.insert(v["name"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        answered.iter().all(|n| n.starts_with("worker-")),
+        "{answered:?}"
+    );
+    let pids: Vec<u32> = listed.iter().map(|m| m.pid).collect();
+    stop_cleanly(&mut master, &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_is_respawned_and_the_port_keeps_answering() {
+    let mut master = Master::start(&["--worker-count", "2", "--agent-count", "0"]);
+    let addr = master.addr.clone();
+    let before = wait_ready(&addr, &["worker-1", "worker-2"]).await;
+    let web = http_addr(&addr).await;
+    let load = Load::start(&web);
+    let victim = before[0].clone();
+    cohort_e2e::kill(victim.pid, "KILL");
+    let after = eventually_async("worker-1 respawned and READY", || async {
+        let m = members(&addr).await;
+        let w1 = m.into_iter().find(|m| m.name == "worker-1")?;
+        (w1.state == READY && w1.pid != victim.pid).then_some(w1)
+    })
+    .await;
+    // Requests keep being answered after the kill: only a connection the
+    // victim held at the instant of SIGKILL can be lost.
+    let after_kill = Load::start(&web);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok_after, failures_after) = after_kill.stop();
+    let (ok, failures) = load.stop();
+    assert!(
+        failures.len() <= 1,
+        "{} failed of {}: {failures:?}",
+        failures.len(),
+        ok + failures.len() as u32
+    );
+    assert!(
+        failures_after.is_empty() && ok_after > 0,
+        "{failures_after:?}"
+    );
+    assert_ne!(after.instance_id, victim.instance_id);
+    assert_eq!(after.restarts, 1);
+    let pids: Vec<u32> = members(&addr).await.iter().map(|m| m.pid).collect();
+    stop_cleanly(&mut master, &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_exits_at_once_backs_off_and_disturbs_nobody() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[agent]\ncommand = [{}]\n[worker]\ncount = 1\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n[restart]\nbackoff_initial = \"100ms\"\n",
+            toml_str(&bin("cohort-agent"))
+        ),
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    let addr = master.addr.clone();
+    let mut events = control(&addr)
+        .await
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut delays = Vec::new();
+    while delays.len() < 4 {
+        let ev = tokio::time::timeout(cohort_e2e::WAIT, events.message())
+            .await
+            .expect("event in time")
+            .expect("ok")
+            .expect("open");
+        if ev.kind == pb::EventKind::Backoff as i32 {
+            assert!(ev.reason.contains("exited with status 3"), "{}", ev.reason);
+            let ms: u64 = ev
+                .reason
+                .split("next attempt in ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect("delay in reason");
+            delays.push(ms);
+        }
+    }
+    assert_eq!(delays, [100, 200, 400, 800]);
+    let m = members(&addr).await;
+    let agent = m.iter().find(|m| m.name == "agent").expect("agent listed");
+    assert_eq!(agent.state, READY, "the agent stays healthy");
+    let w = m
+        .iter()
+        .find(|m| m.name == "worker-1")
+        .expect("slot listed");
+    assert!(
+        w.state == pb::MemberState::Backoff as i32 || w.state == pb::MemberState::Starting as i32,
+        "{w:?}"
+    );
+    assert!(w.restarts >= 4 && w.last_exit.contains("status 3"), "{w:?}");
+    stop_cleanly(&mut master, &[agent.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_dies_before_ready_is_replaced_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let marker = dir.path().join("second-try");
+    // The first instance dies before it is ready; its replacement works.
+    let script = format!(
+        "if [ -e {m} ]; then exec {w}; else touch {m}; exit 1; fi",
+        m = marker.display(),
+        w = bin("cohort-worker").display()
+    );
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [\"sh\", \"-c\", {script:?}]\n"
+        ),
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    let listed = wait_ready(&master.addr, &["worker-1"]).await;
+    assert_eq!(listed[0].restarts, 1);
+    stop_cleanly(&mut master, &[listed[0].pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_error_replacement_is_ready_before_the_old_instance_exits() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[agent]\ncount = 0\n[worker]\ncount = 2\ncommand = [{}, \"--demo-faults\"]\n",
+            toml_str(&bin("cohort-worker"))
+        ),
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    let addr = master.addr.clone();
+    wait_ready(&addr, &["worker-1", "worker-2"]).await;
+    let mut events = control(&addr)
+        .await
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let web = http_addr(&addr).await;
+    let load = Load::start(&web);
+    let (code, body) = http(&web, "POST", "/crash").expect("POST /crash");
+    assert_eq!(code, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let (old_pid, name) = (
+        v["pid"].as_u64().expect("pid") as u32,
+        v["name"].as_str().expect("name").to_string(),
+    );
+    // The replacement's READY comes before the old instance's exit, in the
+    // master's own event order.
+    let mut order = Vec::new();
+    while !order
+        .iter()
+        .any(|(k, _): &(i32, u32)| *k == pb::EventKind::Left as i32)
+    {
+        let ev = tokio::time::timeout(cohort_e2e::WAIT, events.message())
+            .await
+            .expect("event in time")
+            .expect("ok")
+            .expect("open");
+        let Some(m) = ev.member.filter(|m| m.name == name) else {
+            continue;
+        };
+        let gone_old = ev.kind == pb::EventKind::Left as i32
+            && m.pid == old_pid
+            && ev.reason.contains("replaced instance exited");
+        let ready_new = ev.kind == pb::EventKind::Ready as i32 && m.pid != old_pid;
+        if gone_old || ready_new {
+            order.push((ev.kind, m.pid));
+        }
+    }
+    assert_eq!(
+        order.first().map(|(k, _)| *k),
+        Some(pb::EventKind::Ready as i32),
+        "{order:?}"
+    );
+    cohort_e2e::eventually("the old instance to exit", || {
+        (!alive(old_pid)).then_some(())
+    });
+    let (ok, failures) = load.stop();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {failures:?}",
+        failures.len(),
+        ok + failures.len() as u32
+    );
+    let pids: Vec<u32> = members(&addr).await.iter().map(|m| m.pid).collect();
+    stop_cleanly(&mut master, &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_drops_no_request() {
+    let mut master = Master::start(&["--worker-count", "2", "--agent-count", "0"]);
+    let addr = master.addr.clone();
+    let before = wait_ready(&addr, &["worker-1", "worker-2"]).await;
+    let web = http_addr(&addr).await;
+    let load = Load::start(&web);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    control(&addr)
+        .await
+        .restart(pb::RestartRequest {
+            which: Some(pb::restart_request::Which::Role(pb::Role::Worker as i32)),
+            rolling: true,
+        })
+        .await
+        .expect("rolling restart");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, failures) = load.stop();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {failures:?}",
+        failures.len(),
+        ok + failures.len() as u32
+    );
+    assert!(ok > 10, "the client loop ran ({ok} requests)");
+    let after = wait_ready(&addr, &["worker-1", "worker-2"]).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(
+            b.instance_id, a.instance_id,
+            "{} has a new instance",
+            a.name
+        );
+        assert_ne!(b.pid, a.pid);
+    }
+    let mut pids: Vec<u32> = after.iter().map(|m| m.pid).collect();
+    pids.extend(before.iter().map(|m| m.pid));
+    stop_cleanly(&mut master, &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_and_down() {
+    let mut master = Master::start(&["--worker-count", "1", "--agent-count", "0"]);
+    let addr = master.addr.clone();
+    wait_ready(&addr, &["worker-1"]).await;
+    let scale = |count| pb::ScaleRequest {
+        role: pb::Role::Worker as i32,
+        count,
+    };
+    control(&addr)
+        .await
+        .scale(scale(3))
+        .await
+        .expect("scale up");
+    let three = wait_ready(&addr, &["worker-1", "worker-2", "worker-3"]).await;
+    control(&addr)
+        .await
+        .scale(scale(1))
+        .await
+        .expect("scale down");
+    let one = wait_ready(&addr, &["worker-1"]).await;
+    assert_eq!(
+        one[0].pid, three[0].pid,
+        "scaling down keeps the lowest slots"
+    );
+    cohort_e2e::eventually("removed workers to exit", || {
+        (!alive(three[1].pid) && !alive(three[2].pid)).then_some(())
+    });
+    let err = control(&addr)
+        .await
+        .scale(pb::ScaleRequest {
+            role: pb::Role::Agent as i32,
+            count: 2,
+        })
+        .await
+        .expect_err("two agents");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    stop_cleanly(&mut master, &[one[0].pid]);
+}
+
+/// Starts a master whose one worker runs the Python payload through
+/// `--exec`; returns the master and the payload's and grandchild's pids.
+async fn exec_cluster(dir: &tempfile::TempDir) -> Option<(Master, Vec<u32>)> {
+    let python = cohort_e2e::venv_tool("python")?;
+    let pids_file = dir.path().join("payload.pids");
+    let cfg = config_file(
+        dir,
+        &format!(
+            "[worker]\ncount = 1\ncommand = [{}, \"--exec\", \"--\", {}, {}]\n",
+            toml_str(&bin("cohort-worker")),
+            toml_str(&python),
+            toml_str(&workspace().join("e2e/python/payload.py")),
+        ),
+    );
+    let mut cmd = std::process::Command::new(bin("cohort-master"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--listener",
+        "http=127.0.0.1:0",
+        "--config",
+        &cfg,
+    ])
+    .env("PAYLOAD_PIDS", &pids_file);
+    let mut proc = cohort_e2e::Proc::spawn("cohort-master", cmd);
+    let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
+    let master = Master {
+        addr: line.trim_start_matches("READY master ").to_string(),
+        proc,
+    };
+    let listed = wait_ready(&master.addr, &["agent", "worker-1"]).await;
+    let payload: Vec<u32> = std::fs::read_to_string(&pids_file)
+        .expect("payload wrote its pids")
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    let mut pids: Vec<u32> = listed.iter().map(|m| m.pid).collect();
+    pids.extend(payload);
+    assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
+    Some((master, pids))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_payload_answers_a_request_and_sigterm_ends_even_its_grandchild() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some((mut master, pids)) = exec_cluster(&dir).await else {
+        return;
+    };
+    let json = Some(prost_types_value(r#"{"a": 20, "b": 22}"#));
+    let resp = control(&master.addr)
+        .await
+        .send(pb::SendRequest {
+            action: "add".into(),
+            json,
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Member("worker-1".into())),
+            }),
+            expect_reply: true,
+            ..Default::default()
+        })
+        .await
+        .expect("request through the bridge")
+        .into_inner();
+    let reply = String::from_utf8_lossy(&resp.reply.expect("reply").data).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(v["sum"], 42, "{reply}");
+    assert_eq!(v["by"], "payload");
+    stop_cleanly(&mut master, &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_master_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some((mut master, pids)) = exec_cluster(&dir).await else {
+        return;
+    };
+    master.proc.signal("KILL");
+    master
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("master died");
+    let start = Instant::now();
+    cohort_e2e::eventually("every cluster process to end", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+    eprintln!(
+        "cluster gone {} ms after kill -9 of the master",
+        start.elapsed().as_millis()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+fn prost_types_value(json: &str) -> prost_types::Value {
+    use prost_types::value::Kind;
+    fn conv(v: &serde_json::Value) -> prost_types::Value {
+        let kind = match v {
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), conv(v))).collect(),
+            }),
+            _ => Kind::NullValue(0),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    conv(&serde_json::from_str(json).expect("json"))
+}
