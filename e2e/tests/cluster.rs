@@ -475,3 +475,94 @@ fn prost_types_value(json: &str) -> prost_types::Value {
     }
     conv(&serde_json::from_str(json).expect("json"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pushes_file_changes_and_schedules_to_the_workers_caches() {
+    let dir = tempfile::tempdir().expect("dir");
+    let watched = dir.path().join("feature-flags.json");
+    std::fs::write(&watched, r#"{"version": 1}"#).expect("write");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        "[[schedule]]\ninterval = \"100ms\"\ntype = \"worker\"\naction = \"tick\"\ndata = \"{}\"\n",
+    )
+    .expect("write");
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[agent]\ncommand = [{}, \"--config\", {}, \"--watch\", {}]\n[worker]\ncount = 2\n",
+            toml_str(&bin("cohort-agent")),
+            toml_str(&agent_cfg),
+            toml_str(&watched),
+        ),
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    let addr = master.addr.clone();
+    let listed = wait_ready(&addr, &["agent", "worker-1", "worker-2"]).await;
+    let web = http_addr(&addr).await;
+    let cache_version = |web: &str| {
+        let (_, body) = http(web, "GET", "/cache").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["version"].as_u64()
+    };
+    cohort_e2e::eventually("the first push", || {
+        (cache_version(&web) == Some(1)).then_some(())
+    });
+    std::fs::write(&watched, r#"{"version": 2, "note": "changed"}"#).expect("rewrite");
+    // Both workers' caches (connections alternate between them).
+    cohort_e2e::eventually("the change in every worker", || {
+        (0..6).all(|_| cache_version(&web) == Some(2)).then_some(())
+    });
+    // Scheduled sends reach the workers too.
+    cohort_e2e::eventually("scheduled ticks", || {
+        let (_, body) = http(&web, "GET", "/cache").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["messages"]["tick"].as_u64()? >= 1).then_some(())
+    });
+    // The master captured the children's output under their names.
+    let stderr = master.proc.stderr();
+    assert!(
+        stderr.contains("pushed refresh") && stderr.contains("member.name=agent"),
+        "{stderr}"
+    );
+    let pids: Vec<u32> = listed.iter().map(|m| m.pid).collect();
+    stop_cleanly(&mut master, &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_ready_once_the_cluster_is_ready() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(cohort_e2e::WAIT))
+        .expect("timeout");
+    let mut cmd = std::process::Command::new(bin("cohort-master"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--listener",
+        "http=127.0.0.1:0",
+        "--worker-count",
+        "1",
+    ])
+    .env("NOTIFY_SOCKET", &socket_path);
+    let mut proc = cohort_e2e::Proc::spawn("cohort-master", cmd);
+    let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 within the deadline");
+    assert_eq!(&buf[..n], b"READY=1");
+    let mut master = Master {
+        addr: line.trim_start_matches("READY master ").to_string(),
+        proc,
+    };
+    let info = control(&master.addr)
+        .await
+        .cluster_info(pb::ClusterInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert!(info.cluster_ready, "READY=1 only after ClusterReady");
+    let pids: Vec<u32> = members(&master.addr).await.iter().map(|m| m.pid).collect();
+    stop_cleanly(&mut master, &pids);
+}

@@ -1,5 +1,6 @@
 //! The demo app: a small HTTP/1.1 server. `GET /` tells which process
-//! answered, `GET /cache` shows the cache the agent refreshes, and with
+//! answered, `GET /cache` shows the cache the agent refreshes (and counts of
+//! other messages by action), and with
 //! `--demo-faults`, `POST /crash` takes the fatal-error path. Every
 //! response closes its connection, so a retiring worker holds nothing.
 
@@ -20,6 +21,8 @@ pub struct App {
     pub member: Member,
     /// The latest `refresh` payload and how many were received.
     pub cache: Mutex<(u64, serde_json::Value)>,
+    /// Other messages received, counted by action.
+    pub received: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Whether `POST /crash` is enabled.
     pub demo_faults: bool,
     /// Cancelled to stop taking connections (fatal path, shutdown).
@@ -92,7 +95,8 @@ async fn handle(mut stream: TcpStream, app: &App) -> std::io::Result<()> {
         ("GET", "/cache") => {
             let body = {
                 let cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
-                serde_json::json!({ "refreshes": cache.0, "data": cache.1 })
+                let received = app.received.lock().unwrap_or_else(|p| p.into_inner());
+                serde_json::json!({ "refreshes": cache.0, "data": cache.1, "messages": *received })
             };
             respond(&mut stream, 200, &body.to_string()).await
         }

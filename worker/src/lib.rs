@@ -67,6 +67,7 @@ pub async fn run(
     let app = Arc::new(http::App {
         member: member.clone(),
         cache: Mutex::new((0, serde_json::Value::Null)),
+        received: Mutex::default(),
         demo_faults: settings.demo_faults,
         stop_accepting: CancellationToken::new(),
     });
@@ -80,6 +81,17 @@ pub async fn run(
             let mut cache = cache_app.cache.lock().unwrap_or_else(|p| p.into_inner());
             *cache = (cache.0 + 1, data);
             tracing::info!(from = %msg.from, refreshes = cache.0, "cache refreshed");
+        }
+    });
+    let mut other = member.incoming(1024);
+    let count_app = app.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = other.recv().await {
+            let mut received = count_app.received.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: a sender inventing actions cannot grow this forever.
+            if received.len() < 256 || received.contains_key(&msg.action) {
+                *received.entry(msg.action).or_default() += 1;
+            }
         }
     });
     let server = match listener {
