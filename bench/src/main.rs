@@ -1,10 +1,18 @@
-//! `cohort-bench messaging`: request/reply latency, one-way relay
-//! throughput and broadcast-to-8 latency, with the master and every member
-//! in its own process (this binary re-executes itself for each role).
+//! Benchmarks, each writing a markdown table to `bench/results/`:
+//!
+//! - `messaging`: request/reply latency, one-way relay throughput and
+//!   broadcast-to-8 latency, with the master and every member in its own
+//!   process (this binary re-executes itself for each role);
+//! - `cluster`: respawn latency, startup time and RSS of the real
+//!   `cohort-master`, `cohort-agent` and `cohort-worker` binaries (built
+//!   next to this one: `cargo build --release --bins` first).
 //!
 //! ```text
 //! cargo run --release -p cohort-bench -- messaging [--out FILE] [--quick]
+//! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster [--out FILE] [--quick]
 //! ```
+
+mod cluster;
 
 use anyhow::{Context, bail};
 use cohort::{Member, MemberBuilder, Role, Target};
@@ -31,13 +39,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("messaging") => messaging(&args[1..]),
+        Some("cluster") => cluster::run(&args[1..]),
         Some("master") => run_master(&args[1..]),
         Some("member") => run_member(&args[1..]),
-        _ => bail!("usage: cohort-bench messaging [--out FILE] [--quick]"),
+        _ => bail!("usage: cohort-bench messaging|cluster [--out FILE] [--quick]"),
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting tokio")
 }
 
@@ -125,7 +134,7 @@ fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
     Ok(Guard(child))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -133,7 +142,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn us(d: Duration) -> String {
+pub(crate) fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
@@ -168,13 +177,7 @@ async fn wait_ready(member: &Member, names: &[String]) -> anyhow::Result<()> {
 }
 
 fn messaging(args: &[String]) -> anyhow::Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "bench/results/messaging.md".into());
+    let (quick, out) = options(args, "messaging");
     let scale = if quick { 10 } else { 1 };
     let (requests, relay, rounds) = (REQUESTS / scale, RELAY / scale, BROADCAST_ROUNDS / scale);
 
@@ -284,6 +287,30 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
     drop(master);
     let _ = std::fs::remove_file(&cfg);
 
+    let text = format!(
+        "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
+         Machine: {}; master, driver and 10 members each in their own process.\n\n\
+         | measure | result | |\n|---|---|---|\n{report}",
+        if quick { " --quick" } else { "" },
+        machine()
+    );
+    write_report(&out, &text)
+}
+
+/// `--quick` and `--out FILE` (default `bench/results/NAME.md`).
+pub(crate) fn options(args: &[String], name: &str) -> (bool, String) {
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| format!("bench/results/{name}.md"));
+    (quick, out)
+}
+
+/// Cores and CPU model, for the results file.
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -295,17 +322,16 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let text = format!(
-        "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
-         Machine: {cores} cores, {cpu}; master, driver and 10 members each in their own process.\n\n\
-         | measure | result | |\n|---|---|---|\n{report}",
-        if quick { " --quick" } else { "" }
-    );
+    format!("{cores} cores, {cpu}")
+}
+
+/// Prints the report and writes it to `out`.
+pub(crate) fn write_report(out: &str, text: &str) -> anyhow::Result<()> {
     println!("{text}");
-    if let Some(dir) = std::path::Path::new(&out).parent() {
+    if let Some(dir) = std::path::Path::new(out).parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&out, text)?;
+    std::fs::write(out, text)?;
     Ok(())
 }
 
