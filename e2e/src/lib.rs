@@ -341,9 +341,19 @@ pub async fn control(
 
 /// Every member the master lists.
 pub async fn members(addr: &str) -> Vec<cohort_proto::pb::MemberInfo> {
+    members_with(addr, None).await
+}
+
+/// Every member the master lists, asking with a bearer token.
+pub async fn members_with(addr: &str, token: Option<&str>) -> Vec<cohort_proto::pb::MemberInfo> {
+    let mut request = tonic::Request::new(cohort_proto::pb::ListMembersRequest {});
+    if let Some(t) = token {
+        let value = format!("Bearer {t}").parse().expect("token fits a header");
+        request.metadata_mut().insert("authorization", value);
+    }
     control(addr)
         .await
-        .list_members(cohort_proto::pb::ListMembersRequest {})
+        .list_members(request)
         .await
         .expect("ListMembers")
         .into_inner()
@@ -369,9 +379,18 @@ where
 
 /// Waits until the master lists exactly `names`, each READY, and returns them.
 pub async fn wait_ready(addr: &str, names: &[&str]) -> Vec<cohort_proto::pb::MemberInfo> {
+    wait_ready_with(addr, names, None).await
+}
+
+/// [`wait_ready`] against a master that wants a bearer token.
+pub async fn wait_ready_with(
+    addr: &str,
+    names: &[&str],
+    token: Option<&str>,
+) -> Vec<cohort_proto::pb::MemberInfo> {
     let ready = cohort_proto::pb::MemberState::Ready as i32;
     eventually_async(&format!("{names:?} READY"), || async {
-        let m = members(addr).await;
+        let m = members_with(addr, token).await;
         let listed: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
         (listed == names && m.iter().all(|m| m.state == ready)).then_some(m)
     })

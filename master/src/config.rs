@@ -24,7 +24,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "COHORT_SLOW_CONSUMER_TIMEOUT",
         "messaging.slow_consumer_timeout",
     ),
+    ("COHORT_TOKEN_FILE", "auth.token_file"),
 ];
+
+/// The environment variable holding a bearer token directly (never a flag:
+/// argv is visible to every local user).
+pub const ENV_TOKEN: &str = "COHORT_TOKEN";
 
 /// The environment variable naming a config file (like `--config`).
 pub const ENV_CONFIG: &str = "COHORT_CONFIG";
@@ -40,6 +45,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("--suspect-after", "health.suspect_after"),
     ("--dead-after", "health.dead_after"),
     ("--slow-consumer-timeout", "messaging.slow_consumer_timeout"),
+    ("--token-file", "auth.token_file"),
     ("--min-uptime", "restart.min_uptime"),
     ("--backoff-initial", "restart.backoff_initial"),
     ("--backoff-max", "restart.backoff_max"),
@@ -66,6 +72,8 @@ usage: cohort-master [--config FILE] [FLAGS]
   --suspect-after DUR
   --dead-after DUR
   --slow-consumer-timeout DUR
+  --token-file FILE              bearer tokens for Join and Control (one per line, two while rotating);
+                                 or COHORT_TOKEN / COHORT_TOKEN_FILE in the environment
   --listener NAME=ADDR           a shared listener for workers (repeatable; port 0 allowed)
   --min-uptime DUR               restart policy (see [restart] in the README)
   --backoff-initial DUR
@@ -222,8 +230,10 @@ pub struct Config {
     pub restart: RestartConfig,
     /// Queues.
     pub messaging: MessagingConfig,
-    /// Bearer token file.
+    /// Bearer token file (one token per line, two while rotating).
     pub token_file: Option<PathBuf>,
+    /// Accepted bearer tokens, from `token_file` and `COHORT_TOKEN`.
+    pub tokens: Vec<crate::auth::Token>,
     /// Allow a non-loopback listen address without auth.
     pub insecure: bool,
     /// systemd's `NOTIFY_SOCKET`: where to send `READY=1` at ClusterReady.
@@ -270,6 +280,7 @@ impl Default for Config {
                 pending_requests: 65_536,
             },
             token_file: None,
+            tokens: Vec::new(),
             insecure: false,
             notify_socket: None,
         }
@@ -430,6 +441,27 @@ impl Config {
                 .map_err(|message| ConfigError::Value { key: flag, message })?;
         }
         cfg.insecure |= insecure;
+        if let Some(path) = &cfg.token_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            cfg.tokens = crate::auth::parse_token_file(&text)
+                .map_err(|m| value_err("auth.token_file", &m))?;
+        }
+        if let Some(t) = env(ENV_TOKEN).filter(|t| !t.is_empty()) {
+            let mut all =
+                crate::auth::parse_token_file(&t).map_err(|m| value_err(ENV_TOKEN, &m))?;
+            all.append(&mut cfg.tokens);
+            all.dedup();
+            if all.len() > 2 {
+                return Err(value_err(
+                    ENV_TOKEN,
+                    "with the token file that makes more than two active tokens",
+                ));
+            }
+            cfg.tokens = all;
+        }
         cfg.notify_socket = env("NOTIFY_SOCKET").filter(|s| !s.is_empty());
         cfg.validate()?;
         Ok(cfg)
@@ -542,6 +574,9 @@ impl Config {
             "health.heartbeat_interval" => self.health.heartbeat_interval = parse_duration(v)?,
             "health.suspect_after" => self.health.suspect_after = parse_duration(v)?,
             "health.dead_after" => self.health.dead_after = parse_duration(v)?,
+            "auth.token_file" => {
+                self.token_file = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty())
+            }
             "restart.min_uptime" => self.restart.min_uptime = parse_duration(v)?,
             "restart.backoff_initial" => self.restart.backoff_initial = parse_duration(v)?,
             "restart.backoff_max" => self.restart.backoff_max = parse_duration(v)?,
@@ -603,19 +638,12 @@ impl Config {
         if self.messaging.queue_messages == 0 || self.messaging.queue_bytes == 0 {
             return Err(value_err("messaging", "queue sizes must be above 0"));
         }
-        if self.token_file.is_some() {
-            // Refuse rather than run unauthenticated while the file says otherwise.
-            return Err(value_err(
-                "auth.token_file",
-                "bearer-token auth is not implemented in this version yet; \
-                 remove it and listen on a loopback address (or pass --insecure)",
-            ));
-        }
-        if !self.listen.ip().is_loopback() && !self.insecure {
+        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.insecure {
             return Err(value_err(
                 "listen",
                 &format!(
                     "{} is not a loopback address and no auth is configured: \
+                     set [auth] token_file (or --token-file, COHORT_TOKEN_FILE, COHORT_TOKEN), \
                      listen on a loopback address, or pass --insecure to accept anyone who can reach it",
                     self.listen
                 ),
@@ -726,16 +754,31 @@ mod tests {
             (&["--worker-count", "many"], &[], "auto"),
             (&["--listen", "0.0.0.0:7420"], &[], "--insecure"),
         ];
-        let f = write("[auth]\ntoken_file = \"/etc/cohort/token\"\n");
+        let f = write("[auth]\ntoken_file = \"/nonexistent/cohort/token\"\n");
         let err = load(&["--config", f.path().to_str().expect("path")], &[])
-            .expect_err("auth not enforced yet")
+            .expect_err("missing token file")
             .to_string();
-        assert!(err.contains("auth.token_file"), "{err}");
+        assert!(err.contains("/nonexistent/cohort/token"), "{err}");
+        let err = load(&[], &[("COHORT_TOKEN", "short")])
+            .expect_err("short")
+            .to_string();
+        assert!(err.contains("COHORT_TOKEN") && err.contains("16"), "{err}");
         for (args, env, needle) in cases {
             let err = load(args, env).expect_err(needle).to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
         assert!(load(&["--listen", "0.0.0.0:0", "--insecure"], &[]).is_ok());
+        let tokens = write("0123456789abcdef0123\n");
+        let path = tokens.path().to_str().expect("path");
+        let c =
+            load(&["--listen", "0.0.0.0:0", "--token-file", path], &[]).expect("token allows it");
+        assert_eq!(c.tokens.len(), 1);
+        let c = load(
+            &["--token-file", path],
+            &[("COHORT_TOKEN", "fedcba9876543210fedc")],
+        )
+        .expect("both");
+        assert_eq!(c.tokens.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Cohort master: a gRPC server that registers members, checks their
 //! health, routes their messages, and answers operators.
 //!
+//! - [`auth`]: bearer tokens on `Membership` and `Control`.
 //! - [`config`]: file, environment and flags (SPEC §6).
 //! - [`registry`]: membership, health states, routing, the pre-ready hold.
 //! - [`outbound`]: each member's bounded, batching outbound queue.
@@ -12,6 +13,7 @@
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! pass port 0 and their own shutdown.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod json;
@@ -161,6 +163,7 @@ pub async fn run(
             kill_timeout: config.restart.kill_timeout,
             start_timeout: config.restart.start_timeout,
             master_url: format!("http://{master_host}"),
+            token: config.tokens.first().map(|t| t.expose().to_string()),
             listeners: fds,
         },
         registry.clone(),
@@ -225,11 +228,19 @@ pub async fn run(
         .context("building reflection v1alpha")?;
 
     let max = cohort_proto::MAX_MESSAGE_BYTES;
+    let auth = auth::Auth::new(&config.tokens);
+    if auth.enabled() {
+        tracing::info!(
+            tokens = config.tokens.len(),
+            "bearer-token authentication on for Join and Control"
+        );
+    }
     let membership = pb::membership_server::MembershipServer::new(
         membership::MembershipService::new(registry.clone(), tasks.clone(), stop.clone()),
     )
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let membership = tonic::service::interceptor::InterceptedService::new(membership, auth.clone());
     let control = pb::control_server::ControlServer::new(control::ControlService::new(
         registry.clone(),
         addr,
@@ -241,6 +252,7 @@ pub async fn run(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let control = tonic::service::interceptor::InterceptedService::new(control, auth);
 
     let signal_stop = stop.clone();
     tokio::spawn(async move {

@@ -40,6 +40,8 @@ pub struct SupervisorConfig {
     pub start_timeout: Duration,
     /// `http://ADDR` of this master, for `COHORT_MASTER`.
     pub master_url: String,
+    /// The bearer token handed to local children (`COHORT_TOKEN`).
+    pub token: Option<String>,
     /// Shared listeners handed to workers.
     pub listeners: Vec<(String, RawFd)>,
 }
@@ -368,7 +370,15 @@ impl Supervisor {
                 ("COHORT_NAME".into(), name.clone()),
                 ("COHORT_ROLE".into(), role.to_string()),
                 ("COHORT_SECRET".into(), secret),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                self.cfg
+                    .token
+                    .clone()
+                    .map(|t| ("COHORT_TOKEN".to_string(), t)),
+            )
+            .collect(),
             listeners,
             name: &name,
         };

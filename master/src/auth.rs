@@ -1,0 +1,168 @@
+//! Bearer-token authentication for `Membership` and `Control`, as a tonic
+//! interceptor. Tokens are compared as SHA-256 digests in constant time, so
+//! neither the content nor the length of a token leaks through timing. Up
+//! to two tokens are accepted at once, for rotation. Health and reflection
+//! stay open (probes and `grpcurl list` need no token).
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::sync::Arc;
+use tonic::{Request, Status};
+
+/// A token that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token read from a file or the environment.
+    pub fn new(s: impl Into<String>) -> Token {
+        Token(s.into())
+    }
+
+    /// The token itself, for handing to local children.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Parses a token file: one token per non-empty line, at most two
+/// (current and next, for rotation), each at least 16 characters.
+pub fn parse_token_file(text: &str) -> Result<Vec<Token>, String> {
+    let tokens: Vec<Token> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(Token::new)
+        .collect();
+    match tokens.len() {
+        0 => Err(
+            "the token file is empty: put one token (or two, while rotating) in it, one per line"
+                .into(),
+        ),
+        1 | 2 => {
+            if tokens.iter().any(|t| t.0.len() < 16) {
+                return Err(
+                    "tokens must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+                );
+            }
+            Ok(tokens)
+        }
+        n => Err(format!(
+            "the token file holds {n} tokens; at most two are active at once (rotation)"
+        )),
+    }
+}
+
+/// The interceptor: open when no token is configured.
+#[derive(Clone, Default)]
+pub struct Auth {
+    digests: Arc<Vec<[u8; 32]>>,
+}
+
+fn digest(s: &[u8]) -> [u8; 32] {
+    Sha256::digest(s).into()
+}
+
+impl Auth {
+    /// Accepts any of `tokens`; none means no authentication.
+    pub fn new(tokens: &[Token]) -> Auth {
+        Auth {
+            digests: Arc::new(tokens.iter().map(|t| digest(t.0.as_bytes())).collect()),
+        }
+    }
+
+    /// Whether a token is required.
+    pub fn enabled(&self) -> bool {
+        !self.digests.is_empty()
+    }
+
+    fn accepts(&self, given: &[u8]) -> bool {
+        let d = digest(given);
+        // Check every configured token, always, without early exit.
+        self.digests.iter().fold(false, |ok, want| {
+            let diff = want.iter().zip(&d).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            ok | (diff == 0)
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if !self.enabled() {
+            return Ok(request);
+        }
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if self.accepts(given.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or invalid bearer token: send `authorization: Bearer <token>`",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    fn with(header: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(h) = header {
+            r.metadata_mut()
+                .insert("authorization", h.parse().expect("header"));
+        }
+        r
+    }
+
+    #[test]
+    fn accepts_either_rotation_token_and_nothing_else() {
+        let tokens =
+            parse_token_file("old-token-0123456789\n\nnew-token-0123456789\n").expect("two");
+        let mut auth = Auth::new(&tokens);
+        for ok in ["Bearer old-token-0123456789", "Bearer new-token-0123456789"] {
+            assert!(auth.call(with(Some(ok))).is_ok(), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("Bearer "),
+            Some("Bearer old-token-012345678"),
+            Some("old-token-0123456789"),
+            Some("Bearer x"),
+        ] {
+            let err = auth.call(with(bad)).expect_err("refused");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
+            assert!(
+                !err.message().contains("token-0123"),
+                "no token in messages"
+            );
+        }
+        assert!(
+            Auth::default().call(with(None)).is_ok(),
+            "open without tokens"
+        );
+    }
+
+    #[test]
+    fn token_files_are_checked() {
+        assert!(parse_token_file("\n \n").is_err());
+        assert!(parse_token_file("short").expect_err("short").contains("16"));
+        assert!(parse_token_file("aaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbb\ncccccccccccccccc").is_err());
+        assert_eq!(
+            format!("{:?}", Token::new("secret-value")),
+            "Token(<redacted>)"
+        );
+    }
+}
