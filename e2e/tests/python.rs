@@ -1,40 +1,38 @@
-//! A worker written in Python with grpcio (stubs generated from the
-//! project's .proto at test time) joins the real master binary, receives a
-//! broadcast from a Rust SDK member, and answers its request.
+//! The Python example worker (`examples/python-worker`, plain grpcio, stubs
+//! generated from the project's .proto) joins the real master with a
+//! bearer token, receives a broadcast sent by a Rust SDK member, and
+//! answers its request.
 
 use cohort::{Code, MemberBuilder, Role, Target};
 use cohort_e2e::{Master, Proc, venv_tool, workspace};
 use std::process::Command;
 use std::time::Duration;
 
+const TOKEN: &str = "python-token-0123456789abcdef";
+
 #[test]
-fn python_grpcio_member_joins_receives_and_replies() {
+fn python_example_worker_joins_with_a_token_receives_and_replies() {
     let Some(python) = venv_tool("python") else {
         return;
     };
-    let stubs = tempfile::tempdir().expect("temp dir");
-    let proto_dir = workspace().join("proto").join("proto");
-    let out = Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&proto_dir)
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .arg(proto_dir.join("cohort/v1/cohort.proto"))
-        .output()
-        .expect("run grpc_tools.protoc");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--token-file",
+        token_file.to_str().expect("path"),
+    ]);
     let mut cmd = Command::new(&python);
-    cmd.arg(workspace().join("e2e/python/member.py"))
-        .arg(stubs.path())
-        .arg(&master.addr)
-        .arg("py-1");
-    let mut py = Proc::spawn("python member", cmd);
+    cmd.arg(workspace().join("examples/python-worker/worker.py"))
+        .env("COHORT_MASTER", &master.addr)
+        .env("COHORT_NAME", "py-1")
+        .env("COHORT_TOKEN_FILE", &token_file)
+        .env("PYTHONUNBUFFERED", "1");
+    let mut py = Proc::spawn("python worker", cmd);
     py.wait_line("WELCOME", |l| l == "WELCOME py-1");
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -42,6 +40,7 @@ fn python_grpcio_member_joins_receives_and_replies() {
     runtime.block_on(async move {
         let rust = MemberBuilder::new(url, Role::Agent)
             .name("rust-agent")
+            .token(TOKEN)
             .join()
             .await
             .expect("join");

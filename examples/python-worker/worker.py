@@ -1,0 +1,123 @@
+"""A Cohort worker in Python with plain grpcio.
+
+    pip install grpcio grpcio-tools
+    COHORT_MASTER=10.0.0.1:7420 COHORT_TOKEN=... COHORT_NAME=py-1 python worker.py
+
+It generates its stubs from the project's .proto at start (grpc_tools),
+joins as a worker with the bearer token, reports ready, heartbeats at the
+interval the master asks for, answers `add` requests ({"a": 1, "b": 2} →
+{"sum": 3}), and logs every other message ("GOT action data FROM sender").
+It reconnects with backoff when the master goes away.
+"""
+
+import json
+import os
+import queue
+import random
+import sys
+import tempfile
+import threading
+import time
+
+import grpc
+from grpc_tools import protoc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_DIR = os.environ.get("COHORT_PROTO_DIR", os.path.join(HERE, "..", "..", "proto", "proto"))
+
+
+def load_stubs():
+    out = tempfile.mkdtemp(prefix="cohort-stubs-")
+    args = ["protoc", "-I", PROTO_DIR, "-I", os.path.join(os.path.dirname(protoc.__file__), "_proto"),
+            f"--python_out={out}", f"--grpc_python_out={out}",
+            os.path.join(PROTO_DIR, "cohort", "v1", "cohort.proto")]
+    if protoc.main(args) != 0:
+        sys.exit("cannot generate stubs from " + PROTO_DIR)
+    sys.path.insert(0, out)
+    from cohort.v1 import cohort_pb2, cohort_pb2_grpc
+    return cohort_pb2, cohort_pb2_grpc
+
+
+pb, rpc = load_stubs()
+MASTER = os.environ.get("COHORT_MASTER", "127.0.0.1:7420").removeprefix("http://")
+NAME = os.environ.get("COHORT_NAME", "")
+TOKEN = os.environ.get("COHORT_TOKEN", "")
+if not TOKEN and os.environ.get("COHORT_TOKEN_FILE"):
+    with open(os.environ["COHORT_TOKEN_FILE"]) as f:
+        TOKEN = f.readline().strip()
+
+
+def log(*parts):
+    print(*parts, flush=True)
+
+
+def session(name):
+    """One Join stream; returns the name the master gave us."""
+    outbox = queue.Queue()
+    done = threading.Event()
+
+    def frames():
+        while not done.is_set():
+            try:
+                frame = outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if frame is None:
+                return
+            yield frame
+
+    def heartbeat(interval):
+        seq = 0
+        while not done.wait(interval):
+            seq += 1
+            outbox.put(pb.MemberFrame(heartbeat=pb.Heartbeat(seq=seq)))
+
+    outbox.put(pb.MemberFrame(hello=pb.Hello(role=pb.ROLE_WORKER, name=name, pid=os.getpid(),
+                                             host=os.uname().nodename, version="python-example")))
+    metadata = [("authorization", f"Bearer {TOKEN}")] if TOKEN else []
+    stub = rpc.MembershipStub(grpc.insecure_channel(MASTER))
+    try:
+        for frame in stub.Join(frames(), metadata=metadata):
+            kind = frame.WhichOneof("kind")
+            if kind == "welcome":
+                name = frame.welcome.name
+                interval = max(frame.welcome.settings.heartbeat_interval_ms, 100) / 1000.0
+                threading.Thread(target=heartbeat, args=(interval,), daemon=True).start()
+                outbox.put(pb.MemberFrame(ready=pb.Ready()))
+                log("WELCOME", name)
+            elif kind == "deliver":
+                env = frame.deliver
+                sender = getattr(env, "from")
+                if env.expects_reply and env.action == "add":
+                    args = json.loads(env.data)
+                    answer = {"sum": args["a"] + args["b"], "by": name}
+                    outbox.put(pb.MemberFrame(reply=pb.Envelope(
+                        id=f"{name}-{env.id}", action=env.action, reply_to=env.id,
+                        data=json.dumps(answer).encode())))
+                else:
+                    log("GOT", env.action, env.data.decode(errors="replace"), "FROM", sender)
+            elif kind == "drain":
+                log("DRAIN", frame.drain.reason)
+                return name, True
+    except grpc.RpcError as e:
+        log("DISCONNECTED", e.code().name, e.details())
+        if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+            sys.exit(f"the master refused us: {e.details()}")
+    finally:
+        done.set()
+        outbox.put(None)
+    return name, False
+
+
+def main():
+    name, delay = NAME, 1.0
+    while True:
+        name, drained = session(name)
+        if drained:
+            return
+        time.sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(delay * 1.6, 30.0)
+
+
+if __name__ == "__main__":
+    main()
