@@ -46,6 +46,9 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("--dead-after", "health.dead_after"),
     ("--slow-consumer-timeout", "messaging.slow_consumer_timeout"),
     ("--token-file", "auth.token_file"),
+    ("--tls-cert", "tls.cert"),
+    ("--tls-key", "tls.key"),
+    ("--tls-client-ca", "tls.client_ca"),
     ("--min-uptime", "restart.min_uptime"),
     ("--backoff-initial", "restart.backoff_initial"),
     ("--backoff-max", "restart.backoff_max"),
@@ -72,6 +75,9 @@ usage: cohort-master [--config FILE] [FLAGS]
   --suspect-after DUR
   --dead-after DUR
   --slow-consumer-timeout DUR
+  --tls-cert FILE, --tls-key FILE  serve gRPC over TLS ([tls] cert, key)
+  --tls-client-ca FILE           require client certificates signed by this CA (mTLS);
+                                 a member's certificate must carry its name as a DNS SAN
   --token-file FILE              bearer tokens for Join and Control (one per line, two while rotating);
                                  or COHORT_TOKEN / COHORT_TOKEN_FILE in the environment
   --listener NAME=ADDR           a shared listener for workers (repeatable; port 0 allowed)
@@ -238,6 +244,27 @@ pub struct Config {
     pub insecure: bool,
     /// systemd's `NOTIFY_SOCKET`: where to send `READY=1` at ClusterReady.
     pub notify_socket: Option<String>,
+    /// `[tls]`: serve gRPC over TLS (and require client certificates).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]` PEM files. With `client_ca`, clients must present a certificate
+/// signed by it whose DNS name is the member name they join as (mTLS).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: Option<PathBuf>,
+    /// Server private key.
+    pub key: Option<PathBuf>,
+    /// CA for client certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
 }
 
 impl Default for Config {
@@ -283,6 +310,7 @@ impl Default for Config {
             tokens: Vec::new(),
             insecure: false,
             notify_socket: None,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -357,7 +385,6 @@ struct FileAuth {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // accepted now so config files stay valid; served with TLS support
 struct FileTls {
     cert: Option<String>,
     key: Option<String>,
@@ -541,8 +568,10 @@ impl Config {
         if let Some(a) = f.auth {
             self.token_file = a.token_file.filter(|s| !s.is_empty()).map(PathBuf::from);
         }
-        if f.tls.is_some() {
-            return Err(value_err("tls", "TLS is not supported by this build yet"));
+        if let Some(t) = f.tls {
+            push_opt(&mut pairs, "tls.cert", t.cert);
+            push_opt(&mut pairs, "tls.key", t.key);
+            push_opt(&mut pairs, "tls.client_ca", t.client_ca);
         }
         for (key, value) in pairs {
             self.set(key, &value).map_err(|m| value_err(key, &m))?;
@@ -574,6 +603,9 @@ impl Config {
             "health.heartbeat_interval" => self.health.heartbeat_interval = parse_duration(v)?,
             "health.suspect_after" => self.health.suspect_after = parse_duration(v)?,
             "health.dead_after" => self.health.dead_after = parse_duration(v)?,
+            "tls.cert" => self.tls.cert = Some(PathBuf::from(v)),
+            "tls.key" => self.tls.key = Some(PathBuf::from(v)),
+            "tls.client_ca" => self.tls.client_ca = Some(PathBuf::from(v)),
             "auth.token_file" => {
                 self.token_file = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty())
             }
@@ -638,12 +670,28 @@ impl Config {
         if self.messaging.queue_messages == 0 || self.messaging.queue_bytes == 0 {
             return Err(value_err("messaging", "queue sizes must be above 0"));
         }
-        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.insecure {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(value_err(
+                "tls",
+                "set both cert and key (--tls-cert, --tls-key)",
+            ));
+        }
+        if self.tls.client_ca.is_some() && !self.tls.enabled() {
+            return Err(value_err(
+                "tls.client_ca",
+                "mTLS needs the server's own cert and key too",
+            ));
+        }
+        if !self.listen.ip().is_loopback()
+            && self.tokens.is_empty()
+            && !self.tls.enabled()
+            && !self.insecure
+        {
             return Err(value_err(
                 "listen",
                 &format!(
                     "{} is not a loopback address and no auth is configured: \
-                     set [auth] token_file (or --token-file, COHORT_TOKEN_FILE, COHORT_TOKEN), \
+                     set [auth] token_file (or --token-file, COHORT_TOKEN_FILE, COHORT_TOKEN) or [tls], \
                      listen on a loopback address, or pass --insecure to accept anyone who can reach it",
                     self.listen
                 ),

@@ -55,6 +55,71 @@ fn incoming(
     })
 }
 
+/// The master's private socket for its own children: a fresh directory
+/// only this user can enter, removed on drop.
+struct LocalSocket {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl LocalSocket {
+    fn bind() -> anyhow::Result<LocalSocket> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "cohort-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("master.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(LocalSocket {
+            dir,
+            path,
+            listener: Some(listener),
+        })
+    }
+
+    fn listener(&mut self) -> anyhow::Result<tokio::net::UnixListener> {
+        let l = self
+            .listener
+            .take()
+            .context("local socket already served")?;
+        Ok(tokio::net::UnixListener::from_std(l)?)
+    }
+}
+
+impl Drop for LocalSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads the `[tls]` PEM files into tonic's server TLS settings.
+fn server_tls(
+    cfg: &config::TlsConfig,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &cfg.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        tracing::info!("mTLS on: clients need a certificate naming their member name");
+    }
+    Ok(Some(tls))
+}
+
 /// Sends `READY=1` to systemd's notify socket (a path, or `@name` for the
 /// abstract namespace).
 fn notify_systemd(socket: &str) {
@@ -141,11 +206,9 @@ pub async fn run(
         });
         fds.push((l.name.clone(), l.listener.as_raw_fd()));
     }
-    let master_host = if addr.ip().is_unspecified() {
-        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-    } else {
-        addr
-    };
+    // Local children reach the master over a private Unix socket: no TLS
+    // or client certificate to hand out, and no loopback TCP hop.
+    let mut local = LocalSocket::bind().context("creating the local members' socket")?;
     let (supervisor, supervisor_task) = supervisor::start(
         supervisor::SupervisorConfig {
             agents,
@@ -162,7 +225,7 @@ pub async fn run(
             drain_timeout: config.restart.drain_timeout,
             kill_timeout: config.restart.kill_timeout,
             start_timeout: config.restart.start_timeout,
-            master_url: format!("http://{master_host}"),
+            master_url: format!("unix://{}", local.path.display()),
             token: config.tokens.first().map(|t| t.expose().to_string()),
             listeners: fds,
         },
@@ -235,11 +298,15 @@ pub async fn run(
             "bearer-token authentication on for Join and Control"
         );
     }
-    let membership = pb::membership_server::MembershipServer::new(
-        membership::MembershipService::new(registry.clone(), tasks.clone(), stop.clone()),
-    )
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let membership =
+        pb::membership_server::MembershipServer::new(membership::MembershipService::new(
+            registry.clone(),
+            config.tls.client_ca.is_some(),
+            tasks.clone(),
+            stop.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let membership = tonic::service::interceptor::InterceptedService::new(membership, auth.clone());
     let control = pb::control_server::ControlServer::new(control::ControlService::new(
         registry.clone(),
@@ -264,7 +331,24 @@ pub async fn run(
     let drain_registry = registry.clone();
     let server_stop = stop.clone();
     let drain_supervisor = supervisor.clone();
-    let server = tonic::transport::Server::builder()
+    let tls = server_tls(&config.tls)?;
+    let streams_closed = CancellationToken::new();
+    let local_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(1024))
+        .add_service(health_service.clone())
+        .add_service(membership.clone())
+        .add_service(control.clone())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(local.listener()?),
+            streams_closed.clone().cancelled_owned(),
+        );
+    let local_served = tokio::spawn(local_server);
+    let closed = streams_closed.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("configuring TLS")?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
@@ -278,6 +362,7 @@ pub async fn run(
             drain_supervisor.shutdown().await;
             tracing::info!("shutting down: closing member streams");
             drain_registry.close_all("the master is shutting down");
+            closed.cancel();
         });
     tracing::info!(listen.addr = %addr, "master serving");
     let mut served = tokio::spawn(server);
@@ -303,6 +388,14 @@ pub async fn run(
     {
         tracing::warn!("the supervisor did not stop in time");
     }
+    streams_closed.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, local_served)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the local members' socket did not close in time");
+    }
+    drop(local);
     drop(shared);
     match result {
         Some(Ok(r)) => r.context("serving gRPC")?,

@@ -20,6 +20,7 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Membership service.
 pub struct MembershipService {
     registry: Arc<Registry>,
+    mtls: bool,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -27,9 +28,15 @@ pub struct MembershipService {
 impl MembershipService {
     /// A service over `registry`; reader tasks are tracked by `tasks` and
     /// stop on `shutdown`.
-    pub fn new(registry: Arc<Registry>, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        mtls: bool,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         MembershipService {
             registry,
+            mtls,
             tasks,
             shutdown,
         }
@@ -61,6 +68,14 @@ impl pb::membership_server::Membership for MembershipService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // Over mTLS the client's certificate decides which name it may use;
+        // the master's own children come over its private Unix socket
+        // (no certificate) and prove themselves with their one-time secret.
+        let certs = if self.mtls {
+            request.peer_certs()
+        } else {
+            None
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -81,6 +96,9 @@ impl pb::membership_server::Membership for MembershipService {
                 ));
             }
         };
+        if let Some(certs) = certs {
+            check_certificate(&certs, &hello.name)?;
+        }
         let joined = self.registry.register(hello, Instant::now().into_std())?;
         let span = tracing::info_span!("member", member.name = %joined.name, peer.addr = %peer);
         let registry = self.registry.clone();
@@ -124,5 +142,35 @@ impl pb::membership_server::Membership for MembershipService {
             .instrument(span),
         );
         Ok(Response::new(joined.stream))
+    }
+}
+
+/// Whether the client certificate is valid for member `name` (one of its
+/// DNS subject alternative names).
+fn check_certificate(
+    certs: &[rustls_pki_types::CertificateDer<'static>],
+    name: &str,
+) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument(
+            "with mTLS a member must name itself (hello.name / COHORT_NAME): the name must match its certificate",
+        ));
+    }
+    let valid = certs.first().is_some_and(|leaf| {
+        let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+            return false;
+        };
+        let Ok(dns) = rustls_pki_types::DnsName::try_from(name.to_string()) else {
+            return false;
+        };
+        cert.verify_is_valid_for_subject_name(&rustls_pki_types::ServerName::DnsName(dns))
+            .is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "the client certificate is not for member {name}: its DNS subject alternative names must include {name}"
+        )))
     }
 }

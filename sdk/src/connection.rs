@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::Stream;
-use tonic::transport::Endpoint;
 
 /// Frames queued towards the master before senders wait.
 const OUTBOUND_QUEUE: usize = 1024;
@@ -82,29 +81,11 @@ async fn session(
     first: &mut Option<oneshot::Sender<Result<(), Error>>>,
     sampler: &mut Sampler,
 ) -> (bool, Result<(), Error>) {
-    let connect_err = |e: &dyn std::fmt::Display| Error::Connect {
-        addr: cfg.master.clone(),
-        message: e.to_string(),
-    };
-    let endpoint = match Endpoint::from_shared(cfg.master.clone()) {
-        Ok(e) => e,
-        Err(e) => {
-            return (
-                false,
-                Err(Error::Config(format!("COHORT_MASTER {}: {e}", cfg.master))),
-            );
-        }
-    };
-    let endpoint = endpoint
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
     let channel = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
-        c = endpoint.connect() => match c {
+        c = crate::transport::connect(&cfg.master, &cfg.tls) => match c {
             Ok(c) => c,
-            Err(e) => return (false, Err(connect_err(&error_chain(&e)))),
+            Err(e) => return (false, Err(e)),
         },
     };
     let max = cohort_proto::MAX_MESSAGE_BYTES;
@@ -281,17 +262,6 @@ fn dispatch(inner: &Arc<Inner>, kind: In, last_ack: &mut Instant) -> Option<Erro
 
 fn hostname() -> String {
     sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 /// The request stream: frames as queued, with sends that are already

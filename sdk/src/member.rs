@@ -31,6 +31,7 @@ pub struct MemberBuilder {
     pub(crate) labels: HashMap<String, String>,
     pub(crate) version: String,
     pub(crate) join_timeout: Duration,
+    pub(crate) tls: crate::TlsFiles,
 }
 
 impl MemberBuilder {
@@ -52,6 +53,7 @@ impl MemberBuilder {
             labels: HashMap::new(),
             version: String::new(),
             join_timeout: Duration::from_secs(30),
+            tls: crate::TlsFiles::default(),
         }
     }
 
@@ -83,6 +85,22 @@ impl MemberBuilder {
             ),
             (None, None) => None,
         };
+        let read = |var: &str| -> Result<Option<Vec<u8>>, Error> {
+            env(var)
+                .filter(|p| !p.is_empty())
+                .map(|p| std::fs::read(&p).map_err(|e| Error::Config(format!("{var} {p}: {e}"))))
+                .transpose()
+        };
+        b.tls.ca = read(TLS_CA)?;
+        b.tls.identity = match (read(TLS_CERT)?, read(TLS_KEY)?) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(format!(
+                    "set both {TLS_CERT} and {TLS_KEY}, or neither"
+                )));
+            }
+        };
         Ok(b)
     }
 
@@ -113,6 +131,12 @@ impl MemberBuilder {
     /// The bearer token sent to the master.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// TLS material for an `https://` master.
+    pub fn tls(mut self, tls: crate::TlsFiles) -> Self {
+        self.tls = tls;
         self
     }
 
