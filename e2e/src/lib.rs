@@ -405,3 +405,43 @@ pub fn kill(pid: u32, signal: &str) {
         .expect("run kill");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// [`wait_ready`] against a TLS master (`ca` signed its certificate;
+/// `identity` is a client certificate and key for mTLS).
+pub async fn wait_ready_tls(
+    addr: &str,
+    names: &[&str],
+    ca: &Path,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> Vec<cohort_proto::pb::MemberInfo> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")));
+    if let Some((c, k)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(c).expect("cert"),
+            std::fs::read(k).expect("key"),
+        ));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls");
+    let ready = cohort_proto::pb::MemberState::Ready as i32;
+    eventually_async(&format!("{names:?} READY over TLS"), || {
+        let endpoint = endpoint.clone();
+        async move {
+            let channel = endpoint.connect().await.ok()?;
+            let mut client = cohort_proto::pb::control_client::ControlClient::new(channel);
+            let m = client
+                .list_members(cohort_proto::pb::ListMembersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .members;
+            let listed: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+            (listed == names && m.iter().all(|m| m.state == ready)).then_some(m)
+        }
+    })
+    .await
+}

@@ -130,6 +130,20 @@ async fn session(
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
+        // A failure below gRPC (TLS handshake, reset) is a connection
+        // problem, not the master's answer.
+        Err(s)
+            if std::error::Error::source(&s).is_some()
+                || matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled) =>
+        {
+            return (
+                false,
+                Err(Error::Connect {
+                    addr: cfg.master.clone(),
+                    message: crate::transport::chain(&s),
+                }),
+            );
+        }
         Err(s) => return (false, Err(s.into())),
     };
     let welcome = match inbound.message().await {

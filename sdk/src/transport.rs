@@ -24,7 +24,8 @@ fn configure(endpoint: Endpoint) -> Endpoint {
         .keep_alive_timeout(Duration::from_secs(10))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, `a: b: c`.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {

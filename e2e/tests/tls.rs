@@ -1,0 +1,202 @@
+//! TLS and mTLS with certificates made at test time (rcgen): real grpcurl
+//! and SDK members over https, client certificates bound to member names,
+//! and the master's own children unaffected (they use its Unix socket).
+
+use cohort::{Code, MemberBuilder, Role, TlsFiles};
+use cohort_e2e::{Master, grpcurl, grpcurl_raw, venv_tool, wait_ready_tls};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use std::path::{Path, PathBuf};
+
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cohort test CA");
+        let cert = params.self_signed(&key).expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write");
+        Pki {
+            dir,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A leaf certificate for `names`; returns (cert, key) paths.
+    fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("sign");
+        let (c, k) = (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn files(ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> TlsFiles {
+    TlsFiles {
+        ca: Some(std::fs::read(ca).expect("ca")),
+        identity: identity.map(|(c, k)| {
+            (
+                std::fs::read(c).expect("cert"),
+                std::fs::read(k).expect("key"),
+            )
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_grpcurl_and_sdk_members_and_local_children() {
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "1",
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+    ]);
+    let addr = master.addr.clone();
+    wait_ready_tls(&addr, &["worker-1"], &pki.ca(), None).await;
+
+    let member = MemberBuilder::new(format!("https://{addr}"), Role::Worker)
+        .name("remote-1")
+        .tls(files(&pki.ca(), None))
+        .join()
+        .await
+        .expect("join over TLS");
+    member.ready().await.expect("ready");
+    wait_ready_tls(&addr, &["remote-1", "worker-1"], &pki.ca(), None).await;
+    member.close().await;
+
+    if let Some(tool) = venv_tool("grpcurl") {
+        let out = grpcurl(
+            &tool,
+            &[
+                "-cacert",
+                s(&pki.ca()),
+                &addr,
+                "cohort.v1.Control/ListMembers",
+            ],
+        );
+        assert!(out.contains("\"name\": \"worker-1\""), "{out}");
+        let (ok, text) = grpcurl_raw(&tool, &["-max-time", "3", "-plaintext", &addr, "list"]);
+        assert!(!ok, "plaintext is refused: {text}");
+    }
+    master.proc.signal("TERM");
+    let status = master
+        .proc
+        .wait_exit(std::time::Duration::from_secs(15))
+        .expect("exit");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_requires_a_client_certificate_naming_the_member() {
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
+    let a = pki.leaf("remote-a", &["remote-a"]);
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "1",
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+        "--tls-client-ca",
+        s(&pki.ca()),
+    ]);
+    let addr = master.addr.clone();
+    // The local worker joined over the master's Unix socket, no certificate needed.
+    wait_ready_tls(&addr, &["worker-1"], &pki.ca(), Some(&a)).await;
+
+    let url = format!("https://{addr}");
+    let err = MemberBuilder::new(url.clone(), Role::Worker)
+        .name("remote-a")
+        .tls(files(&pki.ca(), None))
+        .join_timeout(std::time::Duration::from_millis(100))
+        .join()
+        .await
+        .expect_err("no client certificate");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+    let err = MemberBuilder::new(url.clone(), Role::Worker)
+        .name("remote-b")
+        .tls(files(&pki.ca(), Some(&a)))
+        .join()
+        .await
+        .expect_err("certificate for another name");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("remote-b"), "{err}");
+
+    let ok = MemberBuilder::new(url, Role::Worker)
+        .name("remote-a")
+        .tls(files(&pki.ca(), Some(&a)))
+        .join()
+        .await
+        .expect("its own name");
+    assert_eq!(ok.name(), "remote-a");
+    ok.close().await;
+
+    if let Some(tool) = venv_tool("grpcurl") {
+        let (okay, text) = grpcurl_raw(
+            &tool,
+            &[
+                "-max-time",
+                "3",
+                "-cacert",
+                s(&pki.ca()),
+                &addr,
+                "cohort.v1.Control/ListMembers",
+            ],
+        );
+        assert!(!okay, "no client certificate is refused: {text}");
+        let out = grpcurl(
+            &tool,
+            &[
+                "-cacert",
+                s(&pki.ca()),
+                "-cert",
+                s(&a.0),
+                "-key",
+                s(&a.1),
+                &addr,
+                "cohort.v1.Control/ListMembers",
+            ],
+        );
+        assert!(out.contains("worker-1"), "{out}");
+    }
+    master.proc.signal("TERM");
+    let status = master
+        .proc
+        .wait_exit(std::time::Duration::from_secs(15))
+        .expect("exit");
+    assert_eq!(status.code(), Some(0));
+}
