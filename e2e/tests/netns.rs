@@ -6,8 +6,9 @@
 //! Master on host A (token auth, non-loopback listen), one worker on each of
 //! hosts B and C. Cut C: its member goes SUSPECT, then is evicted within
 //! `dead_after` + 1 s while B is untouched. Heal: C rejoins within the
-//! backoff cap. Restart the master: both re-register. Needs root and
-//! iproute2; elsewhere it skips with a message.
+//! backoff cap. Cut only A → C (nftables in C): C's member stops getting
+//! heartbeat acks and reconnects by itself. Restart the master: both
+//! re-register. Needs root and iproute2; elsewhere it skips with a message.
 
 use cohort_e2e::{Proc, bin, venv_tool};
 use std::process::Command;
@@ -303,6 +304,52 @@ fn partition_eviction_rejoin_and_master_restart_across_hosts() {
         ready("c-1"),
     );
     eprintln!("heal: c-1 READY again after {} ms", rejoin.as_millis());
+
+    // One-way partition: host C hears nothing from A, while A still hears
+    // C's heartbeats. C's member misses the acks and reconnects by itself
+    // (closing its stream, which A sees at once); it is back after healing.
+    if Command::new("nft").arg("--version").output().is_ok() {
+        let c = &net.hosts[2];
+        let nft = |rules: &str| {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", c, "nft", rules])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "nft {rules}");
+        };
+        nft("add table inet oneway");
+        nft("add chain inet oneway in { type filter hook input priority 0; }");
+        nft("add rule inet oneway in ip saddr 10.77.0.1 drop");
+        let cut = Instant::now();
+        until(
+            &net,
+            &grpcurl,
+            "c-1 gone after missing acks",
+            DEAD_AFTER + Duration::from_secs(5),
+            |l| state_of(l, "c-1").is_none(),
+        );
+        let noticed = cut.elapsed();
+        assert!(
+            ready("b-1")(&members(&net, &grpcurl).expect("list")),
+            "host B is untouched"
+        );
+        nft("delete table inet oneway");
+        let back = until(
+            &net,
+            &grpcurl,
+            "c-1 back after the one-way cut",
+            Duration::from_secs(40),
+            ready("c-1"),
+        );
+        eprintln!(
+            "one-way: c-1 reconnected on its own {} ms after acks stopped, READY {} ms after healing",
+            noticed.as_millis(),
+            back.as_millis()
+        );
+    } else {
+        eprintln!("one-way partition skipped: nft (nftables) is not installed");
+    }
 
     // Restart the master: every remote member re-registers.
     master.signal("TERM");
