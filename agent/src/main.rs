@@ -31,7 +31,7 @@ fn load(args: &[String]) -> Result<AgentConfig, String> {
     Ok(config)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     cohort_process::init_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();

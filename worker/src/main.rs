@@ -47,7 +47,7 @@ fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Settin
     Ok(s)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     cohort_process::init_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
