@@ -445,3 +445,24 @@ pub async fn wait_ready_tls(
     })
     .await
 }
+
+/// Subscribes to the master's `WatchEvents` (current state first).
+pub async fn watch(addr: &str) -> tonic::Streaming<cohort_proto::pb::ClusterEvent> {
+    control(addr)
+        .await
+        .watch_events(cohort_proto::pb::WatchEventsRequest {})
+        .await
+        .expect("WatchEvents")
+        .into_inner()
+}
+
+/// The next event, or a panic after [`WAIT`].
+pub async fn next_event(
+    events: &mut tonic::Streaming<cohort_proto::pb::ClusterEvent>,
+) -> cohort_proto::pb::ClusterEvent {
+    tokio::time::timeout(WAIT, events.message())
+        .await
+        .expect("an event in time")
+        .expect("the event stream is healthy")
+        .expect("the event stream is open")
+}

@@ -3,7 +3,8 @@
 //! shutdown, each checking that no process of the cluster is left behind.
 
 use cohort_e2e::{
-    Load, Master, alive, bin, control, eventually_async, http, members, wait_ready, workspace,
+    Load, Master, alive, bin, control, eventually_async, http, members, next_event, wait_ready,
+    watch, workspace,
 };
 use cohort_proto::pb;
 use std::time::{Duration, Instant};
@@ -52,12 +53,7 @@ fn stop_cleanly(master: &mut Master, pids: &[u32]) {
 async fn starts_agent_then_workers_serves_http_and_stops_cleanly() {
     let mut master = Master::start(&["--worker-count", "2"]);
     let addr = master.addr.clone();
-    let mut events = control(&addr)
-        .await
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&addr).await;
     let listed = wait_ready(&addr, &["agent", "worker-1", "worker-2"]).await;
     assert!(listed.iter().all(|m| m.local), "{listed:?}");
     let ready_at = |name: &str, seen: &[(i32, String)]| {
@@ -70,11 +66,7 @@ async fn starts_agent_then_workers_serves_http_and_stops_cleanly() {
         .iter()
         .any(|(k, _)| *k == pb::EventKind::ClusterReady as i32)
     {
-        let ev = tokio::time::timeout(cohort_e2e::WAIT, events.message())
-            .await
-            .expect("event in time")
-            .expect("stream ok")
-            .expect("not ended");
+        let ev = next_event(&mut events).await;
         seen.push((ev.kind, ev.member.map(|m| m.name).unwrap_or_default()));
     }
     // The agent was ready before any worker (start order).
@@ -152,19 +144,10 @@ async fn a_command_that_exits_at_once_backs_off_and_disturbs_nobody() {
     );
     let mut master = Master::start(&["--config", &cfg]);
     let addr = master.addr.clone();
-    let mut events = control(&addr)
-        .await
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&addr).await;
     let mut delays = Vec::new();
     while delays.len() < 4 {
-        let ev = tokio::time::timeout(cohort_e2e::WAIT, events.message())
-            .await
-            .expect("event in time")
-            .expect("ok")
-            .expect("open");
+        let ev = next_event(&mut events).await;
         if ev.kind == pb::EventKind::Backoff as i32 {
             assert!(ev.reason.contains("exited with status 3"), "{}", ev.reason);
             let ms: u64 = ev
@@ -228,12 +211,7 @@ async fn fatal_error_replacement_is_ready_before_the_old_instance_exits() {
     let mut master = Master::start(&["--config", &cfg]);
     let addr = master.addr.clone();
     wait_ready(&addr, &["worker-1", "worker-2"]).await;
-    let mut events = control(&addr)
-        .await
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&addr).await;
     let web = http_addr(&addr).await;
     let load = Load::start(&web);
     let (code, body) = http(&web, "POST", "/crash").expect("POST /crash");
@@ -250,11 +228,7 @@ async fn fatal_error_replacement_is_ready_before_the_old_instance_exits() {
         .iter()
         .any(|(k, _): &(i32, u32)| *k == pb::EventKind::Left as i32)
     {
-        let ev = tokio::time::timeout(cohort_e2e::WAIT, events.message())
-            .await
-            .expect("event in time")
-            .expect("ok")
-            .expect("open");
+        let ev = next_event(&mut events).await;
         let Some(m) = ev.member.filter(|m| m.name == name) else {
             continue;
         };
