@@ -24,6 +24,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "COHORT_SLOW_CONSUMER_TIMEOUT",
         "messaging.slow_consumer_timeout",
     ),
+    ("COHORT_OVERFLOW", "messaging.overflow"),
     ("COHORT_TOKEN_FILE", "auth.token_file"),
 ];
 
@@ -45,6 +46,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("--suspect-after", "health.suspect_after"),
     ("--dead-after", "health.dead_after"),
     ("--slow-consumer-timeout", "messaging.slow_consumer_timeout"),
+    ("--overflow", "messaging.overflow"),
     ("--token-file", "auth.token_file"),
     ("--tls-cert", "tls.cert"),
     ("--tls-key", "tls.key"),
@@ -74,7 +76,8 @@ usage: cohort-master [--config FILE] [FLAGS]
   --heartbeat-interval DUR       e.g. 1s, 500ms
   --suspect-after DUR
   --dead-after DUR
-  --slow-consumer-timeout DUR
+  --slow-consumer-timeout DUR    a receiver that takes nothing this long while senders wait is disconnected
+  --overflow block|drop          a full receiver queue makes senders wait (block, default) or drops
   --tls-cert FILE, --tls-key FILE  serve gRPC over TLS ([tls] cert, key)
   --tls-client-ca FILE           require client certificates signed by this CA (mTLS);
                                  a member's certificate must carry its name as a DNS SAN
@@ -215,6 +218,20 @@ pub struct MessagingConfig {
     pub held_messages: usize,
     /// Most requests awaiting a reply at once.
     pub pending_requests: usize,
+    /// What happens to a delivery whose receiver's queue is full.
+    pub overflow: Overflow,
+}
+
+/// `[messaging] overflow`: what a full receiver queue does to its senders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// The sender waits for room (flow control): nothing is lost between
+    /// healthy members; a receiver that takes nothing for
+    /// `slow_consumer_timeout` is disconnected.
+    Block,
+    /// The delivery is dropped and counted (`dropped_messages`), and a
+    /// targeted sender gets UNAVAILABLE: senders never slow down.
+    Drop,
 }
 
 /// The master's whole configuration.
@@ -305,6 +322,7 @@ impl Default for Config {
                 slow_consumer_timeout: Duration::from_secs(5),
                 held_messages: 4096,
                 pending_requests: 65_536,
+                overflow: Overflow::Block,
             },
             token_file: None,
             tokens: Vec::new(),
@@ -375,6 +393,7 @@ struct FileMessaging {
     slow_consumer_timeout: Option<String>,
     held_messages: Option<usize>,
     pending_requests: Option<usize>,
+    overflow: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -564,6 +583,7 @@ impl Config {
                 "messaging.slow_consumer_timeout",
                 m.slow_consumer_timeout,
             );
+            push_opt(&mut pairs, "messaging.overflow", m.overflow);
         }
         if let Some(a) = f.auth {
             self.token_file = a.token_file.filter(|s| !s.is_empty()).map(PathBuf::from);
@@ -633,6 +653,13 @@ impl Config {
             "messaging.slow_consumer_timeout" => {
                 self.messaging.slow_consumer_timeout = parse_duration(v)?
             }
+            "messaging.overflow" => {
+                self.messaging.overflow = match v {
+                    "block" => Overflow::Block,
+                    "drop" => Overflow::Drop,
+                    other => return Err(format!("{other:?}: use \"block\" or \"drop\"")),
+                }
+            }
             other => return Err(format!("unknown key {other}")),
         }
         Ok(())
@@ -669,6 +696,14 @@ impl Config {
         }
         if self.messaging.queue_messages == 0 || self.messaging.queue_bytes == 0 {
             return Err(value_err("messaging", "queue sizes must be above 0"));
+        }
+        if self.messaging.queue_bytes > u32::MAX as usize
+            || self.messaging.queue_messages > u32::MAX as usize
+        {
+            return Err(value_err(
+                "messaging",
+                "queue sizes must be at most 4294967295",
+            ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(value_err(

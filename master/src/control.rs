@@ -1,6 +1,7 @@
 //! `cohort.v1.Control`: the operator API (grpcurl, scripts). Reads come from
 //! the registry; `Send` routes like a member would, as sender `control`.
 
+use crate::flow;
 use crate::json;
 use crate::registry::Registry;
 use crate::supervisor::SupervisorHandle;
@@ -137,10 +138,35 @@ impl pb::control_server::Control for ControlService {
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             ..Default::default()
         };
-        let (delivered, reply) =
-            self.registry
-                .control_send(env, req.expect_reply, Instant::now().into_std())?;
-        let Some(rx) = reply else {
+        let sent = self
+            .registry
+            .control_send(env, req.expect_reply, Instant::now().into_std())?;
+        let mut delivered = sent.routed.reached;
+        if !sent.routed.waits.is_empty() {
+            // Receivers with full queues: wait for room like a member's
+            // sender would, within the call's timeout.
+            let waits = sent.routed.waits;
+            let waited = flow::wait_for_room(waits, &self.registry, "", timeout, &self.shutdown);
+            let outcome = match tokio::time::timeout(timeout, waited).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => return Err(Status::unavailable("the master is shutting down")),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "the receivers' queues stayed full for {} ms; raise timeout_ms or retry",
+                        timeout.as_millis()
+                    )));
+                }
+            };
+            if let Some(cut) = outcome.cut_off.first()
+                && sent.routed.targeted
+            {
+                return Err(Status::unavailable(format!(
+                    "{cut} was disconnected before it took the message; it was dropped"
+                )));
+            }
+            delivered += outcome.reached;
+        }
+        let Some(rx) = sent.reply else {
             return Ok(Response::new(pb::SendResponse {
                 delivered,
                 ..Default::default()
@@ -196,7 +222,7 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let member = request.into_inner().member;
-        self.registry.drain(&member, Instant::now().into_std())?;
+        self.registry.drain(&member)?;
         Ok(Response::new(pb::DrainResponse {}))
     }
 

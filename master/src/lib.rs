@@ -5,6 +5,7 @@
 //! - [`config`]: file, environment and flags (SPEC §6).
 //! - [`registry`]: membership, health states, routing, the pre-ready hold.
 //! - [`outbound`]: each member's bounded, batching outbound queue.
+//! - [`flow`]: waiting for room in a receiver's queue (backpressure).
 //! - [`membership`]: the `Membership/Join` stream.
 //! - [`control`]: the `Control` API.
 //! - [`json`]: JSON ⇄ `google.protobuf.Value` for `Control/Send`.
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod flow;
 pub mod json;
 pub mod membership;
 pub mod outbound;

@@ -3,6 +3,7 @@
 //! frame to the registry from one reader task, which keeps that member's
 //! sends in order.
 
+use crate::flow::{self, Stall};
 use crate::outbound::OutboundStream;
 use crate::registry::Registry;
 use cohort_proto::pb::{self, member_frame::Kind as In};
@@ -104,6 +105,7 @@ impl pb::membership_server::Membership for MembershipService {
         let registry = self.registry.clone();
         let shutdown = self.shutdown.clone();
         let (instance, cancel) = (joined.instance_id, joined.cancel);
+        let heartbeat = self.registry.heartbeat_interval();
         self.tasks.spawn(
             async move {
                 loop {
@@ -115,9 +117,17 @@ impl pb::membership_server::Membership for MembershipService {
                     let now = Instant::now().into_std();
                     match msg {
                         Ok(Some(pb::MemberFrame { kind: Some(kind) })) => {
-                            if let Err(status) = registry.on_frame(&instance, kind, now) {
-                                tracing::warn!(error = %status.message(), "closing member stream");
-                                registry.disconnect(&instance, status, now);
+                            let stall = match registry.on_frame(&instance, kind, now) {
+                                Ok(stall) => stall,
+                                Err(status) => {
+                                    tracing::warn!(error = %status.message(), "closing member stream");
+                                    registry.disconnect(&instance, status);
+                                    break;
+                                }
+                            };
+                            if let Some(stall) = stall
+                                && !wait_out(&registry, &instance, stall, heartbeat, &cancel).await
+                            {
                                 break;
                             }
                         }
@@ -125,15 +135,13 @@ impl pb::membership_server::Membership for MembershipService {
                         Ok(None) => {
                             registry.disconnect(
                                 &instance,
-                                Status::unavailable("stream closed"),
-                                now,
-                            );
+                                Status::unavailable("stream closed"));
                             break;
                         }
                         Err(status) => {
                             tracing::warn!(error = %status.message(), "member stream failed");
                             let reason = format!("stream failed: {}", status.message());
-                            registry.disconnect(&instance, Status::new(status.code(), reason), now);
+                            registry.disconnect(&instance, Status::new(status.code(), reason));
                             break;
                         }
                     }
@@ -143,6 +151,35 @@ impl pb::membership_server::Membership for MembershipService {
         );
         Ok(Response::new(joined.stream))
     }
+}
+
+/// Waits out a stall ([`crate::flow`]): delivers what waits for room, tells
+/// the sender how it went, and routes the rest of its batch. Returns false
+/// if the reader must stop (`stop`: the member was removed; at shutdown
+/// every member is).
+async fn wait_out(
+    registry: &Registry,
+    instance: &str,
+    mut stall: Stall,
+    heartbeat: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    registry.hold_back(instance, true, Instant::now().into_std());
+    loop {
+        let waits = std::mem::take(&mut stall.waits);
+        let Some(outcome) = flow::wait_for_room(waits, registry, instance, heartbeat, stop).await
+        else {
+            return false;
+        };
+        let now = Instant::now().into_std();
+        let rest = std::mem::take(&mut stall.rest);
+        match registry.settle(instance, stall.then, outcome, rest, now) {
+            Some(next) => stall = next,
+            None => break,
+        }
+    }
+    registry.hold_back(instance, false, Instant::now().into_std());
+    true
 }
 
 /// Whether the client certificate is valid for member `name` (one of its

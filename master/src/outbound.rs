@@ -1,15 +1,28 @@
-//! A member's outbound queue: bounded in messages and in bytes, never
-//! blocking the sender. The registry pushes frames; tonic polls the
-//! [`OutboundStream`] as the Join response. Deliveries already queued are
-//! packed into one `deliver_batch` frame for members that accept batches, so
-//! batching saves syscalls without ever waiting for more.
+//! A member's outbound queue, in two lanes that share one FIFO:
+//!
+//! - the **data lane** carries deliveries (envelopes from other members). It
+//!   is bounded in messages and bytes by two fair semaphores, so a sender can
+//!   either try for room ([`Outbound::try_deliver`]) or wait for it
+//!   ([`Outbound::reserve`]); waiters are served in arrival order, and a
+//!   frame's room is given back when tonic takes it off the queue;
+//! - the **control lane** carries everything the master itself says (welcome,
+//!   heartbeat acks, send results, events, drain) and deliveries a member
+//!   must never wait for (to itself, held messages at ClusterReady). It never
+//!   waits: past its own bound a frame is refused and counted.
+//!
+//! The registry pushes; tonic polls the [`OutboundStream`] as the Join
+//! response. Deliveries already queued are packed into one `deliver_batch`
+//! frame for members that accept batches, so batching saves syscalls without
+//! ever waiting for more. [`Outbound::close`] ends the stream at once and
+//! frees what was queued, even if the member never reads again.
 
 use cohort_proto::pb::{self, master_frame::Kind};
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -23,91 +36,398 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue is at its message or byte limit.
+    /// The lane is at its message or byte limit.
     Full,
     /// The member's stream is gone.
     Closed,
 }
 
-/// The sending half, owned by the registry.
+/// Why [`Outbound::try_deliver`] did not queue a delivery.
 #[derive(Debug)]
-pub struct OutboundTx {
-    tx: mpsc::Sender<Item>,
-    queued_bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
+pub enum Refused {
+    /// No room now: the envelope, to wait for room or to drop.
+    Full(pb::Envelope),
+    /// The member's stream is gone.
+    Closed,
 }
 
-/// What one frame costs against the byte limit.
+/// The queue's bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Most frames in each lane.
+    pub messages: usize,
+    /// Most bytes in each lane.
+    pub bytes: usize,
+}
+
+/// Room for one delivery, taken by [`Outbound::reserve`].
+#[derive(Debug)]
+#[must_use = "room not used for a delivery stays taken until the queue closes"]
+pub struct Room {
+    cost: usize,
+}
+
+/// A handle on a member's queue, cloned by whoever needs to wait for room.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    slots: Semaphore,
+    bytes: Semaphore,
+    bounds: Bounds,
+    /// Frames taken off the queue so far: the member's progress.
+    taken: AtomicU64,
+    /// Senders waiting for room right now.
+    waiting: AtomicUsize,
+    /// A delivery was refused since the member last took a frame.
+    refused: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    items: VecDeque<Entry>,
+    control_frames: usize,
+    control_bytes: usize,
+    waker: Option<Waker>,
+    /// Set once: the stream ends with this status, after what is queued
+    /// (`drain`) or at once.
+    end: Option<(Status, bool)>,
+    /// The stream was dropped or has ended: nothing more is accepted.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    frame: pb::MasterFrame,
+    lane: Lane,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Data(usize),
+    Control(usize),
+}
+
+/// What one frame costs against the byte bound.
 fn cost(frame: &pb::MasterFrame) -> usize {
     match &frame.kind {
         Some(Kind::Deliver(e)) => envelope_cost(e),
+        Some(Kind::MemberEvent(e)) => 64 + e.reason.len() + e.member.as_ref().map_or(0, info_cost),
+        Some(Kind::Welcome(w)) => 64 + w.members.iter().map(info_cost).sum::<usize>(),
+        Some(Kind::SendResult(r)) => 64 + r.id.len() + r.message.len(),
         _ => 64,
     }
 }
 
-fn envelope_cost(e: &pb::Envelope) -> usize {
-    64 + e.data.len() + e.action.len() + e.id.len() + e.from.len()
+fn info_cost(m: &pb::MemberInfo) -> usize {
+    let labels: usize = m.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    128 + m.name.len() + m.instance_id.len() + m.host.len() + m.version.len() + labels
 }
 
-/// Creates a queue of at most `max_messages` frames and `max_bytes` bytes.
-pub fn channel(
-    max_messages: usize,
-    max_bytes: usize,
-    batches: bool,
-) -> (OutboundTx, OutboundStream) {
-    let (tx, rx) = mpsc::channel(max_messages);
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
+fn envelope_cost(e: &pb::Envelope) -> usize {
+    64 + e.data.len() + e.action.len() + e.id.len() + e.from.len() + e.reply_to.len()
+}
+
+fn deliver_frame(env: pb::Envelope) -> pb::MasterFrame {
+    pb::MasterFrame {
+        kind: Some(Kind::Deliver(env)),
+    }
+}
+
+/// Creates a queue with `bounds` per lane.
+pub fn channel(bounds: Bounds, batches: bool) -> (Outbound, OutboundStream) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            control_frames: 0,
+            control_bytes: 0,
+            waker: None,
+            end: None,
+            closed: false,
+        }),
+        slots: Semaphore::new(bounds.messages),
+        bytes: Semaphore::new(bounds.bytes),
+        bounds,
+        taken: AtomicU64::new(0),
+        waiting: AtomicUsize::new(0),
+        refused: AtomicBool::new(false),
+    });
     (
-        OutboundTx {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-            max_bytes,
+        Outbound {
+            shared: shared.clone(),
         },
         OutboundStream {
-            rx,
-            queued_bytes,
+            shared,
             batches,
-            stash: None,
+            done: false,
         },
     )
 }
 
-impl OutboundTx {
-    /// Queues a frame without waiting.
-    pub fn push(&self, frame: pb::MasterFrame) -> Result<(), PushError> {
-        let c = cost(&frame);
-        if self.queued_bytes.load(Ordering::Relaxed) + c > self.max_bytes {
-            return Err(PushError::Full);
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enqueue(&self, entry: Entry) -> Result<(), PushError> {
+        let mut st = self.lock();
+        if st.closed || st.end.is_some() {
+            drop(st);
+            self.give_back(entry.lane);
+            return Err(PushError::Closed);
         }
-        match self.tx.try_send(Ok(frame)) {
-            Ok(()) => {
-                self.queued_bytes.fetch_add(c, Ordering::Relaxed);
-                Ok(())
+        st.items.push_back(entry);
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Returns a frame's room once it left the queue (or never entered).
+    fn give_back(&self, lane: Lane) {
+        match lane {
+            Lane::Data(cost) => {
+                self.slots.add_permits(1);
+                self.bytes.add_permits(cost);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+            Lane::Control(cost) => {
+                let mut st = self.lock();
+                st.control_frames -= 1;
+                st.control_bytes -= cost;
+            }
         }
     }
 
-    /// Ends the stream with `status` after what is already queued; if the
-    /// queue is full the stream simply ends when this sender is dropped.
-    pub fn close_with(self, status: Status) {
-        // Full or closed both end the stream once `self` drops: nothing to do.
-        let _ = self.tx.try_send(Err(status));
+    fn data_cost(&self, env: &pb::Envelope) -> u32 {
+        // A frame larger than the whole byte bound still fits alone.
+        let c = envelope_cost(env).min(self.bounds.bytes);
+        u32::try_from(c).unwrap_or(u32::MAX)
+    }
+
+    /// Ends the stream; with `drain` after what is queued, else at once,
+    /// freeing the queue.
+    fn end(&self, status: Status, drain: bool) {
+        let mut st = self.lock();
+        if st.end.is_some() || st.closed {
+            return;
+        }
+        st.end = Some((status, drain));
+        let dropped = if drain {
+            VecDeque::new()
+        } else {
+            std::mem::take(&mut st.items)
+        };
+        let waker = st.waker.take();
+        drop(st);
+        self.slots.close();
+        self.bytes.close();
+        for e in dropped {
+            self.give_back(e.lane);
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Outbound {
+    /// Queues a frame of the master's own in the control lane, never waiting.
+    pub fn push(&self, frame: pb::MasterFrame) -> Result<(), PushError> {
+        let c = cost(&frame);
+        {
+            let mut st = self.shared.lock();
+            let b = self.shared.bounds;
+            if st.control_frames >= b.messages || st.control_bytes + c > b.bytes {
+                return Err(PushError::Full);
+            }
+            st.control_frames += 1;
+            st.control_bytes += c;
+        }
+        self.shared.enqueue(Entry {
+            frame,
+            lane: Lane::Control(c),
+        })
+    }
+
+    /// Queues a delivery in the control lane: for deliveries the member must
+    /// never wait on (its own broadcasts, messages held until ClusterReady).
+    pub fn force_deliver(&self, env: pb::Envelope) -> Result<(), PushError> {
+        self.push(deliver_frame(env))
+    }
+
+    /// Queues a delivery if the data lane has room now; a full lane hands
+    /// the envelope back.
+    pub fn try_deliver(&self, env: pb::Envelope) -> Result<(), Refused> {
+        let s = &self.shared;
+        let c = s.data_cost(&env);
+        let room = s.slots.try_acquire().and_then(|slot| {
+            let bytes = s.bytes.try_acquire_many(c)?;
+            slot.forget();
+            bytes.forget();
+            Ok(())
+        });
+        match room {
+            Ok(()) => s
+                .enqueue(Entry {
+                    frame: deliver_frame(env),
+                    lane: Lane::Data(c as usize),
+                })
+                .map_err(|_| Refused::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Refused::Full(env)),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Refused::Closed),
+        }
+    }
+
+    /// Notes that a delivery was refused for lack of room (the slow-consumer
+    /// clock looks at it).
+    pub fn mark_refused(&self) {
+        self.shared.refused.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for room for `env` in the data lane, in arrival order. Fails
+    /// only when the queue closes.
+    pub fn reserve(
+        &self,
+        env: &pb::Envelope,
+    ) -> impl Future<Output = Result<Room, PushError>> + use<'_> {
+        let s = &self.shared;
+        let c = s.data_cost(env);
+        async move {
+            s.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Waiting(&s.waiting);
+            let slot = s.slots.acquire().await.map_err(|_| PushError::Closed)?;
+            let bytes = s
+                .bytes
+                .acquire_many(c)
+                .await
+                .map_err(|_| PushError::Closed)?;
+            slot.forget();
+            bytes.forget();
+            Ok(Room { cost: c as usize })
+        }
+    }
+
+    /// Queues a delivery into room taken by [`reserve`](Self::reserve).
+    pub fn deliver_into(&self, room: Room, env: pb::Envelope) -> Result<(), PushError> {
+        self.shared.enqueue(Entry {
+            frame: deliver_frame(env),
+            lane: Lane::Data(room.cost),
+        })
+    }
+
+    /// Ends the stream with `status` at once; whatever was queued is dropped
+    /// and blocked senders are woken with [`PushError::Closed`].
+    pub fn close(&self, status: Status) {
+        self.shared.end(status, false);
+    }
+
+    /// Ends the stream with `status` after what is already queued.
+    pub fn finish(&self, status: Status) {
+        self.shared.end(status, true);
+    }
+
+    /// Frames the member has taken so far.
+    pub fn taken(&self) -> u64 {
+        self.shared.taken.load(Ordering::Relaxed)
+    }
+
+    /// Whether senders are held back by this queue: one waits for room, or
+    /// a delivery was refused since the member last took a frame.
+    pub fn pressed(&self) -> bool {
+        self.shared.waiting.load(Ordering::Relaxed) > 0
+            || self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Frames queued now.
+    pub fn depth(&self) -> usize {
+        self.shared.lock().items.len()
+    }
+}
+
+/// Counts a waiting sender for as long as it waits (including when its
+/// future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// The receiving half, polled by tonic as the Join response stream.
 pub struct OutboundStream {
-    rx: mpsc::Receiver<Item>,
-    queued_bytes: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     batches: bool,
-    stash: Option<Item>,
+    done: bool,
 }
 
 impl OutboundStream {
-    fn release(&self, frame: &pb::MasterFrame) {
-        self.queued_bytes.fetch_sub(cost(frame), Ordering::Relaxed);
+    /// Takes the next entry, or says why there is none.
+    fn take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let mut st = self.shared.lock();
+        // An end without drain emptied the queue already.
+        let Some(entry) = st.items.pop_front() else {
+            if let Some((status, _)) = st.end.take() {
+                st.closed = true;
+                return Poll::Ready(Some(Err(status)));
+            }
+            st.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        let first = entry.frame;
+        let mut lanes = vec![entry.lane];
+        let batchable = self.batches && matches!(first.kind, Some(Kind::Deliver(_)));
+        let frame = if batchable {
+            let Some(Kind::Deliver(env)) = first.kind else {
+                unreachable!("checked above")
+            };
+            let mut bytes = envelope_cost(&env);
+            let mut envelopes = vec![env];
+            while envelopes.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                let next_is_delivery = st
+                    .items
+                    .front()
+                    .is_some_and(|e| matches!(e.frame.kind, Some(Kind::Deliver(_))));
+                if !next_is_delivery {
+                    break;
+                }
+                let Some(Entry {
+                    frame:
+                        pb::MasterFrame {
+                            kind: Some(Kind::Deliver(e)),
+                        },
+                    lane,
+                }) = st.items.pop_front()
+                else {
+                    break;
+                };
+                bytes += envelope_cost(&e);
+                envelopes.push(e);
+                lanes.push(lane);
+            }
+            let kind = if envelopes.len() == 1 {
+                Kind::Deliver(envelopes.remove(0))
+            } else {
+                Kind::DeliverBatch(pb::Envelopes { envelopes })
+            };
+            pb::MasterFrame { kind: Some(kind) }
+        } else {
+            first
+        };
+        drop(st);
+        let s = &self.shared;
+        s.taken.fetch_add(lanes.len() as u64, Ordering::Relaxed);
+        s.refused.store(false, Ordering::Relaxed);
+        for lane in lanes {
+            s.give_back(lane);
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 }
 
@@ -115,116 +435,181 @@ impl Stream for OutboundStream {
     type Item = Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        let first = match self.stash.take() {
-            Some(item) => item,
-            None => match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(item)) => item,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        let frame = match first {
-            Ok(frame) => frame,
-            err @ Err(_) => return Poll::Ready(Some(err)),
-        };
-        self.release(&frame);
-        let Some(Kind::Deliver(env)) = frame.kind else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        if !self.batches {
-            return Poll::Ready(Some(Ok(pb::MasterFrame {
-                kind: Some(Kind::Deliver(env)),
-            })));
+        if self.done {
+            return Poll::Ready(None);
         }
-        let mut bytes = envelope_cost(&env);
-        let mut envelopes = vec![env];
-        while envelopes.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match self.rx.try_recv() {
-                Ok(Ok(pb::MasterFrame {
-                    kind: Some(Kind::Deliver(e)),
-                })) => {
-                    let c = envelope_cost(&e);
-                    self.queued_bytes.fetch_sub(c, Ordering::Relaxed);
-                    bytes += c;
-                    envelopes.push(e);
-                }
-                Ok(other) => {
-                    self.stash = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
+        let next = self.take(cx);
+        if let Poll::Ready(Some(Err(_))) = next {
+            self.done = true;
         }
-        let kind = if envelopes.len() == 1 {
-            Kind::Deliver(envelopes.remove(0))
-        } else {
-            Kind::DeliverBatch(pb::Envelopes { envelopes })
+        next
+    }
+}
+
+impl Drop for OutboundStream {
+    fn drop(&mut self) {
+        // The member is gone: free what it never took and wake the senders
+        // that wait for it.
+        let s = &self.shared;
+        let items = {
+            let mut st = s.lock();
+            st.closed = true;
+            st.waker = None;
+            std::mem::take(&mut st.items)
         };
-        Poll::Ready(Some(Ok(pb::MasterFrame { kind: Some(kind) })))
+        s.slots.close();
+        s.bytes.close();
+        for e in items {
+            s.give_back(e.lane);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio_stream::StreamExt;
 
-    fn deliver(n: usize, size: usize) -> pb::MasterFrame {
+    fn env(n: usize, size: usize) -> pb::Envelope {
+        pb::Envelope {
+            id: n.to_string(),
+            data: vec![0u8; size].into(),
+            ..Default::default()
+        }
+    }
+
+    fn bounds(messages: usize, bytes: usize) -> Bounds {
+        Bounds { messages, bytes }
+    }
+
+    fn ready() -> pb::MasterFrame {
         pb::MasterFrame {
-            kind: Some(Kind::Deliver(pb::Envelope {
-                id: n.to_string(),
-                data: vec![0u8; size].into(),
-                ..Default::default()
-            })),
+            kind: Some(Kind::ClusterReady(pb::ClusterReady {})),
         }
     }
 
     #[tokio::test]
-    async fn bounded_by_messages_and_bytes() {
-        let (tx, _rx) = channel(2, 1 << 20, false);
-        assert_eq!(tx.push(deliver(1, 1)), Ok(()));
-        assert_eq!(tx.push(deliver(2, 1)), Ok(()));
-        assert_eq!(tx.push(deliver(3, 1)), Err(PushError::Full));
+    async fn data_lane_is_bounded_by_messages_and_bytes() {
+        let (tx, _rx) = channel(bounds(2, 1 << 20), false);
+        assert!(tx.try_deliver(env(1, 1)).is_ok());
+        assert!(tx.try_deliver(env(2, 1)).is_ok());
+        assert!(matches!(tx.try_deliver(env(3, 1)), Err(Refused::Full(_))));
+        // The control lane has its own bound.
+        assert_eq!(tx.push(ready()), Ok(()));
 
-        let (tx, _rx) = channel(100, 1000, false);
-        assert_eq!(tx.push(deliver(1, 600)), Ok(()));
-        assert_eq!(tx.push(deliver(2, 600)), Err(PushError::Full));
+        let (tx, _rx) = channel(bounds(100, 1000), false);
+        assert!(tx.try_deliver(env(1, 600)).is_ok());
+        assert!(matches!(tx.try_deliver(env(2, 600)), Err(Refused::Full(_))));
+    }
+
+    #[tokio::test]
+    async fn control_lane_never_waits_and_is_bounded() {
+        let (tx, _rx) = channel(bounds(2, 1 << 20), false);
+        assert_eq!(tx.push(ready()), Ok(()));
+        assert_eq!(tx.force_deliver(env(1, 1)), Ok(()));
+        assert_eq!(tx.push(ready()), Err(PushError::Full));
     }
 
     #[tokio::test]
     async fn batches_only_what_is_queued_and_keeps_order() {
-        let (tx, mut rx) = channel(100, 1 << 20, true);
+        let (tx, mut rx) = channel(bounds(100, 1 << 20), true);
         for i in 0..3 {
-            tx.push(deliver(i, 8)).expect("push");
+            tx.try_deliver(env(i, 8)).expect("push");
         }
-        tx.push(pb::MasterFrame {
-            kind: Some(Kind::ClusterReady(pb::ClusterReady {})),
-        })
-        .expect("push");
-        tx.push(deliver(3, 8)).expect("push");
-        drop(tx);
-        let frames: Vec<_> = (&mut rx).collect::<Vec<_>>().await;
-        let kinds: Vec<String> = frames
-            .into_iter()
-            .map(|f| match f.expect("ok").kind {
-                Some(Kind::DeliverBatch(b)) => {
+        tx.push(ready()).expect("push");
+        tx.try_deliver(env(3, 8)).expect("push");
+        tx.finish(Status::ok("done"));
+        let mut kinds = Vec::new();
+        while let Some(f) = rx.next().await {
+            kinds.push(match f {
+                Ok(pb::MasterFrame {
+                    kind: Some(Kind::DeliverBatch(b)),
+                }) => {
                     let ids: Vec<_> = b.envelopes.iter().map(|e| e.id.clone()).collect();
                     format!("batch{ids:?}")
                 }
-                Some(Kind::Deliver(e)) => format!("deliver {}", e.id),
-                Some(Kind::ClusterReady(_)) => "ready".into(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(kinds, ["batch[\"0\", \"1\", \"2\"]", "ready", "deliver 3"]);
-        assert_eq!(rx.queued_bytes.load(Ordering::Relaxed), 0);
+                Ok(pb::MasterFrame {
+                    kind: Some(Kind::Deliver(e)),
+                }) => format!("deliver {}", e.id),
+                Ok(pb::MasterFrame {
+                    kind: Some(Kind::ClusterReady(_)),
+                }) => "ready".into(),
+                Ok(other) => format!("{other:?}"),
+                Err(s) => format!("end {}", s.message()),
+            });
+        }
+        assert_eq!(
+            kinds,
+            [
+                "batch[\"0\", \"1\", \"2\"]",
+                "ready",
+                "deliver 3",
+                "end done"
+            ]
+        );
+        assert_eq!(tx.taken(), 5);
     }
 
     #[tokio::test]
-    async fn bytes_are_released_as_frames_leave() {
-        let (tx, mut rx) = channel(100, 1000, false);
-        tx.push(deliver(1, 600)).expect("push");
+    async fn room_returns_as_frames_leave() {
+        let (tx, mut rx) = channel(bounds(100, 1000), false);
+        tx.try_deliver(env(1, 600)).expect("push");
         assert!(rx.next().await.is_some());
-        assert_eq!(tx.push(deliver(2, 600)), Ok(()));
+        assert!(tx.try_deliver(env(2, 600)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_sender_gets_room_when_the_member_takes_a_frame() {
+        let (tx, mut rx) = channel(bounds(1, 1 << 20), false);
+        tx.try_deliver(env(1, 1)).expect("push");
+        assert!(!tx.pressed());
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let e = env(2, 1);
+                let room = tx.reserve(&e).await?;
+                tx.deliver_into(room, e)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "no room yet: the sender waits");
+        assert!(tx.pressed());
+        assert!(rx.next().await.is_some());
+        assert_eq!(waiter.await.expect("join"), Ok(()));
+        let second = rx.next().await.expect("frame").expect("ok");
+        assert!(matches!(second.kind, Some(Kind::Deliver(e)) if e.id == "2"));
+        assert!(!tx.pressed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_frees_the_queue_wakes_waiters_and_ends_the_stream_at_once() {
+        let (tx, mut rx) = channel(bounds(1, 1 << 20), false);
+        tx.try_deliver(env(1, 1)).expect("push");
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.reserve(&env(2, 1)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.close(Status::unavailable("slow consumer"));
+        assert_eq!(waiter.await.expect("join"), Err(PushError::Closed));
+        assert_eq!(tx.depth(), 0);
+        let end = rx.next().await.expect("status");
+        assert_eq!(end.expect_err("status").message(), "slow consumer");
+        assert!(rx.next().await.is_none());
+        assert_eq!(tx.push(ready()), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_refuses_pushes() {
+        let (tx, rx) = channel(bounds(4, 1 << 20), false);
+        tx.try_deliver(env(1, 1)).expect("push");
+        drop(rx);
+        assert_eq!(tx.depth(), 0);
+        assert!(matches!(tx.try_deliver(env(2, 1)), Err(Refused::Closed)));
+        assert_eq!(
+            tx.reserve(&env(3, 1)).await.map(|_| ()),
+            Err(PushError::Closed)
+        );
     }
 }

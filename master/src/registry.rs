@@ -2,13 +2,15 @@
 //!
 //! One mutex guards the whole state; every critical section is short and
 //! never awaits: routing only resolves targets and pushes into the members'
-//! bounded outbound queues ([`crate::outbound`]), so a slow member loses
-//! messages (counted) instead of slowing the sender. Per-sender FIFO follows
-//! from each member's frames being handled in order by one task and pushed
-//! into FIFO queues.
+//! bounded outbound queues ([`crate::outbound`]). A delivery that finds its
+//! receiver's queue full comes back as a [`Stall`] for the sender's reader
+//! to wait out ([`crate::flow`]), or, with `overflow = "drop"`, is dropped
+//! and counted. Per-sender FIFO follows from each member's frames being
+//! handled in order by one task and pushed into FIFO queues.
 
-use crate::config::{Expect, HealthConfig, MessagingConfig};
-use crate::outbound::{self, OutboundStream, OutboundTx, PushError};
+use crate::config::{Expect, HealthConfig, MessagingConfig, Overflow};
+use crate::flow::{Outcome, Stall, Then, Wait};
+use crate::outbound::{self, Outbound, OutboundStream, PushError, Refused};
 use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
 use cohort_proto::{MemberName, Role, Target};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -84,8 +86,13 @@ struct Member {
     rss_bytes: u64,
     last_seen: Instant,
     dropped: u64,
-    overflow_since: Option<Instant>,
-    outbound: OutboundTx,
+    /// Frames the member had taken when the sweep last looked.
+    seen_taken: u64,
+    /// Since when senders wait on this member while it takes nothing.
+    stalled_since: Option<Instant>,
+    /// Its reader waits for room in other queues: unread, not silent.
+    held_back: bool,
+    outbound: Outbound,
     cancel: CancellationToken,
 }
 
@@ -116,22 +123,31 @@ impl Member {
         }
     }
 
-    /// Queues a frame; a full queue counts a drop and starts the
-    /// slow-consumer clock.
-    fn push(&mut self, frame: pb::MasterFrame, now: Instant) -> Result<(), PushError> {
+    /// Queues a frame of the master's own; a full control lane counts a
+    /// drop and starts the slow-consumer clock.
+    fn push(&mut self, frame: pb::MasterFrame) -> Result<(), PushError> {
         let r = self.outbound.push(frame);
-        match r {
-            Ok(()) => self.overflow_since = None,
-            Err(PushError::Full) => {
-                self.dropped += 1;
-                self.overflow_since.get_or_insert(now);
-            }
-            Err(PushError::Closed) => {}
+        if r == Err(PushError::Full) {
+            self.dropped += 1;
+            self.outbound.mark_refused();
         }
         r
     }
 
-    fn push_result(&mut self, id: String, status: Result<u32, Status>, now: Instant) {
+    /// How long senders have waited on this member while it took nothing,
+    /// as of this look (`None`: it is keeping up).
+    fn stalled(&mut self, now: Instant) -> Option<Duration> {
+        let taken = self.outbound.taken();
+        if self.outbound.pressed() && taken == self.seen_taken {
+            let since = *self.stalled_since.get_or_insert(now);
+            return Some(now.saturating_duration_since(since));
+        }
+        self.seen_taken = taken;
+        self.stalled_since = None;
+        None
+    }
+
+    fn push_result(&mut self, id: String, status: Result<u32, Status>) {
         let (code, message, delivered) = match status {
             Ok(n) => (Code::Ok, String::new(), n),
             Err(s) => (s.code(), s.message().to_string(), 0),
@@ -143,7 +159,7 @@ impl Member {
             delivered,
         }));
         // A result that does not fit is one more counted drop.
-        let _ = self.push(frame, now);
+        let _ = self.push(frame);
     }
 }
 
@@ -261,6 +277,14 @@ impl Registry {
         }
     }
 
+    /// How deliveries that find a full queue are handled.
+    fn mode(&self) -> Mode {
+        match self.cfg.messaging.overflow {
+            Overflow::Block => Mode::Wait,
+            Overflow::Drop => Mode::Drop,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated
         // in a way that matters more than stopping routing would.
@@ -270,6 +294,11 @@ impl Registry {
     /// Watches whether ClusterReady has been announced.
     pub fn ready_watch(&self) -> watch::Receiver<bool> {
         self.ready_tx.subscribe()
+    }
+
+    /// How often members heartbeat.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.cfg.health.heartbeat_interval
     }
 
     /// The settings members must follow.
@@ -320,7 +349,6 @@ impl Registry {
                 &mut st,
                 &name,
                 "replaced by a new instance of the same name",
-                now,
             );
         }
         if role == Role::Agent
@@ -336,11 +364,11 @@ impl Registry {
         }
         let instance_id = uuid::Uuid::new_v4().to_string();
         let m_cfg = self.cfg.messaging;
-        let (outbound, stream) = outbound::channel(
-            m_cfg.queue_messages,
-            m_cfg.queue_bytes,
-            hello.accepts_batches,
-        );
+        let bounds = outbound::Bounds {
+            messages: m_cfg.queue_messages,
+            bytes: m_cfg.queue_bytes,
+        };
+        let (outbound, stream) = outbound::channel(bounds, hello.accepts_batches);
         let cancel = CancellationToken::new();
         let member = Member {
             name: name.clone(),
@@ -358,7 +386,9 @@ impl Registry {
             rss_bytes: 0,
             last_seen: now,
             dropped: 0,
-            overflow_since: None,
+            seen_taken: 0,
+            stalled_since: None,
+            held_back: false,
             outbound,
             cancel: cancel.clone(),
         };
@@ -372,7 +402,7 @@ impl Registry {
         };
         // The queue is empty: the welcome always fits.
         let _ = member.outbound.push(frame(Out::Welcome(welcome)));
-        self.publish(&mut st, event(pb::EventKind::Joined, Some(info), ""), now);
+        self.publish(&mut st, event(pb::EventKind::Joined, Some(info), ""));
         st.by_instance.insert(instance_id.clone(), name.clone());
         st.members.insert(name.clone(), member);
         tracing::info!(member.name = %name, member.role = %role, instance = %instance_id, "member joined");
@@ -384,30 +414,17 @@ impl Registry {
         })
     }
 
-    /// Handles one frame from a member's stream. An error ends that stream.
-    pub fn on_frame(&self, instance: &str, kind: In, now: Instant) -> Result<(), Status> {
+    /// Handles one frame from a member's stream. An error ends that stream;
+    /// a [`Stall`] is deliveries the member's reader must wait out
+    /// ([`crate::flow`]) before it reads on.
+    pub fn on_frame(
+        &self,
+        instance: &str,
+        kind: In,
+        now: Instant,
+    ) -> Result<Option<Stall>, Status> {
         let mut st = self.lock();
-        let Some(name) = st.by_instance.get(instance).cloned() else {
-            return Err(Status::unavailable(
-                "this member was evicted; reconnect and join again",
-            ));
-        };
-        let recovered = match st.members.get_mut(&name) {
-            Some(m) => {
-                m.last_seen = now;
-                std::mem::replace(&mut m.suspect, false)
-            }
-            None => {
-                return Err(Status::unavailable(
-                    "this member was evicted; reconnect and join again",
-                ));
-            }
-        };
-        if recovered {
-            let info = st.members.get(&name).map(Member::info);
-            tracing::info!(member.name = %name, "suspect member heard from again");
-            self.publish(&mut st, event(pb::EventKind::Recovered, info, ""), now);
-        }
+        let name = self.seen(&mut st, instance, now)?;
         match kind {
             In::Hello(_) => {
                 return Err(Status::failed_precondition(
@@ -418,10 +435,7 @@ impl Registry {
                 if let Some(m) = st.members.get_mut(&name) {
                     m.cpu_percent = hb.cpu_percent;
                     m.rss_bytes = hb.rss_bytes;
-                    let _ = m.push(
-                        frame(Out::HeartbeatAck(pb::HeartbeatAck { seq: hb.seq })),
-                        now,
-                    );
+                    let _ = m.push(frame(Out::HeartbeatAck(pb::HeartbeatAck { seq: hb.seq })));
                 }
             }
             In::Ready(_) => {
@@ -439,7 +453,7 @@ impl Registry {
                             pid: info.pid,
                         });
                     }
-                    self.publish(&mut st, event(pb::EventKind::Ready, Some(info), ""), now);
+                    self.publish(&mut st, event(pb::EventKind::Ready, Some(info), ""));
                     self.check_cluster_ready(&mut st, now);
                 }
             }
@@ -458,20 +472,106 @@ impl Registry {
                     self.publish(
                         &mut st,
                         event(pb::EventKind::Draining, Some(info), &l.reason),
-                        now,
                     );
                 }
             }
-            In::Send(env) => self.accept(&mut st, &name, env, false, now),
-            In::Request(env) => self.accept(&mut st, &name, env, true, now),
+            In::Send(env) => return Ok(self.accept(&mut st, &name, env, false, now)),
+            In::Request(env) => return Ok(self.accept(&mut st, &name, env, true, now)),
             In::SendBatch(batch) => {
-                for env in batch.envelopes {
-                    self.accept(&mut st, &name, env, false, now);
-                }
+                return Ok(self.accept_all(&mut st, &name, batch.envelopes, now));
             }
-            In::Reply(env) => self.reply(&mut st, &name, env, now),
+            In::Reply(env) => return Ok(self.reply(&mut st, &name, env)),
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Notes that the member was heard from; returns its name.
+    fn seen(&self, st: &mut State, instance: &str, now: Instant) -> Result<MemberName, Status> {
+        let gone = || Status::unavailable("this member was evicted; reconnect and join again");
+        let name = st.by_instance.get(instance).cloned().ok_or_else(gone)?;
+        let m = st.members.get_mut(&name).ok_or_else(gone)?;
+        m.last_seen = now;
+        if std::mem::replace(&mut m.suspect, false) {
+            let info = m.info();
+            tracing::info!(member.name = %name, "suspect member heard from again");
+            self.publish(st, event(pb::EventKind::Recovered, Some(info), ""));
+        }
+        Ok(name)
+    }
+
+    /// Routes the envelopes of one batch in order, up to the first that
+    /// must wait; the rest wait with it.
+    fn accept_all(
+        &self,
+        st: &mut State,
+        sender: &MemberName,
+        envelopes: Vec<pb::Envelope>,
+        now: Instant,
+    ) -> Option<Stall> {
+        let mut envelopes = envelopes.into_iter();
+        while let Some(env) = envelopes.next() {
+            if let Some(mut stall) = self.accept(st, sender, env, false, now) {
+                stall.rest = envelopes.collect();
+                return Some(stall);
+            }
+        }
+        None
+    }
+
+    /// Continues after a stall: tells the sender how its envelope fared,
+    /// then routes the rest of its batch.
+    pub fn settle(
+        &self,
+        instance: &str,
+        then: Then,
+        outcome: Outcome,
+        rest: Vec<pb::Envelope>,
+        now: Instant,
+    ) -> Option<Stall> {
+        let mut st = self.lock();
+        let name = st.by_instance.get(instance).cloned()?;
+        if let Some(rid) = &then.request
+            && !outcome.cut_off.is_empty()
+        {
+            st.pending.remove(rid);
+        }
+        let result = match outcome.cut_off.first() {
+            Some(cut) if then.targeted || then.request.is_some() => Err(Status::unavailable(
+                format!("{cut} was disconnected before it took the message; it was dropped"),
+            )),
+            _ => Ok(then.reached + outcome.reached),
+        };
+        if (then.ack || result.is_err())
+            && let Some(m) = st.members.get_mut(&name)
+        {
+            m.push_result(then.id, result);
+        }
+        self.accept_all(&mut st, &name, rest, now)
+    }
+
+    /// Marks a member's reader as waiting for room (or done waiting).
+    pub fn hold_back(&self, instance: &str, held: bool, now: Instant) {
+        let mut st = self.lock();
+        let Some(name) = st.by_instance.get(instance).cloned() else {
+            return;
+        };
+        if let Some(m) = st.members.get_mut(&name) {
+            m.held_back = held;
+            m.last_seen = now;
+        }
+    }
+
+    /// Vouches for a member whose reader waits for room: it is alive, just
+    /// not read; its heartbeat clock and its own ack watchdog stay content.
+    pub fn vouch(&self, instance: &str) {
+        let mut st = self.lock();
+        let Some(name) = st.by_instance.get(instance).cloned() else {
+            return;
+        };
+        if let Some(m) = st.members.get_mut(&name) {
+            m.last_seen = Instant::now();
+            let _ = m.push(frame(Out::HeartbeatAck(pb::HeartbeatAck { seq: 0 })));
+        }
     }
 
     /// Takes a send or request from a member: held before ClusterReady,
@@ -483,10 +583,9 @@ impl Registry {
         env: pb::Envelope,
         request: bool,
         now: Instant,
-    ) {
+    ) -> Option<Stall> {
         if st.cluster_ready {
-            self.dispatch(st, sender, env, request, now);
-            return;
+            return self.dispatch(st, sender, env, request, self.mode(), now);
         }
         if st.held.len() >= self.cfg.messaging.held_messages {
             let status = Status::resource_exhausted(format!(
@@ -494,9 +593,9 @@ impl Registry {
                 st.held.len()
             ));
             if let Some(m) = st.members.get_mut(sender) {
-                m.push_result(env.id, Err(status), now);
+                m.push_result(env.id, Err(status));
             }
-            return;
+            return None;
         }
         let instance = st
             .members
@@ -508,6 +607,7 @@ impl Registry {
             request,
             envelope: env,
         });
+        None
     }
 
     fn dispatch(
@@ -516,28 +616,45 @@ impl Registry {
         sender: &MemberName,
         env: pb::Envelope,
         request: bool,
+        mode: Mode,
         now: Instant,
-    ) {
-        let Some(instance) = st.members.get(sender).map(|m| m.instance_id.clone()) else {
-            return;
-        };
+    ) -> Option<Stall> {
+        let instance = st.members.get(sender).map(|m| m.instance_id.clone())?;
         let (id, ack) = (env.id.clone(), env.ack);
         let outcome = if request {
-            self.route_request(st, sender.as_str(), Requester::Member(instance), env, now)
-                .map(|()| None)
+            let requester = Requester::Member(instance);
+            self.route_request(st, sender.as_str(), requester, env, mode, now)
         } else {
-            route(st, sender.as_str(), env, now).map(Some)
+            route(st, sender.as_str(), env, mode)
         };
-        let result = match outcome {
-            Ok(Some(n)) if ack => Ok(n),
-            Ok(_) => return,
+        match outcome {
+            Ok(routed) if !routed.waits.is_empty() => Some(Stall {
+                waits: routed.waits,
+                then: Then {
+                    id,
+                    ack,
+                    targeted: routed.targeted,
+                    reached: routed.reached,
+                    request: routed.request,
+                },
+                rest: Vec::new(),
+            }),
+            Ok(routed) => {
+                if ack
+                    && !request
+                    && let Some(m) = st.members.get_mut(sender)
+                {
+                    m.push_result(id, Ok(routed.reached));
+                }
+                None
+            }
             Err(status) => {
                 tracing::debug!(member.name = %sender, error = %status.message(), "send failed");
-                Err(status)
+                if let Some(m) = st.members.get_mut(sender) {
+                    m.push_result(id, Err(status));
+                }
+                None
             }
-        };
-        if let Some(m) = st.members.get_mut(sender) {
-            m.push_result(id, result, now);
         }
     }
 
@@ -547,8 +664,9 @@ impl Registry {
         from: &str,
         requester: Requester,
         mut env: pb::Envelope,
+        mode: Mode,
         now: Instant,
-    ) -> Result<(), Status> {
+    ) -> Result<Routed, Status> {
         let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
         if matches!(target, Target::All | Target::Role(_)) {
             return Err(Status::invalid_argument(
@@ -569,72 +687,95 @@ impl Registry {
             t => Duration::from_millis(u64::from(t)),
         };
         env.expects_reply = true;
-        deliver(st, from, env, target, now)?;
+        let mut routed = deliver(st, from, env, target, mode)?;
         st.pending.insert(
-            rid,
+            rid.clone(),
             Pending {
                 requester,
                 original_id,
                 deadline: now + timeout,
             },
         );
-        Ok(())
+        routed.request = Some(rid);
+        Ok(routed)
     }
 
-    fn reply(&self, st: &mut State, replier: &MemberName, mut env: pb::Envelope, now: Instant) {
+    fn reply(&self, st: &mut State, replier: &MemberName, mut env: pb::Envelope) -> Option<Stall> {
         let Some(p) = st.pending.remove(&env.reply_to) else {
             let status = Status::not_found(format!(
                 "no request {:?} is waiting for a reply: it timed out or was answered already",
                 env.reply_to
             ));
             if let Some(m) = st.members.get_mut(replier) {
-                m.push_result(env.id, Err(status), now);
+                m.push_result(env.id, Err(status));
             }
-            return;
+            return None;
         };
+        let id = std::mem::take(&mut env.id);
         env.from = replier.to_string();
         env.reply_to = p.original_id;
         env.target = None;
         env.expects_reply = false;
-        match p.requester {
+        let instance = match p.requester {
             Requester::Control(tx) => {
                 // The Control caller may have given up; nothing else waits.
                 let _ = tx.send(env);
+                return None;
             }
-            Requester::Member(instance) => {
-                let requester = st.by_instance.get(&instance).cloned();
-                match requester.and_then(|n| st.members.get_mut(&n)) {
-                    Some(m) => {
-                        let _ = m.push(frame(Out::Deliver(env)), now);
-                    }
-                    None => {
-                        if let Some(m) = st.members.get_mut(replier) {
-                            let status = Status::unavailable(
-                                "the requester has left; the reply was dropped",
-                            );
-                            m.push_result(env.id, Err(status), now);
-                        }
-                    }
+            Requester::Member(instance) => instance,
+        };
+        let requester = st.by_instance.get(&instance).cloned();
+        let routed = match requester {
+            Some(name) => offer_to(st, replier.as_str(), &name, env, self.mode()),
+            None => Err(Status::unavailable(
+                "the requester has left; the reply was dropped",
+            )),
+        };
+        match routed {
+            Ok(routed) if routed.waits.is_empty() => None,
+            Ok(routed) => Some(Stall {
+                waits: routed.waits,
+                then: Then {
+                    id,
+                    targeted: true,
+                    ..Then::default()
+                },
+                rest: Vec::new(),
+            }),
+            Err(status) => {
+                if let Some(m) = st.members.get_mut(replier) {
+                    m.push_result(id, Err(status));
                 }
+                None
             }
         }
     }
 
-    /// Routes an envelope from `Control/Send`. With a reply expected, the
-    /// returned receiver yields it.
+    /// Routes an envelope from `Control/Send`: how many it reached at once,
+    /// the deliveries that wait for room, and with a reply expected, the
+    /// receiver that yields it.
     pub fn control_send(
         &self,
         env: pb::Envelope,
         expect_reply: bool,
         now: Instant,
-    ) -> Result<(u32, Option<oneshot::Receiver<pb::Envelope>>), Status> {
+    ) -> Result<ControlSend, Status> {
         let mut st = self.lock();
+        let mode = self.mode();
         if expect_reply {
             let (tx, rx) = oneshot::channel();
-            self.route_request(&mut st, CONTROL_SENDER, Requester::Control(tx), env, now)?;
-            Ok((1, Some(rx)))
+            let requester = Requester::Control(tx);
+            let routed = self.route_request(&mut st, CONTROL_SENDER, requester, env, mode, now)?;
+            Ok(ControlSend {
+                routed,
+                reply: Some(rx),
+            })
         } else {
-            route(&mut st, CONTROL_SENDER, env, now).map(|n| (n, None))
+            let routed = route(&mut st, CONTROL_SENDER, env, mode)?;
+            Ok(ControlSend {
+                routed,
+                reply: None,
+            })
         }
     }
 
@@ -658,19 +799,23 @@ impl Registry {
         st.cluster_ready = true;
         tracing::info!(members = st.members.len(), "cluster ready");
         for m in st.members.values_mut() {
-            let _ = m.push(frame(Out::ClusterReady(pb::ClusterReady {})), now);
+            let _ = m.push(frame(Out::ClusterReady(pb::ClusterReady {})));
         }
-        self.publish(st, event(pb::EventKind::ClusterReady, None, ""), now);
+        self.publish(st, event(pb::EventKind::ClusterReady, None, ""));
         self.ready_tx.send_replace(true);
+        // Held messages go out at once, ahead of anything sent after this,
+        // without waiting: they are bounded by `held_messages`.
         while let Some(h) = st.held.pop_front() {
             let sender = st.by_instance.get(&h.sender).cloned();
             match sender {
-                Some(name) => self.dispatch(st, &name, h.envelope, h.request, now),
+                Some(name) => {
+                    let _ = self.dispatch(st, &name, h.envelope, h.request, Mode::Force, now);
+                }
                 // The sender left while its message was held: route it
                 // anyway, under the name it had, as at-most-once allows.
                 None if !h.request => {
                     let from = h.envelope.from.clone();
-                    let _ = route(st, &from, h.envelope, now);
+                    let _ = route(st, &from, h.envelope, Mode::Force);
                 }
                 None => {}
             }
@@ -685,7 +830,12 @@ impl Registry {
         let mut evict = Vec::new();
         let mut suspects = Vec::new();
         for m in st.members.values_mut() {
-            let silent = now.saturating_duration_since(m.last_seen);
+            // A member whose reader waits for room is not being read: its
+            // silence is the master's doing.
+            let silent = match m.held_back {
+                true => Duration::ZERO,
+                false => now.saturating_duration_since(m.last_seen),
+            };
             if silent >= h.dead_after {
                 evict.push((
                     m.name.clone(),
@@ -694,14 +844,14 @@ impl Registry {
             } else if silent >= h.suspect_after && !m.suspect {
                 m.suspect = true;
                 suspects.push(m.info());
-            } else if let Some(since) = m.overflow_since
-                && now.saturating_duration_since(since) >= self.cfg.messaging.slow_consumer_timeout
+            } else if let Some(stalled) = m.stalled(now)
+                && stalled >= self.cfg.messaging.slow_consumer_timeout
             {
                 evict.push((
                     m.name.clone(),
                     format!(
-                        "slow consumer: its queue stayed full for {} ms ({} messages dropped)",
-                        now.saturating_duration_since(since).as_millis(),
+                        "slow consumer: it took no message for {} ms while senders waited ({} messages dropped)",
+                        stalled.as_millis(),
                         m.dropped
                     ),
                 ));
@@ -712,11 +862,10 @@ impl Registry {
             self.publish(
                 &mut st,
                 event(pb::EventKind::Suspect, Some(info), "heartbeats missing"),
-                now,
             );
         }
         for (name, reason) in evict {
-            self.evict(&mut st, &name, &reason, now);
+            self.evict(&mut st, &name, &reason);
         }
         let expired: Vec<String> = st
             .pending
@@ -733,7 +882,7 @@ impl Registry {
                 if let Some(m) = name.and_then(|n| st.members.get_mut(&n)) {
                     let status =
                         Status::deadline_exceeded("no reply before the request's deadline");
-                    m.push_result(p.original_id, Err(status), now);
+                    m.push_result(p.original_id, Err(status));
                 }
             }
         }
@@ -741,20 +890,20 @@ impl Registry {
 
     /// Removes a member whose stream ended or broke the protocol, if it is
     /// still this instance; `status` ends its stream.
-    pub fn disconnect(&self, instance: &str, status: Status, now: Instant) {
+    pub fn disconnect(&self, instance: &str, status: Status) {
         let mut st = self.lock();
         if let Some(name) = st.by_instance.get(instance).cloned() {
-            self.remove(&mut st, &name, status, now);
+            self.remove(&mut st, &name, status);
         }
     }
 
-    fn evict(&self, st: &mut State, name: &MemberName, reason: &str, now: Instant) {
+    fn evict(&self, st: &mut State, name: &MemberName, reason: &str) {
         let status = Status::unavailable(format!("removed from the cluster: {reason}"));
-        self.remove(st, name, status, now);
+        self.remove(st, name, status);
     }
 
     /// Removes a member and ends its stream with `status`.
-    fn remove(&self, st: &mut State, name: &MemberName, status: Status, now: Instant) {
+    fn remove(&self, st: &mut State, name: &MemberName, status: Status) {
         let Some(m) = st.members.remove(name) else {
             return;
         };
@@ -764,12 +913,12 @@ impl Registry {
         info.state = pb::MemberState::Gone as i32;
         let reason = status.message().to_string();
         tracing::info!(member.name = %name, instance = %m.instance_id, reason, "member left");
-        m.outbound.close_with(status);
-        self.publish(st, event(pb::EventKind::Left, Some(info), &reason), now);
+        m.outbound.close(status);
+        self.publish(st, event(pb::EventKind::Left, Some(info), &reason));
     }
 
     /// Asks a member to drain.
-    pub fn drain(&self, member: &str, now: Instant) -> Result<(), Status> {
+    pub fn drain(&self, member: &str) -> Result<(), Status> {
         let mut st = self.lock();
         let name = resolve_member(&st, member)?;
         let Some(m) = st.members.get_mut(&name) else {
@@ -777,17 +926,13 @@ impl Registry {
         };
         m.presence = Presence::Draining;
         let info = m.info();
-        let _ = m.push(
-            frame(Out::Drain(pb::Drain {
-                reason: "drain requested by an operator".into(),
-                deadline_ms: 0,
-            })),
-            now,
-        );
+        let _ = m.push(frame(Out::Drain(pb::Drain {
+            reason: "drain requested by an operator".into(),
+            deadline_ms: 0,
+        })));
         self.publish(
             &mut st,
             event(pb::EventKind::Draining, Some(info), "operator drain"),
-            now,
         );
         Ok(())
     }
@@ -817,7 +962,7 @@ impl Registry {
     /// backoff, failed slot).
     pub fn announce(&self, kind: pb::EventKind, member: pb::MemberInfo, reason: &str) {
         let mut st = self.lock();
-        self.publish(&mut st, event(kind, Some(member), reason), Instant::now());
+        self.publish(&mut st, event(kind, Some(member), reason));
     }
 
     /// Ends every member stream (master shutdown).
@@ -826,8 +971,7 @@ impl Registry {
         st.by_instance.clear();
         for (_, m) in std::mem::take(&mut st.members) {
             m.cancel.cancel();
-            m.outbound
-                .close_with(Status::unavailable(reason.to_string()));
+            m.outbound.finish(Status::unavailable(reason.to_string()));
         }
     }
 
@@ -877,11 +1021,11 @@ impl Registry {
         (now, self.events.subscribe())
     }
 
-    fn publish(&self, st: &mut State, ev: pb::ClusterEvent, now: Instant) {
+    fn publish(&self, st: &mut State, ev: pb::ClusterEvent) {
         // No watcher is fine.
         let _ = self.events.send(ev.clone());
         for m in st.members.values_mut() {
-            let _ = m.push(frame(Out::MemberEvent(ev.clone())), now);
+            let _ = m.push(frame(Out::MemberEvent(ev.clone())));
         }
     }
 }
@@ -931,10 +1075,42 @@ fn resolve_member(st: &State, key: &str) -> Result<MemberName, Status> {
     Err(not_found(key))
 }
 
-/// Routes a plain send; returns how many members it reached.
-fn route(st: &mut State, from: &str, env: pb::Envelope, now: Instant) -> Result<u32, Status> {
+/// What to do with a delivery whose receiver's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Hand it back to the sender's reader to wait for room.
+    Wait,
+    /// Drop it and count it (`overflow = "drop"`).
+    Drop,
+    /// Queue it in the control lane, never waiting (held messages).
+    Force,
+}
+
+/// Where an envelope went.
+#[derive(Default)]
+pub struct Routed {
+    /// Receivers that have it queued.
+    pub reached: u32,
+    /// Deliveries waiting for room.
+    pub waits: Vec<Wait>,
+    /// It named one receiver.
+    pub targeted: bool,
+    /// The master-side id of a request.
+    pub request: Option<String>,
+}
+
+/// What `Control/Send` routed.
+pub struct ControlSend {
+    /// Where it went so far.
+    pub routed: Routed,
+    /// Yields the reply of a request.
+    pub reply: Option<oneshot::Receiver<pb::Envelope>>,
+}
+
+/// Routes a plain send.
+fn route(st: &mut State, from: &str, env: pb::Envelope, mode: Mode) -> Result<Routed, Status> {
     let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
-    deliver(st, from, env, target, now)
+    deliver(st, from, env, target, mode)
 }
 
 /// Stamps the sender and queues the envelope for every member the target
@@ -944,8 +1120,8 @@ fn deliver(
     from: &str,
     mut env: pb::Envelope,
     target: Target,
-    now: Instant,
-) -> Result<u32, Status> {
+    mode: Mode,
+) -> Result<Routed, Status> {
     if env.action.is_empty() {
         return Err(Status::invalid_argument(
             "envelope.action is empty: name what the message is about",
@@ -960,30 +1136,86 @@ fn deliver(
                 Target::Role(r) => Some(r),
                 _ => None,
             };
-            let mut delivered = 0;
+            let mut routed = Routed::default();
             for m in st.members.values_mut() {
-                if role.is_none_or(|r| m.role == r)
-                    && m.push(frame(Out::Deliver(env.clone())), now).is_ok()
-                {
-                    delivered += 1;
+                if role.is_none_or(|r| m.role == r) {
+                    // A member cut off or shedding misses a broadcast; the
+                    // count tells the sender.
+                    let _ = offer(m, from, env.clone(), mode, &mut routed);
                 }
             }
-            return Ok(delivered);
+            return Ok(routed);
         }
         Target::Member(key) => resolve_member(st, &key)?,
         Target::Random(role) => pick_random(st, role)?,
     };
-    let Some(m) = st.members.get_mut(&one) else {
-        return Err(not_found(one.as_str()));
+    offer_to(st, from, &one, env, mode)
+}
+
+/// Queues a delivery for the one member `to`.
+fn offer_to(
+    st: &mut State,
+    from: &str,
+    to: &MemberName,
+    env: pb::Envelope,
+    mode: Mode,
+) -> Result<Routed, Status> {
+    let m = st
+        .members
+        .get_mut(to)
+        .ok_or_else(|| not_found(to.as_str()))?;
+    let mut routed = Routed {
+        targeted: true,
+        ..Routed::default()
     };
-    match m.push(frame(Out::Deliver(env)), now) {
-        Ok(()) => Ok(1),
+    match offer(m, from, env, mode, &mut routed) {
+        Ok(()) => Ok(routed),
         Err(PushError::Full) => Err(Status::unavailable(format!(
-            "{one} is not keeping up (its queue is full); the message was dropped"
+            "{to} is not keeping up (its queue is full); the message was dropped"
         ))),
         Err(PushError::Closed) => Err(Status::unavailable(format!(
-            "{one} is leaving; the message was dropped"
+            "{to} is leaving; the message was dropped"
         ))),
+    }
+}
+
+/// Queues one delivery: at once if there is room, else by `mode`. A
+/// member's own messages never wait on its own queue.
+fn offer(
+    m: &mut Member,
+    from: &str,
+    env: pb::Envelope,
+    mode: Mode,
+    routed: &mut Routed,
+) -> Result<(), PushError> {
+    let queued = if mode == Mode::Force || m.name.as_str() == from {
+        m.outbound.force_deliver(env).map_err(|e| (e, None))
+    } else {
+        m.outbound.try_deliver(env).map_err(|r| match r {
+            Refused::Full(env) => (PushError::Full, Some(env)),
+            Refused::Closed => (PushError::Closed, None),
+        })
+    };
+    match queued {
+        Ok(()) => {
+            routed.reached += 1;
+            Ok(())
+        }
+        Err((PushError::Full, Some(envelope))) if mode == Mode::Wait => {
+            routed.waits.push(Wait {
+                to: m.outbound.clone(),
+                name: m.name.clone(),
+                envelope,
+            });
+            Ok(())
+        }
+        Err((e, _)) => {
+            if e == PushError::Full {
+                m.dropped += 1;
+                m.outbound.mark_refused();
+            }
+            Err(e)
+        }
     }
 }
 
