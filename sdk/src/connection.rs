@@ -190,33 +190,40 @@ async fn session(
 
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ack = Instant::now();
-    let mut seq = 0u64;
+    let mut beat = Beat {
+        ticker,
+        tx,
+        seq: 0,
+        last_ack: Instant::now(),
+        dead_after,
+    };
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return (true, Ok(())),
-            _ = ticker.tick() => {
-                if last_ack.elapsed() > dead_after {
-                    return (true, Err(Error::Disconnected(format!(
-                        "no heartbeat ack from the master for {} ms", last_ack.elapsed().as_millis()
-                    ))));
+            _ = beat.ticker.tick() => {
+                if let Err(e) = beat.beat(sampler, true) {
+                    return (true, Err(e));
                 }
-                seq += 1;
-                let (cpu_percent, rss_bytes) = sampler.sample();
-                // A full queue means the master is far behind; the next
-                // tick tries again and the ack clock decides.
-                let _ = tx.try_send(pb::MemberFrame {
-                    kind: Some(Out::Heartbeat(pb::Heartbeat { seq, cpu_percent, rss_bytes })),
-                });
             }
             msg = inbound.message() => match msg {
-                Ok(Some(frame)) => {
-                    if let Some(kind) = frame.kind
-                        && let Some(end) = dispatch(inner, kind, &mut last_ack)
-                    {
-                        return (true, Err(end));
+                Ok(Some(pb::MasterFrame { kind: Some(kind) })) => {
+                    let envelopes = match kind {
+                        In::Deliver(env) => vec![env],
+                        In::DeliverBatch(batch) => batch.envelopes,
+                        In::HeartbeatAck(_) => {
+                            beat.last_ack = Instant::now();
+                            continue;
+                        }
+                        other => match dispatch(inner, other) {
+                            Some(end) => return (true, Err(end)),
+                            None => continue,
+                        },
+                    };
+                    if !deliver(inner, envelopes, &mut beat, sampler).await {
+                        return (true, Ok(()));
                     }
                 }
+                Ok(Some(_)) => {}
                 Ok(None) => return (true, Ok(())),
                 Err(s) => return (true, Err(s.into())),
             },
@@ -224,12 +231,82 @@ async fn session(
     }
 }
 
-/// Handles one frame from the master; `Some` ends the stream.
-fn dispatch(inner: &Arc<Inner>, kind: In, last_ack: &mut Instant) -> Option<Error> {
+/// Heartbeats and the ack watchdog of one session.
+struct Beat {
+    ticker: tokio::time::Interval,
+    tx: mpsc::Sender<pb::MemberFrame>,
+    seq: u64,
+    last_ack: Instant,
+    dead_after: Duration,
+}
+
+impl Beat {
+    /// Sends a heartbeat; with `watch`, first fails if the master has not
+    /// acked one for `dead_after` (a one-way partition).
+    fn beat(&mut self, sampler: &mut Sampler, watch: bool) -> Result<(), Error> {
+        if watch && self.last_ack.elapsed() > self.dead_after {
+            return Err(Error::Disconnected(format!(
+                "no heartbeat ack from the master for {} ms",
+                self.last_ack.elapsed().as_millis()
+            )));
+        }
+        self.seq += 1;
+        let (cpu_percent, rss_bytes) = sampler.sample();
+        // A full queue means the master holds this member back (or is far
+        // behind); the master vouches for a member it holds back, and the
+        // ack clock decides otherwise.
+        let _ = self.tx.try_send(pb::MemberFrame {
+            kind: Some(Out::Heartbeat(pb::Heartbeat {
+                seq: self.seq,
+                cpu_percent,
+                rss_bytes,
+            })),
+        });
+        Ok(())
+    }
+}
+
+/// Hands delivered envelopes to their handlers in order. A full
+/// subscription is waited for (heartbeats go on meanwhile): not reading
+/// from the master is what slows the senders. Returns false if the member
+/// closes while waiting.
+async fn deliver(
+    inner: &Arc<Inner>,
+    envelopes: Vec<pb::Envelope>,
+    beat: &mut Beat,
+    sampler: &mut Sampler,
+) -> bool {
+    for env in envelopes {
+        let waiting = inner.deliver(env);
+        if waiting.is_empty() {
+            continue;
+        }
+        for (tx, msg) in waiting {
+            let send = tx.send(msg);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    // A subscription dropped meanwhile just misses it.
+                    _ = &mut send => break,
+                    _ = beat.ticker.tick() => {
+                        let _ = beat.beat(sampler, false);
+                    }
+                    _ = inner.stop.cancelled() => return false,
+                }
+            }
+        }
+        // Acks queued behind the deliveries were not read while waiting.
+        beat.last_ack = Instant::now();
+    }
+    true
+}
+
+/// Handles one frame from the master other than deliveries and acks;
+/// `Some` ends the stream.
+fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
     match kind {
-        In::Deliver(env) => inner.deliver(env),
-        In::DeliverBatch(batch) => batch.envelopes.into_iter().for_each(|e| inner.deliver(e)),
-        In::HeartbeatAck(_) => *last_ack = Instant::now(),
+        // The session loop takes these itself.
+        In::Deliver(_) | In::DeliverBatch(_) | In::HeartbeatAck(_) => {}
         In::ClusterReady(_) => {
             inner.cluster_ready.send_replace(true);
             let _ = inner.events.send(Event::ClusterReady);
@@ -257,6 +334,7 @@ fn dispatch(inner: &Arc<Inner>, kind: In, last_ack: &mut Instant) -> Option<Erro
                     lock(&inner.waiters).insert(r.id, w);
                 }
                 (None, Some(error)) => {
+                    inner.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(id = %r.id, error = %error, "send failed");
                     let _ = inner.events.send(Event::SendFailed { id: r.id, error });
                 }

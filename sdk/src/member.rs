@@ -272,6 +272,7 @@ pub(crate) struct Inner {
     id_prefix: String,
     pub(crate) stop: CancellationToken,
     dropped: AtomicU64,
+    pub(crate) failed: AtomicU64,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -308,6 +309,7 @@ impl Inner {
             id_prefix: format!("{:016x}", uuid::Uuid::new_v4().as_u128() as u64),
             stop: CancellationToken::new(),
             dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             task: Mutex::new(None),
         }
     }
@@ -337,14 +339,17 @@ impl Inner {
     }
 
     /// Hands a delivered envelope to its waiter or its action's handlers.
-    pub(crate) fn deliver(self: &Arc<Self>, env: pb::Envelope) {
+    /// Returns the subscriptions that are full, with the message each must
+    /// still get: the caller waits for them before it reads on.
+    pub(crate) fn deliver(self: &Arc<Self>, env: pb::Envelope) -> Vec<(mpsc::Sender<Message>, Message)> {
+        let mut waiting = Vec::new();
         if !env.reply_to.is_empty() {
             let waiter = lock(&self.waiters).remove(&env.reply_to);
             if let Some(Waiter::Reply(tx)) = waiter {
                 let msg = self.message(env);
                 let _ = tx.send(Ok(msg));
             }
-            return;
+            return waiting;
         }
         let msg = self.message(env);
         let mut handlers = lock(&self.handlers);
@@ -357,15 +362,15 @@ impl Inner {
         let Some(list) = handlers.get_mut(&key) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(action = %msg.action, from = %msg.from, "no handler for message");
-            return;
+            return waiting;
         };
         let mut kept = Vec::with_capacity(list.len());
         for h in list.drain(..) {
             match h {
                 Handler::Stream(tx) => match tx.try_send(msg.clone()) {
                     Ok(()) => kept.push(Handler::Stream(tx)),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    Err(mpsc::error::TrySendError::Full(msg)) => {
+                        waiting.push((tx.clone(), msg));
                         kept.push(Handler::Stream(tx));
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -380,6 +385,7 @@ impl Inner {
         } else {
             *list = kept;
         }
+        waiting
     }
 
     fn message(self: &Arc<Self>, env: pb::Envelope) -> Message {
@@ -458,14 +464,25 @@ impl Member {
         self.inner.events.subscribe()
     }
 
-    /// Messages dropped because no handler wanted them or a subscription was full.
+    /// Messages dropped because no handler wanted them.
     pub fn dropped_messages(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
+    /// Posts the master reported as failed, e.g. UNAVAILABLE when the
+    /// receiver was disconnected before it took the message (each is also
+    /// logged and sent as [`Event::SendFailed`]; [`send`](Self::send)
+    /// returns its error instead).
+    pub fn failed_sends(&self) -> u64 {
+        self.inner.failed.load(Ordering::Relaxed)
+    }
+
     /// Every future message with this action (Egg's `messenger.on`). Up to
-    /// 1,024 messages wait for [`Subscription::recv`]; more are dropped and
-    /// counted in [`dropped_messages`](Self::dropped_messages).
+    /// 1,024 messages wait for [`Subscription::recv`]; when it is full the
+    /// member stops reading from the master until there is room, which
+    /// slows the senders (backpressure) instead of losing messages. Read
+    /// every subscription you hold, or drop it: one left unread for the
+    /// master's `slow_consumer_timeout` gets the member disconnected.
     pub fn on(&self, action: impl Into<String>) -> Subscription {
         self.on_with_capacity(action, SUBSCRIPTION_BUFFER)
     }
