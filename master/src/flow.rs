@@ -9,11 +9,17 @@
 //! buffers no more than each queue's bound plus each stream's window.
 //!
 //! Why this cannot deadlock the master:
-//! - a reader task waits only on **other** members' queues. A delivery to the
-//!   sender itself (its own broadcast) and everything the master says to the
-//!   sender (results, acks, events) go into the sender's control lane, which
-//!   never waits (see [`crate::outbound`]). So no reader ever waits on its
-//!   own writing side, and the registry's mutex is never held while waiting;
+//! - a reader task waits for room only in **other** members' queues. A
+//!   delivery to the sender itself (its own broadcast) and everything the
+//!   master says to the sender (results, acks, events) go into the sender's
+//!   control lane, which never waits (see [`crate::outbound`]); the
+//!   registry's mutex is never held while waiting;
+//! - the one pause on the sender's own queue ([`pause_for_own_room`]) comes
+//!   *between* frames, never while holding a delivery, and ends when the
+//!   sender reads some of what it caused (results of a flood of failing
+//!   posts, its own broadcasts) or is disconnected for not reading: it
+//!   keeps a member from outrunning its own reading, and it cannot hold up
+//!   any other member;
 //! - a queue drains as its member's connection takes frames, which depends
 //!   only on that member reading its stream, not on any reader task of the
 //!   master. So A waiting on B's queue while B waits on A's cannot block the
@@ -76,6 +82,29 @@ pub struct Outcome {
     pub reached: u32,
     /// Receivers cut off (disconnected) before there was room.
     pub cut_off: Vec<MemberName>,
+}
+
+/// Pauses a reader whose own member has fallen behind reading the master's
+/// frames to it, until it catches up, vouching for it meanwhile. Returns
+/// false if `stop` fires or the member's queue closes.
+pub async fn pause_for_own_room(
+    own: &Outbound,
+    registry: &Registry,
+    sender: &str,
+    interval: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.reset();
+    let room = own.control_room();
+    tokio::pin!(room);
+    loop {
+        tokio::select! {
+            room = &mut room => return room.is_ok(),
+            _ = ticker.tick() => registry.vouch(sender),
+            _ = stop.cancelled() => return false,
+        }
+    }
 }
 
 /// Delivers each waiting envelope as room appears, in order. While it waits

@@ -104,7 +104,7 @@ impl pb::membership_server::Membership for MembershipService {
         let span = tracing::info_span!("member", member.name = %joined.name, peer.addr = %peer);
         let registry = self.registry.clone();
         let shutdown = self.shutdown.clone();
-        let (instance, cancel) = (joined.instance_id, joined.cancel);
+        let (instance, cancel, own) = (joined.instance_id, joined.cancel, joined.outbound);
         let heartbeat = self.registry.heartbeat_interval();
         self.tasks.spawn(
             async move {
@@ -129,6 +129,17 @@ impl pb::membership_server::Membership for MembershipService {
                                 && !wait_out(&registry, &instance, stall, heartbeat, &cancel).await
                             {
                                 break;
+                            }
+                            if own.control_over() {
+                                registry.hold_back(&instance, true, Instant::now().into_std());
+                                let caught_up = flow::pause_for_own_room(
+                                    &own, &registry, &instance, heartbeat, &cancel,
+                                )
+                                .await;
+                                if !caught_up {
+                                    break;
+                                }
+                                registry.hold_back(&instance, false, Instant::now().into_std());
                             }
                         }
                         Ok(Some(_)) => {} // an empty frame carries nothing

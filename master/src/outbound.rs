@@ -7,8 +7,12 @@
 //!   frame's room is given back when tonic takes it off the queue;
 //! - the **control lane** carries everything the master itself says (welcome,
 //!   heartbeat acks, send results, events, drain) and deliveries a member
-//!   must never wait for (to itself, held messages at ClusterReady). It never
-//!   waits: past its own bound a frame is refused and counted.
+//!   must never wait for (to itself, held messages at ClusterReady). A push
+//!   never waits: past twice the bounds a frame is refused and counted.
+//!   Past the bounds themselves, the member's own reader pauses
+//!   ([`Outbound::control_room`]) until the member has read some, so a member
+//!   whose own frames cause the frames (results, its own broadcasts) cannot
+//!   outrun its reading.
 //!
 //! The registry pushes; tonic polls the [`OutboundStream`] as the Join
 //! response. Deliveries already queued are packed into one `deliver_batch`
@@ -22,7 +26,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -85,6 +89,9 @@ struct Shared {
     waiting: AtomicUsize,
     /// A delivery was refused since the member last took a frame.
     refused: AtomicBool,
+    /// Woken when control frames leave, for a reader in `control_room`.
+    control_freed: Notify,
+    control_waiting: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -155,6 +162,8 @@ pub fn channel(bounds: Bounds, batches: bool) -> (Outbound, OutboundStream) {
         taken: AtomicU64::new(0),
         waiting: AtomicUsize::new(0),
         refused: AtomicBool::new(false),
+        control_freed: Notify::new(),
+        control_waiting: AtomicBool::new(false),
     });
     (
         Outbound {
@@ -200,6 +209,10 @@ impl Shared {
                 let mut st = self.lock();
                 st.control_frames -= 1;
                 st.control_bytes -= cost;
+                drop(st);
+                if self.control_waiting.load(Ordering::Relaxed) {
+                    self.control_freed.notify_waiters();
+                }
             }
         }
     }
@@ -227,6 +240,7 @@ impl Shared {
         drop(st);
         self.slots.close();
         self.bytes.close();
+        self.control_freed.notify_waiters();
         for e in dropped {
             self.give_back(e.lane);
         }
@@ -243,7 +257,7 @@ impl Outbound {
         {
             let mut st = self.shared.lock();
             let b = self.shared.bounds;
-            if st.control_frames >= b.messages || st.control_bytes + c > b.bytes {
+            if st.control_frames >= 2 * b.messages || st.control_bytes + c > 2 * b.bytes {
                 return Err(PushError::Full);
             }
             st.control_frames += 1;
@@ -281,6 +295,39 @@ impl Outbound {
                 .map_err(|_| Refused::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => Err(Refused::Full(env)),
             Err(tokio::sync::TryAcquireError::Closed) => Err(Refused::Closed),
+        }
+    }
+
+    /// Whether the control lane is past its bounds: the member's own reader
+    /// should wait in [`control_room`](Self::control_room) before it reads on.
+    pub fn control_over(&self) -> bool {
+        let st = self.shared.lock();
+        let b = self.shared.bounds;
+        st.control_frames >= b.messages || st.control_bytes >= b.bytes
+    }
+
+    /// Waits until the control lane is back within its bounds. Fails when
+    /// the queue closes.
+    pub async fn control_room(&self) -> Result<(), PushError> {
+        let s = &self.shared;
+        s.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&s.waiting);
+        loop {
+            let freed = s.control_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            s.control_waiting.store(true, Ordering::Relaxed);
+            {
+                let st = s.lock();
+                if st.closed || st.end.is_some() {
+                    return Err(PushError::Closed);
+                }
+            }
+            if !self.control_over() {
+                s.control_waiting.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            freed.await;
         }
     }
 
@@ -459,6 +506,7 @@ impl Drop for OutboundStream {
         };
         s.slots.close();
         s.bytes.close();
+        s.control_freed.notify_waiters();
         for e in items {
             s.give_back(e.lane);
         }
@@ -503,12 +551,31 @@ mod tests {
         assert!(matches!(tx.try_deliver(env(2, 600)), Err(Refused::Full(_))));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn control_lane_never_waits_and_is_bounded() {
-        let (tx, _rx) = channel(bounds(2, 1 << 20), false);
+        let (tx, mut rx) = channel(bounds(2, 1 << 20), false);
         assert_eq!(tx.push(ready()), Ok(()));
+        assert!(!tx.control_over());
         assert_eq!(tx.force_deliver(env(1, 1)), Ok(()));
-        assert_eq!(tx.push(ready()), Err(PushError::Full));
+        assert!(tx.control_over(), "past its bounds");
+        assert_eq!(tx.push(ready()), Ok(()));
+        assert_eq!(tx.push(ready()), Ok(()));
+        assert_eq!(
+            tx.push(ready()),
+            Err(PushError::Full),
+            "past twice the bounds"
+        );
+        let room = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.control_room().await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!room.is_finished());
+        assert!(tx.pressed());
+        for _ in 0..3 {
+            assert!(rx.next().await.is_some());
+        }
+        assert_eq!(room.await.expect("join"), Ok(()));
     }
 
     #[tokio::test]

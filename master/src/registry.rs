@@ -210,6 +210,8 @@ pub struct Joined {
     pub stream: OutboundStream,
     /// Cancelled when the registry evicts the member.
     pub cancel: CancellationToken,
+    /// Its queue, for its reader to pause on ([`crate::flow`]).
+    pub outbound: Outbound,
 }
 
 /// Counts by role and state, for `ClusterInfo`.
@@ -369,6 +371,7 @@ impl Registry {
             bytes: m_cfg.queue_bytes,
         };
         let (outbound, stream) = outbound::channel(bounds, hello.accepts_batches);
+        let own = outbound.clone();
         let cancel = CancellationToken::new();
         let member = Member {
             name: name.clone(),
@@ -411,6 +414,7 @@ impl Registry {
             name,
             stream,
             cancel,
+            outbound: own,
         })
     }
 

@@ -1,93 +1,13 @@
 //! In-process tests: the master library on 127.0.0.1:0, real SDK members
 //! over real gRPC, and raw tonic clients for malformed input.
 
-use cohort::{Error, Member, MemberBuilder, Message, Role, Subscription, Target};
-use cohort_master::config::{Config, WorkerCount};
+use cohort::{Error, Member, MemberBuilder, Role, Subscription, Target};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct TestMaster {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl TestMaster {
-    async fn start(cfg: Config) -> TestMaster {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cohort_master::run(listener, Vec::new(), cfg, async move {
-            let _ = rx.await;
-        }));
-        TestMaster {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let result = tokio::time::timeout(WAIT, &mut self.task).await;
-        result
-            .expect("master stops in time")
-            .expect("join")
-            .expect("clean exit");
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn join(&self, role: Role, name: &str) -> Member {
-        MemberBuilder::new(self.url(), role)
-            .name(name)
-            .join()
-            .await
-            .expect("join")
-    }
-
-    async fn control(&self) -> pb::control_client::ControlClient<tonic::transport::Channel> {
-        pb::control_client::ControlClient::connect(self.url())
-            .await
-            .expect("control")
-    }
-}
-
-impl Drop for TestMaster {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn config() -> Config {
-    // Members here are the tests' own SDK clients: no local slots.
-    let mut c = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        ..Config::default()
-    };
-    c.agent.count = 0;
-    c.worker.count = WorkerCount::Fixed(0);
-    c
-}
-
-async fn recv(sub: &mut Subscription) -> Message {
-    tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .expect("message in time")
-        .expect("subscription open")
-}
+mod common;
+use common::*;
 
 /// A cluster of one agent and three ready workers, each subscribed to
 /// `test` and to the `fence` action used to prove nothing else arrived.
@@ -309,37 +229,6 @@ async fn sends_before_cluster_ready_arrive_right_after_it() {
         .any(|e| matches!(e, cohort::Event::ClusterReady));
     assert!(saw_ready);
     master.stop().await;
-}
-
-/// Opens a raw Join stream; returns the frame sender and the response.
-async fn raw_join(
-    master: &TestMaster,
-    first: pb::MemberFrame,
-) -> (
-    mpsc::Sender<pb::MemberFrame>,
-    Result<tonic::Streaming<pb::MasterFrame>, tonic::Status>,
-) {
-    let mut client = pb::membership_client::MembershipClient::connect(master.url())
-        .await
-        .expect("connect")
-        .max_encoding_message_size(64 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(first).await.expect("queue");
-    let r = client
-        .join(ReceiverStream::new(rx))
-        .await
-        .map(|r| r.into_inner());
-    (tx, r)
-}
-
-fn hello(name: &str) -> pb::MemberFrame {
-    pb::MemberFrame {
-        kind: Some(Frame::Hello(pb::Hello {
-            role: pb::Role::Worker as i32,
-            name: name.into(),
-            ..Default::default()
-        })),
-    }
 }
 
 #[tokio::test]

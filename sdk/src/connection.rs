@@ -334,7 +334,9 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
                     lock(&inner.waiters).insert(r.id, w);
                 }
                 (None, Some(error)) => {
-                    inner.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    inner
+                        .failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(id = %r.id, error = %error, "send failed");
                     let _ = inner.events.send(Event::SendFailed { id: r.id, error });
                 }

@@ -341,7 +341,10 @@ impl Inner {
     /// Hands a delivered envelope to its waiter or its action's handlers.
     /// Returns the subscriptions that are full, with the message each must
     /// still get: the caller waits for them before it reads on.
-    pub(crate) fn deliver(self: &Arc<Self>, env: pb::Envelope) -> Vec<(mpsc::Sender<Message>, Message)> {
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        env: pb::Envelope,
+    ) -> Vec<(mpsc::Sender<Message>, Message)> {
         let mut waiting = Vec::new();
         if !env.reply_to.is_empty() {
             let waiter = lock(&self.waiters).remove(&env.reply_to);
