@@ -1,8 +1,10 @@
 //! Benchmarks, each writing a markdown table to `bench/results/`:
 //!
-//! - `messaging`: request/reply latency, one-way relay throughput and
-//!   broadcast-to-8 latency, with the master and every member in its own
-//!   process (this binary re-executes itself for each role);
+//! - `messaging`: request/reply latency, one-way relay throughput (from an
+//!   SDK member and from a plain unbatched gRPC client) and broadcast-to-8
+//!   latency, with the master and every member in its own process (this
+//!   binary re-executes itself for each role), against the master's
+//!   default configuration;
 //! - `cluster`: respawn latency, startup time and RSS of the real
 //!   `cohort-master`, `cohort-agent` and `cohort-worker` binaries (built
 //!   next to this one: `cargo build --release --bins` first).
@@ -85,7 +87,9 @@ fn run_member(args: &[String]) -> anyhow::Result<()> {
                 }
             }
             "sink" => {
-                let mut sub = member.on_with_capacity("relay", 1 << 20);
+                // The default subscription: when it is full the member
+                // stops reading and the master holds the senders back.
+                let mut sub = member.on("relay");
                 member.ready().await?;
                 let mut count = 0u64;
                 while let Some(msg) = sub.recv().await {
@@ -181,12 +185,9 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
     let scale = if quick { 10 } else { 1 };
     let (requests, relay, rounds) = (REQUESTS / scale, RELAY / scale, BROADCAST_ROUNDS / scale);
 
-    // Queues large enough that the relay run measures throughput, not drops.
+    // The default messaging configuration: only local members are off.
     let cfg = std::env::temp_dir().join(format!("cohort-bench-{}.toml", std::process::id()));
-    std::fs::write(
-        &cfg,
-        "[agent]\ncount = 0\n[worker]\ncount = 0\n[messaging]\nqueue_messages = 1048576\nqueue_bytes = 1073741824\n",
-    )?;
+    std::fs::write(&cfg, "[agent]\ncount = 0\n[worker]\ncount = 0\n")?;
     let cfg_path = cfg.to_string_lossy().to_string();
     let mut master = spawn_self(&["master", "--listen", "127.0.0.1:0", "--config", &cfg_path])?;
     let mut lines = BufReader::new(master.0.stdout.take().context("master stdout")?).lines();
@@ -248,6 +249,10 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
         let rate = received as f64 / elapsed.as_secs_f64();
         let cpu_per_million = cpu / (received.max(1) as f64) * 1e6;
 
+        // 2b. the same from a plain gRPC client: one frame per message, no
+        // batches, no acks, as a Python or Go member is usually written.
+        let (plain_rate, plain_received) = plain_relay(&url, relay).await?;
+
         // 3. broadcast to 8 members until the last one has it: only the
         // eight broadcast members stay.
         drop(pair);
@@ -274,11 +279,14 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
         a.close().await;
         anyhow::Ok(format!(
             "| request/reply A→master→B→master→A ({requests} requests) | p50 {} | p99 {} |\n\
-             | one-way relay A→master→B, 64 B ({relay} sent) | {:.0} msg/s | {received} received, master {cpu_per_million:.2} CPU-s per million |\n\
+             | one-way relay A→master→B, 64 B, SDK sender ({relay} sent) | {:.0} msg/s | {received} received ({} lost), master {cpu_per_million:.2} CPU-s per million |\n\
+             | one-way relay, 64 B, plain unbatched gRPC sender ({relay} sent) | {plain_rate:.0} msg/s | {plain_received} received ({} lost) |\n\
              | broadcast to {BROADCAST_MEMBERS}, until the last has it ({rounds} rounds) | p50 {} | p99 {} |\n",
             us(rr.0),
             us(rr.1),
             rate,
+            relay as u64 - received,
+            relay as u64 - plain_received,
             us(percentile(&bl, 0.5)),
             us(percentile(&bl, 0.99)),
         ))
@@ -289,7 +297,8 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
 
     let text = format!(
         "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
-         Machine: {}; master, driver and 10 members each in their own process.\n\n\
+         Machine: {}; master, driver and 10 members each in their own process.\n\
+         The master runs its default configuration (queues of 1,024 messages / 8 MiB, overflow = block).\n\n\
          | measure | result | |\n|---|---|---|\n{report}",
         if quick { " --quick" } else { "" },
         machine()
@@ -333,6 +342,56 @@ pub(crate) fn write_report(out: &str, text: &str) -> anyhow::Result<()> {
     }
     std::fs::write(out, text)?;
     Ok(())
+}
+
+/// Relays `n` 64-byte messages to `sink` from a raw tonic Join stream, one
+/// `send` frame each; returns messages/s and how many the sink counted.
+async fn plain_relay(url: &str, n: usize) -> anyhow::Result<(f64, u64)> {
+    use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
+    let mut client = pb::membership_client::MembershipClient::connect(url.to_string()).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let frame = |kind| pb::MemberFrame { kind: Some(kind) };
+    tx.send(frame(Out::Hello(pb::Hello {
+        role: pb::Role::Worker as i32,
+        name: "plain".into(),
+        ..Default::default()
+    })))
+    .await?;
+    let mut inbound = client
+        .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut done_tx = Some(done_tx);
+        while let Ok(Some(f)) = inbound.message().await {
+            if let Some(In::Deliver(env)) = f.kind
+                && env.action == "done"
+                && let Some(tx) = done_tx.take()
+            {
+                let _ = tx.send(env.data);
+            }
+        }
+    });
+    let envelope = |data: Vec<u8>| {
+        frame(Out::Send(pb::Envelope {
+            action: "relay".into(),
+            data: data.into(),
+            target: Some(Target::Member("sink".into()).into()),
+            ..Default::default()
+        }))
+    };
+    let t = Instant::now();
+    for _ in 0..n {
+        tx.send(envelope(bytes_64())).await?;
+    }
+    tx.send(envelope(b"END".to_vec())).await?;
+    let data = tokio::time::timeout(Duration::from_secs(120), done_rx)
+        .await
+        .context("plain relay did not finish")??;
+    let elapsed = t.elapsed();
+    let received: u64 = std::str::from_utf8(&data)?.parse()?;
+    Ok((received as f64 / elapsed.as_secs_f64(), received))
 }
 
 fn bytes_64() -> Vec<u8> {
