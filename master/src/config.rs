@@ -836,6 +836,8 @@ mod tests {
             (&["--suspect-after", "20s"], &[], "health.dead_after"),
             (&["--worker-count", "many"], &[], "auto"),
             (&["--listen", "0.0.0.0:7420"], &[], "--insecure"),
+            (&["--overflow", "shed"], &[], "\"block\" or \"drop\""),
+            (&[], &[("COHORT_OVERFLOW", "Drop")], "COHORT_OVERFLOW"),
         ];
         let f = write("[auth]\ntoken_file = \"/nonexistent/cohort/token\"\n");
         let err = load(&["--config", f.path().to_str().expect("path")], &[])
@@ -851,6 +853,8 @@ mod tests {
             assert!(err.contains(needle), "{args:?}: {err}");
         }
         assert!(load(&["--listen", "0.0.0.0:0", "--insecure"], &[]).is_ok());
+        let c = load(&["--overflow", "drop"], &[]).expect("drop mode");
+        assert_eq!(c.messaging.overflow, Overflow::Drop);
         let tokens = write("0123456789abcdef0123\n");
         let path = tokens.path().to_str().expect("path");
         let c =
