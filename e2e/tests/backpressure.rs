@@ -85,7 +85,7 @@ async fn streams_that_never_read_cost_a_bounded_amount_and_are_cut_off() {
             .await
             .expect("post");
         sent += 1;
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             peak = peak.max(rss_mib(pid));
         }
     }

@@ -50,7 +50,7 @@ pub enum PushError {
 #[derive(Debug)]
 pub enum Refused {
     /// No room now: the envelope, to wait for room or to drop.
-    Full(pb::Envelope),
+    Full(Box<pb::Envelope>),
     /// The member's stream is gone.
     Closed,
 }
@@ -293,7 +293,7 @@ impl Outbound {
                     lane: Lane::Data(c as usize),
                 })
                 .map_err(|_| Refused::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Refused::Full(env)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Refused::Full(Box::new(env))),
             Err(tokio::sync::TryAcquireError::Closed) => Err(Refused::Closed),
         }
     }

@@ -1196,7 +1196,7 @@ fn offer(
         m.outbound.force_deliver(env).map_err(|e| (e, None))
     } else {
         m.outbound.try_deliver(env).map_err(|r| match r {
-            Refused::Full(env) => (PushError::Full, Some(env)),
+            Refused::Full(env) => (PushError::Full, Some(*env)),
             Refused::Closed => (PushError::Closed, None),
         })
     };
