@@ -143,6 +143,12 @@ fn notify_systemd(socket: &str) {
 
 /// How long shutdown waits for connections to close before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 receive window of one member stream: what a sender held back by
+/// flow control ([`flow`]) can have in flight to the master.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 receive window of one connection, well above one stream's, so
+/// senders held back on a shared connection leave room for the others.
+const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 
 /// A shared listener the master bound for its workers.
 pub struct SharedListener {
@@ -337,6 +343,8 @@ pub async fn run(
     let streams_closed = CancellationToken::new();
     let local_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(1024))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_service.clone())
         .add_service(membership.clone())
         .add_service(control.clone())
@@ -354,6 +362,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -253,3 +253,81 @@ async fn a_receiver_that_stops_reading_is_cut_off_and_only_its_senders_notice() 
     drop((stuck, stuck_tx));
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_held_back_leaves_the_other_streams_of_its_connection_flowing() {
+    const KIB: usize = 1024;
+    let mut cfg = config();
+    // The stall lasts the whole test.
+    cfg.messaging.slow_consumer_timeout = Duration::from_secs(120);
+    let master = TestMaster::start(cfg).await;
+    let (stuck_tx, stuck) = raw_join(&master, hello("stuck")).await;
+    let stuck = stuck.expect("joined");
+    let (_ok, mut ok_sub) = ready_member(&master, "ok", "flood").await;
+
+    // Two members on one HTTP/2 connection, as a client hosting many
+    // members would have them.
+    let channel = tonic::transport::Endpoint::from_shared(master.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let open = |name: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let mut client = pb::membership_client::MembershipClient::new(channel);
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            tx.send(hello(name)).await.expect("hello");
+            let mut inbound = client
+                .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("join")
+                .into_inner();
+            tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+            tx
+        }
+    };
+    let held = open("held").await;
+    let free = open("free").await;
+
+    // `held` floods the member that never reads until it is held back.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flood = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for i in 0..20_000 {
+                let data = format!("{i:0>width$}", width = KIB);
+                if held.send(send_frame("stuck", "flood", data)).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            held
+        })
+    };
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(!flood.is_finished(), "held is held back ({last} sent)");
+
+    // The other stream of the same connection still gets through.
+    for i in 0..2_000u64 {
+        let data = format!("{:>8}{i:0>width$}", "free", width = KIB - 8);
+        free.send(send_frame("ok", "flood", data))
+            .await
+            .expect("free's stream is open");
+    }
+    for i in 0..2_000u64 {
+        let m = recv(&mut ok_sub).await;
+        assert_eq!(parse(&m.data), ("free".to_string(), i));
+    }
+    flood.abort();
+    drop((stuck, stuck_tx, free));
+    master.stop().await;
+}
