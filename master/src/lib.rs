@@ -197,6 +197,8 @@ pub async fn run(
                 agents: config.expect.agents + agents,
                 workers: config.expect.workers + workers,
             },
+            join_timeout: config.restart.start_timeout,
+            local_agent: agents > 0,
         },
         Some(notice_tx),
     ));
@@ -306,16 +308,23 @@ pub async fn run(
             "bearer-token authentication on for Join and Control"
         );
     }
-    let membership =
-        pb::membership_server::MembershipServer::new(membership::MembershipService::new(
+    // One Membership service per socket: the one-time secrets of local
+    // children count only on the private socket.
+    let membership = |via| {
+        let service = membership::MembershipService::new(
             registry.clone(),
+            via,
             config.tls.client_ca.is_some(),
             tasks.clone(),
             stop.clone(),
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let membership = tonic::service::interceptor::InterceptedService::new(membership, auth.clone());
+        );
+        let server = pb::membership_server::MembershipServer::new(service)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        tonic::service::interceptor::InterceptedService::new(server, auth.clone())
+    };
+    let local_membership = membership(registry::Via::LocalSocket);
+    let membership = membership(registry::Via::Network);
     let control = pb::control_server::ControlServer::new(control::ControlService::new(
         registry.clone(),
         addr,
@@ -346,7 +355,7 @@ pub async fn run(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_service.clone())
-        .add_service(membership.clone())
+        .add_service(local_membership)
         .add_service(control.clone())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(local.listener()?),

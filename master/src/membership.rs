@@ -5,7 +5,7 @@
 
 use crate::flow::{self, Stall};
 use crate::outbound::OutboundStream;
-use crate::registry::Registry;
+use crate::registry::{Registry, Via};
 use cohort_proto::pb::{self, member_frame::Kind as In};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,22 +21,25 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Membership service.
 pub struct MembershipService {
     registry: Arc<Registry>,
+    via: Via,
     mtls: bool,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl MembershipService {
-    /// A service over `registry`; reader tasks are tracked by `tasks` and
-    /// stop on `shutdown`.
+    /// A service over `registry` for members coming in `via` one socket;
+    /// reader tasks are tracked by `tasks` and stop on `shutdown`.
     pub fn new(
         registry: Arc<Registry>,
+        via: Via,
         mtls: bool,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         MembershipService {
             registry,
+            via,
             mtls,
             tasks,
             shutdown,
@@ -100,7 +103,9 @@ impl pb::membership_server::Membership for MembershipService {
         if let Some(certs) = certs {
             check_certificate(&certs, &hello.name)?;
         }
-        let joined = self.registry.register(hello, Instant::now().into_std())?;
+        let joined = self
+            .registry
+            .register(hello, self.via, Instant::now().into_std())?;
         let span = tracing::info_span!("member", member.name = %joined.name, peer.addr = %peer);
         let registry = self.registry.clone();
         let shutdown = self.shutdown.clone();

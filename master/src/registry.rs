@@ -22,8 +22,69 @@ use tonic::{Code, Status};
 
 /// How long a request waits for its reply when the sender names no timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The `from` of envelopes sent through `Control/Send`.
+/// The `from` of envelopes sent through `Control/Send` (a reserved name).
 pub const CONTROL_SENDER: &str = "control";
+/// Most members listed in a welcome.
+pub const WELCOME_MEMBERS: usize = 64;
+/// Longest `hello.host` accepted (a DNS name is at most 253).
+pub const MAX_HOST_LEN: usize = 255;
+/// Longest `hello.version` accepted.
+pub const MAX_VERSION_LEN: usize = 128;
+/// Most `hello.labels`.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key and value.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 255;
+/// Longest `hello.secret` accepted.
+const MAX_SECRET_LEN: usize = 128;
+
+/// Which of the master's sockets a member came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The private Unix socket of the master's own children.
+    LocalSocket,
+    /// The gRPC listen address.
+    Network,
+}
+
+/// Refuses a hello whose free-form fields exceed their bounds: whatever a
+/// member says of itself is copied into every listing and event.
+fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+    let too_long = |field: &str, len: usize, max: usize| {
+        Status::invalid_argument(format!(
+            "hello.{field} is {len} bytes: at most {max} are accepted"
+        ))
+    };
+    if hello.host.len() > MAX_HOST_LEN {
+        return Err(too_long("host", hello.host.len(), MAX_HOST_LEN));
+    }
+    if hello.version.len() > MAX_VERSION_LEN {
+        return Err(too_long("version", hello.version.len(), MAX_VERSION_LEN));
+    }
+    if hello.secret.len() > MAX_SECRET_LEN {
+        return Err(too_long("secret", hello.secret.len(), MAX_SECRET_LEN));
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "hello.labels has {} entries: at most {MAX_LABELS} are accepted",
+            hello.labels.len()
+        )));
+    }
+    for (k, v) in &hello.labels {
+        if k.len() > MAX_LABEL_KEY_LEN {
+            return Err(too_long("labels key", k.len(), MAX_LABEL_KEY_LEN));
+        }
+        if v.len() > MAX_LABEL_VALUE_LEN {
+            return Err(too_long(
+                &format!("labels[{k}]"),
+                v.len(),
+                MAX_LABEL_VALUE_LEN,
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// What the registry tells the supervisor about its own (local) members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +117,10 @@ pub struct RegistryConfig {
     pub messaging: MessagingConfig,
     /// Members to wait for before ClusterReady.
     pub expect: Expect,
+    /// A member not ready this long after its hello is dropped.
+    pub join_timeout: Duration,
+    /// The master runs its own agent: the agent role is reserved for it.
+    pub local_agent: bool,
 }
 
 /// Where a member is in its life, as far as the registry knows.
@@ -85,6 +150,7 @@ struct Member {
     cpu_percent: f32,
     rss_bytes: u64,
     last_seen: Instant,
+    joined_at: Instant,
     dropped: u64,
     /// Frames the member had taken when the sweep last looked.
     seen_taken: u64,
@@ -178,6 +244,9 @@ pub enum Requester {
 struct Pending {
     requester: Requester,
     original_id: String,
+    /// The instance the request was delivered to: the only one whose reply
+    /// is accepted.
+    responder: String,
     deadline: Instant,
 }
 
@@ -194,7 +263,9 @@ struct State {
     cluster_ready: bool,
     held: VecDeque<Held>,
     pending: HashMap<String, Pending>,
-    next_request: u64,
+    /// The instance that registered with each slot's current secret: a
+    /// secret serves one live registration.
+    secret_holders: HashMap<String, String>,
     /// Names of the master's own slots and the one-time secret of each
     /// slot's newest instance.
     secrets: HashMap<String, String>,
@@ -269,7 +340,7 @@ impl Registry {
                 cluster_ready: ready,
                 held: VecDeque::new(),
                 pending: HashMap::new(),
-                next_request: 0,
+                secret_holders: HashMap::new(),
                 secrets: HashMap::new(),
             }),
             events,
@@ -314,7 +385,8 @@ impl Registry {
     }
 
     /// Registers a member from its hello.
-    pub fn register(&self, hello: pb::Hello, now: Instant) -> Result<Joined, Status> {
+    pub fn register(&self, hello: pb::Hello, via: Via, now: Instant) -> Result<Joined, Status> {
+        check_hello(&hello)?;
         let role = Role::try_from(hello.role)
             .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
         let mut st = self.lock();
@@ -323,9 +395,31 @@ impl Registry {
         } else {
             MemberName::parse(hello.name).map_err(Status::invalid_argument)?
         };
+        if name.as_str() == CONTROL_SENDER {
+            return Err(Status::invalid_argument(format!(
+                "the member name {CONTROL_SENDER} is reserved: it is the sender of Control/Send"
+            )));
+        }
         let local = match st.secrets.get(name.as_str()) {
             None => false,
-            Some(secret) if secrets_match(secret, &hello.secret) => true,
+            Some(secret) if via == Via::LocalSocket && secrets_match(secret, &hello.secret) => {
+                let holder = st.secret_holders.get(name.as_str());
+                if let Some(holder) = holder
+                    && st.by_instance.contains_key(holder)
+                {
+                    return Err(Status::already_exists(format!(
+                        "the one-time COHORT_SECRET of {name} is in use by instance {holder}: \
+                         it serves one registration at a time"
+                    )));
+                }
+                true
+            }
+            Some(_) if via == Via::Network && !hello.secret.is_empty() => {
+                return Err(Status::permission_denied(
+                    "a one-time COHORT_SECRET is accepted only on the master's private socket, \
+                     by the children it starts itself",
+                ));
+            }
             Some(_) => {
                 return Err(Status::permission_denied(format!(
                     "member name {name} belongs to a member this master starts itself; \
@@ -352,6 +446,12 @@ impl Registry {
                 &name,
                 "replaced by a new instance of the same name",
             );
+        }
+        if role == Role::Agent && self.cfg.local_agent && !local {
+            return Err(Status::permission_denied(
+                "this master runs its own agent: no other member may join as the agent \
+                 (run the master with [agent] count = 0 to have a remote agent)",
+            ));
         }
         if role == Role::Agent
             && let Some(agent) = st
@@ -388,6 +488,7 @@ impl Registry {
             cpu_percent: 0.0,
             rss_bytes: 0,
             last_seen: now,
+            joined_at: now,
             dropped: 0,
             seen_taken: 0,
             stalled_since: None,
@@ -400,13 +501,24 @@ impl Registry {
             name: name.to_string(),
             instance_id: instance_id.clone(),
             settings: Some(self.settings()),
-            members: st.members.values().map(Member::info).collect(),
+            // Bounded: a welcome must fit in a frame however large the
+            // cluster; Control/ListMembers lists them all.
+            members: st
+                .members
+                .values()
+                .take(WELCOME_MEMBERS)
+                .map(Member::info)
+                .collect(),
             cluster_ready: st.cluster_ready,
         };
         // The queue is empty: the welcome always fits.
         let _ = member.outbound.push(frame(Out::Welcome(welcome)));
         self.publish(&mut st, event(pb::EventKind::Joined, Some(info), ""));
         st.by_instance.insert(instance_id.clone(), name.clone());
+        if local {
+            st.secret_holders
+                .insert(name.to_string(), instance_id.clone());
+        }
         st.members.insert(name.clone(), member);
         tracing::info!(member.name = %name, member.role = %role, instance = %instance_id, "member joined");
         Ok(Joined {
@@ -683,8 +795,8 @@ impl Registry {
                 st.pending.len()
             )));
         }
-        st.next_request += 1;
-        let rid = format!("r{}", st.next_request);
+        // Unguessable, so no member can aim a reply at another's request.
+        let rid = uuid::Uuid::new_v4().simple().to_string();
         let original_id = std::mem::replace(&mut env.id, rid.clone());
         let timeout = match env.timeout_ms {
             0 => DEFAULT_REQUEST_TIMEOUT,
@@ -697,6 +809,7 @@ impl Registry {
             Pending {
                 requester,
                 original_id,
+                responder: routed.to.take().unwrap_or_default(),
                 deadline: now + timeout,
             },
         );
@@ -705,7 +818,19 @@ impl Registry {
     }
 
     fn reply(&self, st: &mut State, replier: &MemberName, mut env: pb::Envelope) -> Option<Stall> {
-        let Some(p) = st.pending.remove(&env.reply_to) else {
+        let replier_instance = st.members.get(replier).map(|m| m.instance_id.as_str());
+        let addressed = st
+            .pending
+            .get(&env.reply_to)
+            .is_some_and(|p| Some(p.responder.as_str()) == replier_instance);
+        // A reply from anyone but the instance that got the request is
+        // refused as if no such request existed: it reveals nothing.
+        let pending = if addressed {
+            st.pending.remove(&env.reply_to)
+        } else {
+            None
+        };
+        let Some(p) = pending else {
             let status = Status::not_found(format!(
                 "no request {:?} is waiting for a reply: it timed out or was answered already",
                 env.reply_to
@@ -840,10 +965,20 @@ impl Registry {
                 true => Duration::ZERO,
                 false => now.saturating_duration_since(m.last_seen),
             };
+            let joining = now.saturating_duration_since(m.joined_at);
             if silent >= h.dead_after {
                 evict.push((
                     m.name.clone(),
                     format!("no heartbeat for {} ms", silent.as_millis()),
+                ));
+            } else if m.presence == Presence::Joined && joining >= self.cfg.join_timeout {
+                evict.push((
+                    m.name.clone(),
+                    format!(
+                        "not ready {} ms after joining (the limit is {} ms)",
+                        joining.as_millis(),
+                        self.cfg.join_timeout.as_millis()
+                    ),
                 ));
             } else if silent >= h.suspect_after && !m.suspect {
                 m.suspect = true;
@@ -952,14 +1087,16 @@ impl Registry {
     /// Reserves `name` for the master's own slot; only a hello carrying
     /// `secret` may use it from now on.
     pub fn reserve(&self, name: &str, secret: &str) {
-        self.lock()
-            .secrets
-            .insert(name.to_string(), secret.to_string());
+        let mut st = self.lock();
+        st.secrets.insert(name.to_string(), secret.to_string());
+        st.secret_holders.remove(name);
     }
 
     /// Frees a slot's name (scale down).
     pub fn release(&self, name: &str) {
-        self.lock().secrets.remove(name);
+        let mut st = self.lock();
+        st.secrets.remove(name);
+        st.secret_holders.remove(name);
     }
 
     /// Publishes an event that happened outside the registry (respawn,
@@ -1028,8 +1165,12 @@ impl Registry {
     fn publish(&self, st: &mut State, ev: pb::ClusterEvent) {
         // No watcher is fine.
         let _ = self.events.send(ev.clone());
+        // A member that has not reported ready yet costs no event frames
+        // (a join storm of silent members must stay cheap).
         for m in st.members.values_mut() {
-            let _ = m.push(frame(Out::MemberEvent(ev.clone())));
+            if m.presence != Presence::Joined {
+                let _ = m.push(frame(Out::MemberEvent(ev.clone())));
+            }
         }
     }
 }
@@ -1101,6 +1242,8 @@ pub struct Routed {
     pub targeted: bool,
     /// The master-side id of a request.
     pub request: Option<String>,
+    /// The instance a targeted envelope went to.
+    pub to: Option<String>,
 }
 
 /// What `Control/Send` routed.
@@ -1170,6 +1313,7 @@ fn offer_to(
         .ok_or_else(|| not_found(to.as_str()))?;
     let mut routed = Routed {
         targeted: true,
+        to: Some(m.instance_id.clone()),
         ..Routed::default()
     };
     match offer(m, from, env, mode, &mut routed) {

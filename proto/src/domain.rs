@@ -72,7 +72,9 @@ impl TryFrom<i32> for Role {
 /// Longest member name accepted.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// A member name: 1–128 of `A-Z a-z 0-9 . _ -`.
+/// A member name: 1–128 of `A-Z a-z 0-9 . _ -`, not `.` or `..`, and not
+/// shaped like an instance id (a UUID), so that a name, an instance id and
+/// `pid@host` (names have no `@`) can never be mistaken for one another.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberName(String);
 
@@ -83,10 +85,21 @@ impl MemberName {
         let ok_chars = s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let shown: String = s.chars().take(40).collect();
         if s.is_empty() || s.len() > MAX_NAME_LEN || !ok_chars {
-            let shown: String = s.chars().take(40).collect();
             return Err(format!(
                 "invalid member name {shown:?}: use 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"
+            ));
+        }
+        if s == "." || s == ".." {
+            return Err(format!(
+                "invalid member name {shown:?}: . and .. are not names"
+            ));
+        }
+        if is_instance_id(&s) {
+            return Err(format!(
+                "invalid member name {shown:?}: it has the shape of an instance id (a UUID); \
+                 pick a name that cannot be mistaken for one"
             ));
         }
         Ok(MemberName(s))
@@ -95,6 +108,20 @@ impl MemberName {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Whether `s` has the shape of an instance id: a UUID in its hyphenated
+/// (36) or simple (32 hex digits) form.
+pub fn is_instance_id(s: &str) -> bool {
+    let hex = |part: &str| part.bytes().all(|b| b.is_ascii_hexdigit());
+    match s.len() {
+        32 => hex(s),
+        36 => {
+            let parts: Vec<&str> = s.split('-').collect();
+            parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| hex(p))
+        }
+        _ => false,
     }
 }
 
@@ -157,10 +184,31 @@ mod tests {
 
     #[test]
     fn names_follow_the_documented_alphabet() {
-        for ok in ["worker-1", "agent", "a.b_c-D9", &"x".repeat(128)] {
+        let almost_uuid = "3f0c2b1a-0000-4000-8000-00000000000g";
+        for ok in [
+            "worker-1",
+            "agent",
+            "a.b_c-D9",
+            "...",
+            almost_uuid,
+            &"x".repeat(128),
+        ] {
             assert!(MemberName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "has space", "slash/", "é", &"x".repeat(129)] {
+        let uuid = "3f0c2b1a-0000-4000-8000-000000000000";
+        let simple = "3f0c2b1a000040008000000000000000";
+        let bad = [
+            "",
+            "has space",
+            "slash/",
+            "é",
+            "1@host",
+            ".",
+            "..",
+            uuid,
+            simple,
+        ];
+        for bad in bad.iter().copied().chain([&*"x".repeat(129)]) {
             let err = MemberName::parse(bad).expect_err(bad);
             assert!(err.contains("invalid member name"), "{err}");
         }

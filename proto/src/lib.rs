@@ -5,7 +5,7 @@
 
 mod domain;
 
-pub use domain::{MAX_NAME_LEN, MemberName, Role, Target};
+pub use domain::{MAX_NAME_LEN, MemberName, Role, Target, is_instance_id};
 
 /// Generated code for package `cohort.v1`.
 #[allow(missing_docs)]

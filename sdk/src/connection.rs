@@ -328,8 +328,8 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
             match (waiter, error) {
                 (Some(Waiter::Ack(tx)), None) => drop(tx.send(Ok(r.delivered))),
                 (Some(Waiter::Ack(tx)), Some(e)) => drop(tx.send(Err(e))),
-                (Some(Waiter::Reply(tx)), Some(e)) => drop(tx.send(Err(e))),
-                (Some(w @ Waiter::Reply(_)), None) => {
+                (Some(Waiter::Reply(tx, _)), Some(e)) => drop(tx.send(Err(e))),
+                (Some(w @ Waiter::Reply(..)), None) => {
                     // A success result for a request: keep waiting for the reply.
                     lock(&inner.waiters).insert(r.id, w);
                 }

@@ -4,7 +4,7 @@ use crate::Error;
 use crate::connection;
 use bytes::Bytes;
 use cohort_proto::pb::{self, member_frame::Kind as Out};
-use cohort_proto::{MAX_MESSAGE_BYTES, Role, Target};
+use cohort_proto::{MAX_MESSAGE_BYTES, MemberName, Role, Target};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -253,7 +253,9 @@ enum Handler {
 
 pub(crate) enum Waiter {
     Ack(oneshot::Sender<Result<u32, Error>>),
-    Reply(oneshot::Sender<Result<Message, Error>>),
+    /// A request's reply, and the member name it must come from (when the
+    /// request named one).
+    Reply(oneshot::Sender<Result<Message, Error>>, Option<String>),
 }
 
 pub(crate) struct Inner {
@@ -333,7 +335,7 @@ impl Inner {
             let e = Error::Disconnected(reason.to_string());
             match w {
                 Waiter::Ack(tx) => drop(tx.send(Err(e))),
-                Waiter::Reply(tx) => drop(tx.send(Err(e))),
+                Waiter::Reply(tx, _) => drop(tx.send(Err(e))),
             }
         }
     }
@@ -347,10 +349,20 @@ impl Inner {
     ) -> Vec<(mpsc::Sender<Message>, Message)> {
         let mut waiting = Vec::new();
         if !env.reply_to.is_empty() {
-            let waiter = lock(&self.waiters).remove(&env.reply_to);
-            if let Some(Waiter::Reply(tx)) = waiter {
-                let msg = self.message(env);
-                let _ = tx.send(Ok(msg));
+            let mut waiters = lock(&self.waiters);
+            match waiters.remove(&env.reply_to) {
+                Some(Waiter::Reply(tx, from)) if from.as_ref().is_none_or(|f| *f == env.from) => {
+                    drop(waiters);
+                    let _ = tx.send(Ok(self.message(env)));
+                }
+                // Not from the member the request went to: not the answer.
+                Some(w) => {
+                    waiters.insert(env.reply_to.clone(), w);
+                    drop(waiters);
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(from = %env.from, "reply from a member the request did not go to ignored");
+                }
+                None => {}
             }
             return waiting;
         }
@@ -637,7 +649,12 @@ impl Member {
         check_size(&data)?;
         let id = self.inner.next_id();
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.waiters).insert(id.clone(), Waiter::Reply(tx));
+        // A request to a member by name must be answered by that name.
+        let from = match &target {
+            Target::Member(key) if MemberName::parse(key.as_str()).is_ok() => Some(key.clone()),
+            _ => None,
+        };
+        lock(&self.inner.waiters).insert(id.clone(), Waiter::Reply(tx, from));
         let env = pb::Envelope {
             id: id.clone(),
             action: action.into(),
