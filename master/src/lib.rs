@@ -231,6 +231,7 @@ pub async fn run(
                 backoff_max: config.restart.backoff_max,
                 max_restarts: config.restart.max_restarts,
                 restart_window: config.restart.restart_window,
+                start_timeout: config.restart.start_timeout,
             },
             drain_timeout: config.restart.drain_timeout,
             kill_timeout: config.restart.kill_timeout,

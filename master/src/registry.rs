@@ -106,6 +106,16 @@ pub enum Notice {
         /// Start a replacement now.
         replace: bool,
     },
+    /// A local member was evicted while its process may live on (silent,
+    /// not reading, never ready): the supervisor kills and replaces it.
+    Evicted {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+        /// Why it was evicted.
+        reason: String,
+    },
 }
 
 /// The registry's settings.
@@ -1004,6 +1014,15 @@ impl Registry {
             );
         }
         for (name, reason) in evict {
+            if let Some(m) = st.members.get(&name)
+                && m.local
+            {
+                self.notify(Notice::Evicted {
+                    name: name.to_string(),
+                    pid: m.pid,
+                    reason: reason.clone(),
+                });
+            }
             self.evict(&mut st, &name, &reason);
         }
         let expired: Vec<String> = st

@@ -338,6 +338,10 @@ impl Supervisor {
                         self.registry
                             .announce(pb::EventKind::Backoff, info, &reason);
                     }
+                    Action::Kill { pid, reason } => {
+                        tracing::warn!(member.name = %self.entries[i].name, pid, reason, "killing the member's process group");
+                        spawn::signal_group(pid, libc::SIGKILL);
+                    }
                     Action::Failed { reason } => {
                         let e = &mut self.entries[i];
                         e.last_exit = reason.clone();
@@ -494,6 +498,11 @@ impl Supervisor {
                 }
                 self.check_stage();
             }
+            Notice::Evicted { name, pid, reason } => {
+                if let Some(i) = self.index_of(&name) {
+                    self.apply(i, Event::Hung { pid, reason });
+                }
+            }
             Notice::Leaving { name, pid, replace } => {
                 let Some(i) = self.index_of(&name) else {
                     return;
@@ -529,7 +538,10 @@ impl Supervisor {
     fn tick(&mut self) {
         let now = Instant::now();
         for i in 0..self.entries.len() {
-            if matches!(self.entries[i].slot.lifecycle, Lifecycle::Backoff { .. }) {
+            if matches!(
+                self.entries[i].slot.lifecycle,
+                Lifecycle::Backoff { .. } | Lifecycle::Starting { .. }
+            ) {
                 self.apply(i, Event::Tick);
             }
         }

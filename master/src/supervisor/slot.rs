@@ -18,6 +18,9 @@ pub struct Policy {
     pub max_restarts: u32,
     /// Window for `max_restarts`.
     pub restart_window: Duration,
+    /// An instance not ready this long after its spawn is killed, and its
+    /// death counts as an early one (backoff).
+    pub start_timeout: Duration,
 }
 
 /// Where the slot's current instance is.
@@ -64,6 +67,8 @@ pub enum Outcome {
     Signaled(i32),
     /// Could not be started at all.
     SpawnFailed(String),
+    /// Killed by the supervisor, for this reason (hung, never ready).
+    Killed(String),
 }
 
 impl std::fmt::Display for Outcome {
@@ -72,6 +77,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Exited(c) => write!(f, "exited with status {c}"),
             Outcome::Signaled(s) => write!(f, "killed by signal {s}"),
             Outcome::SpawnFailed(e) => write!(f, "could not start: {e}"),
+            Outcome::Killed(why) => write!(f, "killed: {why}"),
         }
     }
 }
@@ -101,7 +107,14 @@ pub enum Event {
     /// The current instance is retiring (fatal path, restart): start a
     /// replacement now, without counting a failure.
     Replace,
-    /// Time passed (backoff may be over).
+    /// The instance is alive but silent: the registry evicted it.
+    Hung {
+        /// Its pid.
+        pid: u32,
+        /// What the registry saw.
+        reason: String,
+    },
+    /// Time passed (backoff may be over, a start may have timed out).
     Tick,
     /// Stop the slot for good (shutdown, scale down).
     Stop,
@@ -129,6 +142,13 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// Kill the instance's process group; its death follows as `Died`.
+    Kill {
+        /// Its pid.
+        pid: u32,
+        /// Why, for the log and the event that follows.
+        reason: String,
+    },
 }
 
 /// A slot's state.
@@ -140,6 +160,9 @@ pub struct Slot {
     pub restarts: u32,
     early_deaths: u32,
     recent: VecDeque<Instant>,
+    /// The current instance was killed on purpose: why, and whether its
+    /// death counts as early.
+    condemned: Option<(String, bool)>,
 }
 
 impl Default for Slot {
@@ -149,6 +172,7 @@ impl Default for Slot {
             restarts: 0,
             early_deaths: 0,
             recent: VecDeque::new(),
+            condemned: None,
         }
     }
 }
@@ -211,7 +235,30 @@ pub fn step(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Vec
             if *pid == p =>
         {
             let uptime = now.saturating_duration_since(*since);
-            died(slot, uptime, outcome, policy, now)
+            match slot.condemned.take() {
+                Some((why, true)) => died(slot, Duration::ZERO, Outcome::Killed(why), policy, now),
+                Some((why, false)) => died(slot, uptime, Outcome::Killed(why), policy, now),
+                None => died(slot, uptime, outcome, policy, now),
+            }
+        }
+        (L::Starting { pid, .. } | L::Ready { pid, .. }, Event::Hung { pid: p, reason })
+            if *pid == p && slot.condemned.is_none() =>
+        {
+            let reason = format!("alive but silent ({reason})");
+            slot.condemned = Some((reason.clone(), false));
+            vec![Action::Kill { pid: p, reason }]
+        }
+        (L::Starting { pid, since }, Event::Tick)
+            if now.saturating_duration_since(*since) >= policy.start_timeout
+                && slot.condemned.is_none() =>
+        {
+            let reason = format!(
+                "not ready {} ms after it started (start_timeout)",
+                policy.start_timeout.as_millis()
+            );
+            let pid = *pid;
+            slot.condemned = Some((reason.clone(), true));
+            vec![Action::Kill { pid, reason }]
         }
         (_, Event::Stop) => {
             slot.lifecycle = L::Stopped;
@@ -277,6 +324,7 @@ mod tests {
             backoff_max: Duration::from_secs(30),
             max_restarts,
             restart_window: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(30),
         }
     }
 
@@ -374,6 +422,78 @@ mod tests {
             assert!(name.starts_with(state), "row {i}: {name}");
         }
         assert_eq!(slot.restarts, 3);
+    }
+
+    #[test]
+    fn hung_and_never_ready_instances_are_killed_then_replaced() {
+        let t0 = Instant::now();
+        let p = policy(0);
+        let hung = |pid| Event::Hung {
+            pid,
+            reason: "no heartbeat for 10000 ms".into(),
+        };
+        let silent = "alive but silent (no heartbeat for 10000 ms)".to_string();
+        let late = "not ready 30000 ms after it started (start_timeout)".to_string();
+        let sigkill = |pid| Event::Died {
+            pid,
+            outcome: Outcome::Signaled(9),
+        };
+        type Row = (Event, u64, Vec<Action>, &'static str);
+        let table: Vec<Row> = vec![
+            (Event::Start, 0, vec![Action::Spawn], "Spawning"),
+            (Event::Spawned { pid: 10 }, 0, vec![], "Starting"),
+            (Event::Ready { pid: 10 }, 100, vec![], "Ready"),
+            (hung(99), 20_000, vec![], "Ready"), // another instance: ignored
+            (
+                hung(10),
+                20_000,
+                vec![Action::Kill {
+                    pid: 10,
+                    reason: silent.clone(),
+                }],
+                "Ready",
+            ),
+            (hung(10), 20_100, vec![], "Ready"), // already being killed
+            (
+                sigkill(10),
+                20_200,
+                vec![
+                    Action::Respawned {
+                        outcome: Outcome::Killed(silent),
+                    },
+                    Action::Spawn,
+                ],
+                "Spawning",
+            ),
+            (Event::Spawned { pid: 11 }, 20_200, vec![], "Starting"),
+            (Event::Tick, 50_000, vec![], "Starting"), // not yet 30 s
+            (
+                Event::Tick,
+                50_200,
+                vec![Action::Kill {
+                    pid: 11,
+                    reason: late.clone(),
+                }],
+                "Starting",
+            ),
+            (Event::Tick, 50_300, vec![], "Starting"),
+            (
+                sigkill(11),
+                50_400,
+                vec![Action::Backoff {
+                    delay: ms(200),
+                    outcome: Outcome::Killed(late),
+                }],
+                "Backoff",
+            ),
+        ];
+        let mut slot = Slot::default();
+        for (i, (event, at, actions, state)) in table.into_iter().enumerate() {
+            let got = step(&mut slot, event, &p, t0 + ms(at));
+            assert_eq!(got, actions, "row {i}");
+            let name = format!("{:?}", slot.lifecycle);
+            assert!(name.starts_with(state), "row {i}: {name}");
+        }
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! Members that misbehave against the real supervising `cohort-master`:
+//! hung (SIGSTOPped) children, children that never join, and clients that
+//! try to take the agent's role or reuse a child's one-time secret.
+
+use cohort_e2e::{Master, alive, eventually_async, kill, members, next_event, wait_ready, watch};
+use cohort_proto::pb::{self, member_frame::Kind as Frame};
+use std::time::Duration;
+
+const READY: i32 = pb::MemberState::Ready as i32;
+
+/// Opens a Join stream over TCP with `hello`; returns the master's answer.
+async fn raw_join(addr: &str, hello: pb::Hello) -> Result<(), tonic::Status> {
+    let mut client = pb::membership_client::MembershipClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let frames = vec![pb::MemberFrame {
+        kind: Some(Frame::Hello(hello)),
+    }];
+    let outbound =
+        tokio_stream::StreamExt::chain(tokio_stream::iter(frames), tokio_stream::pending());
+    let mut inbound = client.join(outbound).await?.into_inner();
+    // The welcome, or the refusal.
+    inbound.message().await.map(|_| ())
+}
+
+fn env_of(pid: u32, key: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string)
+    })
+}
+
+/// Waits for an event of `kind` about `name` and returns its reason.
+async fn reason_of(
+    events: &mut tonic::Streaming<pb::ClusterEvent>,
+    kind: pb::EventKind,
+    name: &str,
+) -> String {
+    loop {
+        let ev = next_event(events).await;
+        if ev.kind == kind as i32 && ev.member.as_ref().is_some_and(|m| m.name == name) {
+            return ev.reason;
+        }
+    }
+}
+
+fn stop(master: &mut Master, pids: &[u32]) {
+    master.proc.signal("TERM");
+    let status = master.proc.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        master.proc.stderr()
+    );
+    cohort_e2e::eventually("every cluster process to end", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_local_worker_is_killed_and_replaced() {
+    let mut master = Master::start(&[
+        "--worker-count",
+        "1",
+        "--heartbeat-interval",
+        "100ms",
+        "--suspect-after",
+        "300ms",
+        "--dead-after",
+        "1s",
+    ]);
+    let addr = master.addr.clone();
+    let listed = wait_ready(&addr, &["agent", "worker-1"]).await;
+    let agent = listed[0].pid;
+    let hung = listed[1].pid;
+    let mut events = watch(&addr).await;
+    kill(hung, "STOP");
+
+    let why = reason_of(&mut events, pb::EventKind::Respawned, "worker-1").await;
+    assert!(why.contains("alive but silent"), "{why}");
+    let replaced = eventually_async("worker-1 READY with a new pid", || async {
+        members(&addr)
+            .await
+            .into_iter()
+            .find(|m| m.name == "worker-1" && m.state == READY && m.pid != hung)
+    })
+    .await;
+    assert!(!replaced.instance_id.is_empty());
+    cohort_e2e::eventually("the hung process to be gone", || {
+        (!alive(hung)).then_some(())
+    });
+    stop(&mut master, &[agent, replaced.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_never_joins_is_killed_and_retried_with_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cohort.toml");
+    std::fs::write(
+        &cfg,
+        "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [\"sleep\", \"1000\"]\n\
+         [restart]\nstart_timeout = \"1s\"\n",
+    )
+    .expect("config");
+    let mut master = Master::start(&["--config", cfg.to_str().expect("path")]);
+    let mut events = watch(&master.addr).await;
+    let why = reason_of(&mut events, pb::EventKind::Backoff, "worker-1").await;
+    assert!(why.contains("not ready 1000 ms after it started"), "{why}");
+    // The silent `sleep` was killed, not left behind: one attempt at a time.
+    let master_pid = master.proc.child.id();
+    let children = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+                ppid == Some(master_pid) && alive(*pid)
+            })
+            .collect::<Vec<u32>>()
+    };
+    let seen = children();
+    assert!(seen.len() <= 1, "{seen:?}");
+    let why = reason_of(&mut events, pb::EventKind::Backoff, "worker-1").await;
+    assert!(why.contains("not ready"), "{why}");
+    let mut seen2 = children();
+    assert!(seen2.len() <= 1, "{seen2:?}");
+    seen2.extend(seen);
+    stop(&mut master, &seen2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_else_can_take_the_agent_role_or_a_childs_secret() {
+    let mut master = Master::start(&["--worker-count", "0"]);
+    let addr = master.addr.clone();
+    let first = wait_ready(&addr, &["agent"]).await[0].pid;
+    kill(first, "KILL");
+    // Right after the local agent died, a stranger asks to be the agent.
+    let rogue = raw_join(
+        &addr,
+        pb::Hello {
+            role: pb::Role::Agent as i32,
+            name: "rogue-agent".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(rogue.code(), tonic::Code::PermissionDenied, "{rogue:?}");
+    assert!(rogue.message().contains("runs its own agent"), "{rogue:?}");
+    let agent = eventually_async("the respawned agent READY", || async {
+        members(&addr)
+            .await
+            .into_iter()
+            .find(|m| m.name == "agent" && m.state == READY && m.pid != first)
+    })
+    .await;
+
+    // The new agent's one-time secret, used over TCP by someone else.
+    let secret = env_of(agent.pid, "COHORT_SECRET").expect("the agent has a secret");
+    let stolen = raw_join(
+        &addr,
+        pb::Hello {
+            role: pb::Role::Worker as i32,
+            name: "agent".into(),
+            secret,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(stolen.code(), tonic::Code::PermissionDenied, "{stolen:?}");
+    assert!(stolen.message().contains("private socket"), "{stolen:?}");
+    let now = wait_ready(&addr, &["agent"]).await;
+    assert_eq!(now[0].pid, agent.pid, "the real agent kept its place");
+    stop(&mut master, &[agent.pid]);
+}
