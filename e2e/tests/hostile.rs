@@ -181,3 +181,49 @@ async fn nobody_else_can_take_the_agent_role_or_a_childs_secret() {
     assert_eq!(now[0].pid, agent.pid, "the real agent kept its place");
     stop(&mut master, &[agent.pid]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_mistakes_get_clear_answers() {
+    let mut first = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
+    // The same address again: a configuration problem, named.
+    let mut cmd = std::process::Command::new(cohort_e2e::bin("cohort-master"));
+    cmd.args([
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--listen",
+        &first.addr,
+    ]);
+    let mut second = cohort_e2e::Proc::spawn("second master", cmd);
+    let status = second.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(64), "{}", second.stderr());
+    let err = second.stderr();
+    assert!(err.contains(&first.addr) && err.contains("in use"), "{err}");
+
+    // An empty COHORT_TOKEN turns auth off: said out loud.
+    let mut cmd = std::process::Command::new(cohort_e2e::bin("cohort-master"));
+    cmd.args([
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .env("COHORT_TOKEN", "");
+    let mut open = cohort_e2e::Proc::spawn("open master", cmd);
+    open.wait_line("READY master", |l| l.starts_with("READY master "));
+    cohort_e2e::eventually("the empty-token warning", || {
+        open.stderr()
+            .contains("COHORT_TOKEN is set but empty")
+            .then_some(())
+    });
+    open.signal("TERM");
+    assert_eq!(
+        open.wait_exit(Duration::from_secs(15))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    stop(&mut first, &[]);
+}

@@ -257,6 +257,8 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Accepted bearer tokens, from `token_file` and `COHORT_TOKEN`.
     pub tokens: Vec<crate::auth::Token>,
+    /// Things worth a warning at start (the binary logs them).
+    pub warnings: Vec<String>,
     /// Allow a non-loopback listen address without auth.
     pub insecure: bool,
     /// systemd's `NOTIFY_SOCKET`: where to send `READY=1` at ClusterReady.
@@ -326,6 +328,7 @@ impl Default for Config {
             },
             token_file: None,
             tokens: Vec::new(),
+            warnings: Vec::new(),
             insecure: false,
             notify_socket: None,
             tls: TlsConfig::default(),
@@ -494,6 +497,11 @@ impl Config {
             })?;
             cfg.tokens = crate::auth::parse_token_file(&text)
                 .map_err(|m| value_err("auth.token_file", &m))?;
+        }
+        if env(ENV_TOKEN).is_some_and(|t| t.is_empty()) && cfg.tokens.is_empty() {
+            cfg.warnings.push(format!(
+                "{ENV_TOKEN} is set but empty: no token is required (authentication is off)"
+            ));
         }
         if let Some(t) = env(ENV_TOKEN).filter(|t| !t.is_empty()) {
             let mut all =

@@ -164,14 +164,31 @@ pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<SharedListener>> {
         .listeners
         .iter()
         .map(|l| {
-            let listener = std::net::TcpListener::bind(l.addr)
-                .with_context(|| format!("binding listener {} on {}", l.name, l.addr))?;
+            let listener = std::net::TcpListener::bind(l.addr).map_err(|source| BindError {
+                what: format!("shared listener {}", l.name),
+                addr: l.addr,
+                source,
+            })?;
             Ok(SharedListener {
                 name: l.name.clone(),
                 listener,
             })
         })
         .collect()
+}
+
+/// An address the master was configured to listen on cannot be had (in
+/// use, not this host's, not allowed): the binary exits 64 naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for {what}: {source}")]
+pub struct BindError {
+    /// Which listener.
+    pub what: String,
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Serves the master on `listener`, starts the local agent and workers (who

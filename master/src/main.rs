@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         }
     };
     cohort_process::init_from_env();
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     // One thread: routing is short non-blocking work under one lock, and
     // measured here a current-thread master relays ~40 % more messages with
     // lower latency than a multi-thread one (no cross-thread wake-ups).
@@ -33,6 +36,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // An address that cannot be had is a configuration problem.
+        Err(e) if e.downcast_ref::<cohort_master::BindError>().is_some() => {
+            eprintln!("cohort-master: bad configuration: {e:#}");
+            ExitCode::from(64)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "cohort-master failed");
             ExitCode::FAILURE
@@ -44,8 +52,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(|source| cohort_master::BindError {
+            what: "the gRPC address (listen)".into(),
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().context("reading the bound address")?;
     let shared = cohort_master::bind_listeners(&config)?;
     let signal = cohort_process::shutdown_signal();
     let mut out = std::io::stdout();

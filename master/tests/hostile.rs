@@ -88,7 +88,10 @@ async fn names_cannot_pose_as_instance_ids_or_control() {
     for name in [victim.instance_id(), ".".into(), "..".into()] {
         let status = refused(&master, hello(&name)).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(status.message().contains("invalid member name"), "{status:?}");
+        assert!(
+            status.message().contains("invalid member name"),
+            "{status:?}"
+        );
     }
     let status = refused(&master, hello("control")).await;
     assert!(status.message().contains("reserved"), "{status:?}");

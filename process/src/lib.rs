@@ -71,12 +71,38 @@ pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{v:?} is not a duration like 500ms, 1s or 2m"))?;
-    let secs = match unit {
+    let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{v:?} needs a unit: ms, s, m or h")),
+        "" => {
+            return Err(format!(
+                "{v:?} needs a unit: ms, s, m or h (like 500ms or 1s)"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "{v:?}: unknown unit {other:?}; use ms, s, m or h (like 500ms or 1s)"
+            ));
+        }
     };
     std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{v:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_name_the_units_they_accept() {
+        assert_eq!(parse_duration("5 s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        let unknown = parse_duration("5 parsecs").expect_err("parsecs");
+        assert!(unknown.contains("unknown unit \"parsecs\""), "{unknown}");
+        assert!(unknown.contains("ms, s, m or h"), "{unknown}");
+        let bare = parse_duration("5").expect_err("no unit");
+        assert!(bare.contains("needs a unit: ms, s, m or h"), "{bare}");
+    }
 }
