@@ -227,3 +227,40 @@ async fn small_mistakes_get_clear_answers() {
     );
     stop(&mut first, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_speak_are_bounded_and_closed() {
+    use std::io::Read;
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--max-connections",
+        "50",
+        "--handshake-timeout",
+        "500ms",
+    ]);
+    // 80 sockets that never send a byte: 50 are taken, 30 refused at once.
+    let silent: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(&master.addr).expect("connect"))
+        .collect();
+    cohort_e2e::eventually("the limit's log line", || {
+        master
+            .proc
+            .stderr()
+            .contains("connection limit reached")
+            .then_some(())
+    });
+    // Every one of them is closed by the master before long.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        let n = s.read(&mut buf);
+        assert!(matches!(n, Ok(0) | Err(_)), "closed by the master: {n:?}");
+    }
+    // And the master serves as before.
+    assert!(members(&master.addr).await.is_empty());
+    stop(&mut master, &[]);
+}

@@ -25,6 +25,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "messaging.slow_consumer_timeout",
     ),
     ("COHORT_OVERFLOW", "messaging.overflow"),
+    ("COHORT_MAX_CONNECTIONS", "limits.max_connections"),
     ("COHORT_TOKEN_FILE", "auth.token_file"),
 ];
 
@@ -47,6 +48,8 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("--dead-after", "health.dead_after"),
     ("--slow-consumer-timeout", "messaging.slow_consumer_timeout"),
     ("--overflow", "messaging.overflow"),
+    ("--max-connections", "limits.max_connections"),
+    ("--handshake-timeout", "limits.handshake_timeout"),
     ("--token-file", "auth.token_file"),
     ("--tls-cert", "tls.cert"),
     ("--tls-key", "tls.key"),
@@ -77,6 +80,8 @@ usage: cohort-master [--config FILE] [FLAGS]
   --suspect-after DUR
   --dead-after DUR
   --slow-consumer-timeout DUR    a receiver that takes nothing this long while senders wait is disconnected
+  --max-connections N            most connections on the gRPC address at once (default 10000)
+  --handshake-timeout DUR        close a connection that starts no handshake this long (default 10s)
   --overflow block|drop          a full receiver queue makes senders wait (block, default) or drops
   --tls-cert FILE, --tls-key FILE  serve gRPC over TLS ([tls] cert, key)
   --tls-client-ca FILE           require client certificates signed by this CA (mTLS);
@@ -253,6 +258,8 @@ pub struct Config {
     pub restart: RestartConfig,
     /// Queues.
     pub messaging: MessagingConfig,
+    /// Bounds on connections to the gRPC address.
+    pub limits: crate::listen::ConnectionLimits,
     /// Bearer token file (one token per line, two while rotating).
     pub token_file: Option<PathBuf>,
     /// Accepted bearer tokens, from `token_file` and `COHORT_TOKEN`.
@@ -318,6 +325,10 @@ impl Default for Config {
                 restart_window: Duration::from_secs(60),
                 start_timeout: Duration::from_secs(30),
             },
+            limits: crate::listen::ConnectionLimits {
+                max_connections: 10_000,
+                handshake_timeout: Duration::from_secs(10),
+            },
             messaging: MessagingConfig {
                 queue_messages: 1024,
                 queue_bytes: 8 * 1024 * 1024,
@@ -349,8 +360,16 @@ struct FileConfig {
     health: Option<FileHealth>,
     restart: Option<FileRestart>,
     messaging: Option<FileMessaging>,
+    limits: Option<FileLimits>,
     auth: Option<FileAuth>,
     tls: Option<FileTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_connections: Option<usize>,
+    handshake_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -593,6 +612,10 @@ impl Config {
             );
             push_opt(&mut pairs, "messaging.overflow", m.overflow);
         }
+        if let Some(l) = f.limits {
+            self.limits.max_connections = l.max_connections.unwrap_or(self.limits.max_connections);
+            push_opt(&mut pairs, "limits.handshake_timeout", l.handshake_timeout);
+        }
         if let Some(a) = f.auth {
             self.token_file = a.token_file.filter(|s| !s.is_empty()).map(PathBuf::from);
         }
@@ -661,6 +684,12 @@ impl Config {
             "messaging.slow_consumer_timeout" => {
                 self.messaging.slow_consumer_timeout = parse_duration(v)?
             }
+            "limits.max_connections" => {
+                self.limits.max_connections = v
+                    .parse()
+                    .map_err(|_| format!("{v:?} is not a number of connections"))?
+            }
+            "limits.handshake_timeout" => self.limits.handshake_timeout = parse_duration(v)?,
             "messaging.overflow" => {
                 self.messaging.overflow = match v {
                     "block" => Overflow::Block,
@@ -701,6 +730,14 @@ impl Config {
                     &format!("{:?}: use letters, digits, _ and -", l.name),
                 ));
             }
+        }
+        if !(1..=1_000_000).contains(&self.limits.max_connections)
+            || self.limits.handshake_timeout.is_zero()
+        {
+            return Err(value_err(
+                "limits",
+                "max_connections must be 1 to 1000000 and handshake_timeout above 0",
+            ));
         }
         if self.messaging.queue_messages == 0 || self.messaging.queue_bytes == 0 {
             return Err(value_err("messaging", "queue sizes must be above 0"));

@@ -6,6 +6,7 @@
 //! - [`registry`]: membership, health states, routing, the pre-ready hold.
 //! - [`outbound`]: each member's bounded, batching outbound queue.
 //! - [`flow`]: waiting for room in a receiver's queue (backpressure).
+//! - [`listen`]: accepting connections, with a limit and a handshake timeout.
 //! - [`membership`]: the `Membership/Join` stream.
 //! - [`control`]: the `Control` API.
 //! - [`json`]: JSON ⇄ `google.protobuf.Value` for `Control/Send`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod flow;
 pub mod json;
+pub mod listen;
 pub mod membership;
 pub mod outbound;
 pub mod registry;
@@ -32,30 +34,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Accepted connections with TCP_NODELAY set (tonic only sets it on
-/// listeners it binds itself). A failed accept (a reset before accept, too
-/// many open files) is logged and skipped instead of ending the server.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).filter_map(|r| match r {
-        Ok(s) => {
-            if let Err(e) = s.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            Some(Ok(s))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "accept failed");
-            None
-        }
-    })
-}
 
 /// The master's private socket for its own children: a fresh directory
 /// only this user can enter, removed on drop.
@@ -396,13 +376,16 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(membership)
         .add_service(control)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            server_stop.cancelled().await;
-            drain_supervisor.shutdown().await;
-            tracing::info!("shutting down: closing member streams");
-            drain_registry.close_all("the master is shutting down");
-            closed.cancel();
-        });
+        .serve_with_incoming_shutdown(
+            listen::incoming(listener, config.limits, stop.clone()),
+            async move {
+                server_stop.cancelled().await;
+                drain_supervisor.shutdown().await;
+                tracing::info!("shutting down: closing member streams");
+                drain_registry.close_all("the master is shutting down");
+                closed.cancel();
+            },
+        );
     tracing::info!(listen.addr = %addr, "master serving");
     let mut served = tokio::spawn(server);
     let early = tokio::select! {
