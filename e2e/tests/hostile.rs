@@ -264,3 +264,124 @@ async fn connections_that_never_speak_are_bounded_and_closed() {
     assert!(members(&master.addr).await.is_empty());
     stop(&mut master, &[]);
 }
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_of_silent_members_costs_little_and_leaves_nothing() {
+    use cohort::{MemberBuilder, Role, Target};
+    const STORM: usize = 2_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cohort.toml");
+    std::fs::write(&cfg, "[restart]\nstart_timeout = \"4s\"\n").expect("config");
+    let mut master = Master::start(&[
+        "--config",
+        cfg.to_str().expect("path"),
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--heartbeat-interval",
+        "200ms",
+        "--suspect-after",
+        "1s",
+        "--dead-after",
+        "30s",
+    ]);
+    let pid = master.proc.child.id();
+    let addr = master.addr.clone();
+    // Two members with real traffic throughout.
+    let a = MemberBuilder::new(master.url(), Role::Worker)
+        .name("a")
+        .join()
+        .await
+        .expect("a");
+    let b = MemberBuilder::new(master.url(), Role::Worker)
+        .name("b")
+        .join()
+        .await
+        .expect("b");
+    let mut b_sub = b.on("ping");
+    a.ready().await.expect("ready");
+    b.ready().await.expect("ready");
+    let before = rss_mib(pid);
+
+    // STORM streams over 4 connections: a hello each, then silence; nobody
+    // reads what the master sends.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let channel = tonic::transport::Endpoint::from_shared(master.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        for _ in 0..STORM / 4 {
+            let mut client = pb::membership_client::MembershipClient::new(channel.clone());
+            let frames = vec![pb::MemberFrame {
+                kind: Some(Frame::Hello(pb::Hello {
+                    role: pb::Role::Worker as i32,
+                    ..Default::default()
+                })),
+            }];
+            let outbound =
+                tokio_stream::StreamExt::chain(tokio_stream::iter(frames), tokio_stream::pending());
+            held.push(tokio::spawn(async move { client.join(outbound).await }));
+        }
+    }
+    let mut peak = before;
+    let mut sent = 0u32;
+    let listed = eventually_async("the storm joined", || {
+        let (addr, a) = (addr.clone(), a.clone());
+        peak = peak.max(rss_mib(pid));
+        sent += 1;
+        async move {
+            // Traffic between the real members goes on meanwhile.
+            a.send_to("b", "ping", "x").await.expect("a reaches b");
+            let n = members(&addr).await.len();
+            (n == STORM + 2).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(listed, STORM + 2);
+    for _ in 0..sent {
+        recv_ping(&mut b_sub).await;
+    }
+    peak = peak.max(rss_mib(pid));
+    let mut joined = Vec::new();
+    for h in held {
+        joined.push(h.await.expect("join task").expect("joined"));
+    }
+    // None reports ready within start_timeout: the master drops them all,
+    // though their streams stay open.
+    let left = eventually_async("the storm gone", || async {
+        let m = members(&addr).await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    assert!(left.iter().all(|m| m.dropped_messages == 0), "{left:?}");
+    let after = rss_mib(pid);
+    println!(
+        "master RSS: {before:.1} MiB before, {peak:.1} at peak, {after:.1} after {STORM} silent joins"
+    );
+    // Generous: 2,000 silent members cost well under 100 KiB each.
+    assert!(peak < before + 200.0, "peak {peak:.0} MiB from {before:.0}");
+    a.send(Target::Member("b".into()), "ping", "x")
+        .await
+        .expect("a still reaches b");
+    drop(joined);
+    stop(&mut master, &[]);
+}
+
+async fn recv_ping(sub: &mut cohort::Subscription) {
+    tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("ping in time")
+        .expect("open");
+}

@@ -123,6 +123,8 @@ fn notify_systemd(socket: &str) {
 
 /// How long shutdown waits for connections to close before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long clients have to read the end of their streams at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// HTTP/2 receive window of one member stream: what a sender held back by
 /// flow control ([`flow`]) can have in flight to the master.
 const STREAM_WINDOW: u32 = 256 * 1024;
@@ -376,16 +378,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(membership)
         .add_service(control)
-        .serve_with_incoming_shutdown(
-            listen::incoming(listener, config.limits, stop.clone()),
-            async move {
-                server_stop.cancelled().await;
-                drain_supervisor.shutdown().await;
-                tracing::info!("shutting down: closing member streams");
-                drain_registry.close_all("the master is shutting down");
-                closed.cancel();
-            },
-        );
+        .serve_with_incoming_shutdown(listen::incoming(listener, config.limits), async move {
+            server_stop.cancelled().await;
+            drain_supervisor.shutdown().await;
+            tracing::info!("shutting down: closing member streams");
+            drain_registry.close_all("the master is shutting down");
+            closed.cancel();
+        });
     tracing::info!(listen.addr = %addr, "master serving");
     let mut served = tokio::spawn(server);
     let early = tokio::select! {
@@ -401,7 +400,21 @@ pub async fn run(
     let grace = SHUTDOWN_GRACE + config.restart.kill_timeout * 2;
     let result = match early {
         Some(r) => Some(r),
-        None => tokio::time::timeout(grace, served).await.ok(),
+        None => {
+            // Once every member stream has been ended, clients get a short
+            // while to read their final status; one that never reads must
+            // not hold the master up for the whole grace.
+            let closed = streams_closed.clone();
+            let after_close = async move {
+                closed.cancelled().await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            tokio::select! {
+                r = &mut served => Some(r),
+                _ = tokio::time::sleep(grace) => None,
+                _ = after_close => None,
+            }
+        }
     };
     supervisor.shutdown().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, supervisor_task)

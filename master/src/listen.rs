@@ -14,7 +14,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Bytes a client sends first: the HTTP/2 connection preface is 24; a TLS
@@ -85,12 +84,13 @@ impl AsyncWrite for Connection {
     }
 }
 
-/// Accepts on `listener` until `stop`, handing over connections that
-/// started their handshake in time, as a stream for tonic.
+/// Accepts on `listener`, handing over connections that started their
+/// handshake in time, as a stream for tonic; stops when tonic drops the
+/// stream (ending it ourselves would end tonic's serve loop before its
+/// graceful-shutdown signal runs).
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
-    stop: CancellationToken,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -99,7 +99,6 @@ pub fn incoming(
         let mut refused = 0u64;
         loop {
             let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
                 _ = tx.closed() => return,
                 a = listener.accept() => a,
             };

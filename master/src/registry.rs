@@ -523,7 +523,7 @@ impl Registry {
         };
         // The queue is empty: the welcome always fits.
         let _ = member.outbound.push(frame(Out::Welcome(welcome)));
-        self.publish(&mut st, event(pb::EventKind::Joined, Some(info), ""));
+        self.publish_to(&mut st, event(pb::EventKind::Joined, Some(info), ""), false);
         st.by_instance.insert(instance_id.clone(), name.clone());
         if local {
             st.secret_holders
@@ -1072,7 +1072,12 @@ impl Registry {
         let reason = status.message().to_string();
         tracing::info!(member.name = %name, instance = %m.instance_id, reason, "member left");
         m.outbound.close(status);
-        self.publish(st, event(pb::EventKind::Left, Some(info), &reason));
+        let was_ready = m.presence != Presence::Joined;
+        self.publish_to(
+            st,
+            event(pb::EventKind::Left, Some(info), &reason),
+            was_ready,
+        );
     }
 
     /// Asks a member to drain.
@@ -1182,10 +1187,20 @@ impl Registry {
     }
 
     fn publish(&self, st: &mut State, ev: pb::ClusterEvent) {
+        self.publish_to(st, ev, true);
+    }
+
+    /// Publishes to `WatchEvents`, and with `members` to the members too.
+    /// Members hear nothing of a member until it is ready (its JOINED, and
+    /// its LEFT if it never was), and a member that has not reported ready
+    /// yet hears no events: a join storm of silent members costs the others
+    /// nothing.
+    fn publish_to(&self, st: &mut State, ev: pb::ClusterEvent, members: bool) {
         // No watcher is fine.
         let _ = self.events.send(ev.clone());
-        // A member that has not reported ready yet costs no event frames
-        // (a join storm of silent members must stay cheap).
+        if !members {
+            return;
+        }
         for m in st.members.values_mut() {
             if m.presence != Presence::Joined {
                 let _ = m.push(frame(Out::MemberEvent(ev.clone())));
