@@ -385,3 +385,59 @@ async fn recv_ping(sub: &mut cohort::Subscription) {
         .expect("ping in time")
         .expect("open");
 }
+
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(parent) && alive(*pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_clears_what_a_killed_one_left_behind() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listener = format!("http=127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cohort.toml");
+    // A wrapper that forks: its `sleep` gets no parent-death signal.
+    std::fs::write(
+        &cfg,
+        "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\"]\n",
+    )
+    .expect("config");
+    let config = cfg.to_str().expect("path");
+    let mut first = Master::start(&["--config", config, "--listener", &listener]);
+    let first_pid = first.proc.child.id();
+    let sleeper = cohort_e2e::eventually("the wrapped sleep", || {
+        let sh = children_of(first_pid).into_iter().next()?;
+        children_of(sh).into_iter().next()
+    });
+    kill(first_pid, "KILL");
+    assert!(first.proc.wait_exit(Duration::from_secs(10)).is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(alive(sleeper), "the wrapper's child outlived the master");
+
+    let mut second = Master::start(&["--config", config, "--listener", &listener]);
+    cohort_e2e::eventually("the leftover gone", || (!alive(sleeper)).then_some(()));
+    assert!(
+        second.proc.stderr().contains("left behind"),
+        "{}",
+        second.proc.stderr()
+    );
+    let sh = cohort_e2e::eventually("the new wrapper", || {
+        children_of(second.proc.child.id()).into_iter().next()
+    });
+    stop(&mut second, &[sh]);
+}

@@ -162,7 +162,7 @@ pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<SharedListener>> {
 /// An address the master was configured to listen on cannot be had (in
 /// use, not this host's, not allowed): the binary exits 64 naming it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for {what}: {source}")]
+#[error("cannot listen on {addr} for {what}")]
 pub struct BindError {
     /// Which listener.
     pub what: String,

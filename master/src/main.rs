@@ -21,6 +21,11 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // Before binding: a dead master's leftovers may hold our ports.
+    let reaped = cohort_master::supervisor::stale::reap(&std::env::temp_dir());
+    for run in &reaped.runs {
+        tracing::warn!(run = %run.display(), killed = ?reaped.killed, "removed what a master that died without cleaning up left behind");
+    }
     // One thread: routing is short non-blocking work under one lock, and
     // measured here a current-thread master relays ~40 % more messages with
     // lower latency than a multi-thread one (no cross-thread wake-ups).
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| cohort_master::BindError {

@@ -8,6 +8,7 @@
 
 pub mod slot;
 pub mod spawn;
+pub mod stale;
 
 use crate::registry::{Notice, Registry};
 use cohort_proto::{Role, pb};

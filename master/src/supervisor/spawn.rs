@@ -130,6 +130,17 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
     }
 }
 
+/// Kills one process (SIGKILL).
+pub fn kill_process(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) on one pid; a process already gone only yields ESRCH.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
 /// Logs every line the child writes, under its member name.
 pub fn capture_output(child: &mut Child, name: &str) {
     if let Some(out) = child.stdout.take() {
