@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 const KILLS: usize = 50;
 const STARTS: usize = 10;
 
-struct Master {
-    child: Child,
-    addr: String,
+pub(crate) struct Master {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl Drop for Master {
@@ -56,7 +56,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn start_master(args: &[&str], notify: Option<&std::path::Path>) -> anyhow::Result<Master> {
+pub(crate) fn start_master(args: &[&str], notify: Option<&std::path::Path>) -> anyhow::Result<Master> {
     let mut cmd = Command::new(binary("cohort-master")?);
     cmd.args(["--listen", "127.0.0.1:0", "--listener", "http=127.0.0.1:0"])
         .args(args)
@@ -80,7 +80,7 @@ fn start_master(args: &[&str], notify: Option<&std::path::Path>) -> anyhow::Resu
     Ok(Master { child, addr })
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

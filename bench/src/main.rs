@@ -9,12 +9,17 @@
 //!   `cohort-master`, `cohort-agent` and `cohort-worker` binaries (built
 //!   next to this one: `cargo build --release --bins` first).
 //!
+//! - `members`: joining 1,000 and 5,000 members, the master's RSS and
+//!   `ListMembers` latency with them, and a storm of 2,000 silent joins,
+//!   against the real `cohort-master` (`cargo build --release --bins` first).
+//!
 //! ```text
 //! cargo run --release -p cohort-bench -- messaging [--out FILE] [--quick]
 //! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster [--out FILE] [--quick]
 //! ```
 
 mod cluster;
+mod members;
 
 use anyhow::{Context, bail};
 use cohort::{Member, MemberBuilder, Role, Target};
@@ -42,9 +47,10 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("messaging") => messaging(&args[1..]),
         Some("cluster") => cluster::run(&args[1..]),
+        Some("members") => members::run(&args[1..]),
         Some("master") => run_master(&args[1..]),
         Some("member") => run_member(&args[1..]),
-        _ => bail!("usage: cohort-bench messaging|cluster [--out FILE] [--quick]"),
+        _ => bail!("usage: cohort-bench messaging|cluster|members [--out FILE] [--quick]"),
     }
 }
 
@@ -151,7 +157,7 @@ pub(crate) fn us(d: Duration) -> String {
 }
 
 /// CPU seconds (user + system) the process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
