@@ -56,7 +56,10 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub(crate) fn start_master(args: &[&str], notify: Option<&std::path::Path>) -> anyhow::Result<Master> {
+pub(crate) fn start_master(
+    args: &[&str],
+    notify: Option<&std::path::Path>,
+) -> anyhow::Result<Master> {
     let mut cmd = Command::new(binary("cohort-master")?);
     cmd.args(["--listen", "127.0.0.1:0", "--listener", "http=127.0.0.1:0"])
         .args(args)

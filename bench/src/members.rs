@@ -185,7 +185,14 @@ async fn storm(n: usize) -> anyhow::Result<String> {
     std::fs::write(&cfg, "[restart]\nstart_timeout = \"5s\"\n")?;
     let cfg_path = cfg.to_string_lossy().to_string();
     let master: Master = start_master(
-        &["--agent-count", "0", "--worker-count", "0", "--config", &cfg_path],
+        &[
+            "--agent-count",
+            "0",
+            "--worker-count",
+            "0",
+            "--config",
+            &cfg_path,
+        ],
         None,
     )?;
     let pid = master.child.id();

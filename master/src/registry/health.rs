@@ -1,0 +1,98 @@
+//! Health: the sweep that marks silent members SUSPECT, evicts the dead,
+//! the never-ready and the slow consumers; vouching for held-back senders.
+
+use super::*;
+
+impl Registry {
+    /// Marks a member's reader as waiting for room (or done waiting).
+    pub fn hold_back(&self, instance: &str, held: bool, now: Instant) {
+        let mut st = self.lock();
+        let Some(name) = st.by_instance.get(instance).cloned() else {
+            return;
+        };
+        if let Some(m) = st.members.get_mut(&name) {
+            m.held_back = held;
+            m.last_seen = now;
+        }
+    }
+
+    /// Vouches for a member whose reader waits for room: it is alive, just
+    /// not read; its heartbeat clock and its own ack watchdog stay content.
+    pub fn vouch(&self, instance: &str) {
+        let mut st = self.lock();
+        let Some(name) = st.by_instance.get(instance).cloned() else {
+            return;
+        };
+        if let Some(m) = st.members.get_mut(&name) {
+            m.last_seen = Instant::now();
+            let _ = m.push(frame(Out::HeartbeatAck(pb::HeartbeatAck { seq: 0 })));
+        }
+    }
+
+    /// Marks silent members SUSPECT, evicts the dead and the hopelessly slow,
+    /// and expires requests nobody answered.
+    pub fn sweep(&self, now: Instant) {
+        let mut st = self.lock();
+        let h = self.cfg.health;
+        let mut evict = Vec::new();
+        let mut suspects = Vec::new();
+        for m in st.members.values_mut() {
+            // A member whose reader waits for room is not being read: its
+            // silence is the master's doing.
+            let silent = match m.held_back {
+                true => Duration::ZERO,
+                false => now.saturating_duration_since(m.last_seen),
+            };
+            let joining = now.saturating_duration_since(m.joined_at);
+            if silent >= h.dead_after {
+                evict.push((
+                    m.name.clone(),
+                    format!("no heartbeat for {} ms", silent.as_millis()),
+                ));
+            } else if m.presence == Presence::Joined && joining >= self.cfg.join_timeout {
+                evict.push((
+                    m.name.clone(),
+                    format!(
+                        "not ready {} ms after joining (the limit is {} ms)",
+                        joining.as_millis(),
+                        self.cfg.join_timeout.as_millis()
+                    ),
+                ));
+            } else if silent >= h.suspect_after && !m.suspect {
+                m.suspect = true;
+                suspects.push(m.info());
+            } else if let Some(stalled) = m.stalled(now)
+                && stalled >= self.cfg.messaging.slow_consumer_timeout
+            {
+                evict.push((
+                    m.name.clone(),
+                    format!(
+                        "slow consumer: it took no message for {} ms while senders waited ({} messages dropped)",
+                        stalled.as_millis(),
+                        m.dropped
+                    ),
+                ));
+            }
+        }
+        for info in suspects {
+            tracing::warn!(member.name = %info.name, "member suspect: heartbeats missing");
+            self.publish(
+                &mut st,
+                event(pb::EventKind::Suspect, Some(info), "heartbeats missing"),
+            );
+        }
+        for (name, reason) in evict {
+            if let Some(m) = st.members.get(&name)
+                && m.local
+            {
+                self.notify(Notice::Evicted {
+                    name: name.to_string(),
+                    pid: m.pid,
+                    reason: reason.clone(),
+                });
+            }
+            self.evict(&mut st, &name, &reason);
+        }
+        expire_requests(&mut st, now);
+    }
+}

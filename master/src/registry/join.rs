@@ -1,0 +1,254 @@
+//! Admission: checking a hello (bounded fields, reserved names, the agent
+//! role, local children's one-time secrets) and registering the member.
+
+use super::*;
+
+/// Most members listed in a welcome.
+pub const WELCOME_MEMBERS: usize = 64;
+
+/// Longest `hello.host` accepted (a DNS name is at most 253).
+pub const MAX_HOST_LEN: usize = 255;
+
+/// Longest `hello.version` accepted.
+pub const MAX_VERSION_LEN: usize = 128;
+
+/// Most `hello.labels`.
+pub const MAX_LABELS: usize = 32;
+
+/// Longest label key and value.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 255;
+
+/// Longest `hello.secret` accepted.
+pub(super) const MAX_SECRET_LEN: usize = 128;
+
+/// Which of the master's sockets a member came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The private Unix socket of the master's own children.
+    LocalSocket,
+    /// The gRPC listen address.
+    Network,
+}
+
+/// Refuses a hello whose free-form fields exceed their bounds: whatever a
+/// member says of itself is copied into every listing and event.
+pub(super) fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+    let too_long = |field: &str, len: usize, max: usize| {
+        Status::invalid_argument(format!(
+            "hello.{field} is {len} bytes: at most {max} are accepted"
+        ))
+    };
+    if hello.host.len() > MAX_HOST_LEN {
+        return Err(too_long("host", hello.host.len(), MAX_HOST_LEN));
+    }
+    if hello.version.len() > MAX_VERSION_LEN {
+        return Err(too_long("version", hello.version.len(), MAX_VERSION_LEN));
+    }
+    if hello.secret.len() > MAX_SECRET_LEN {
+        return Err(too_long("secret", hello.secret.len(), MAX_SECRET_LEN));
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "hello.labels has {} entries: at most {MAX_LABELS} are accepted",
+            hello.labels.len()
+        )));
+    }
+    for (k, v) in &hello.labels {
+        if k.len() > MAX_LABEL_KEY_LEN {
+            return Err(too_long("labels key", k.len(), MAX_LABEL_KEY_LEN));
+        }
+        if v.len() > MAX_LABEL_VALUE_LEN {
+            return Err(too_long(
+                &format!("labels[{k}]"),
+                v.len(),
+                MAX_LABEL_VALUE_LEN,
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Registers a member from its hello.
+    pub fn register(&self, hello: pb::Hello, via: Via, now: Instant) -> Result<Joined, Status> {
+        check_hello(&hello)?;
+        let role = Role::try_from(hello.role)
+            .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
+        let mut st = self.lock();
+        let name = if hello.name.is_empty() {
+            st.free_name(role)
+        } else {
+            MemberName::parse(hello.name).map_err(Status::invalid_argument)?
+        };
+        if name.as_str() == CONTROL_SENDER {
+            return Err(Status::invalid_argument(format!(
+                "the member name {CONTROL_SENDER} is reserved: it is the sender of Control/Send"
+            )));
+        }
+        let local = match st.secrets.get(name.as_str()) {
+            None => false,
+            Some(secret) if via == Via::LocalSocket && secrets_match(secret, &hello.secret) => {
+                let holder = st.secret_holders.get(name.as_str());
+                if let Some(holder) = holder
+                    && st.by_instance.contains_key(holder)
+                {
+                    return Err(Status::already_exists(format!(
+                        "the one-time COHORT_SECRET of {name} is in use by instance {holder}: \
+                         it serves one registration at a time"
+                    )));
+                }
+                true
+            }
+            Some(_) if via == Via::Network && !hello.secret.is_empty() => {
+                return Err(Status::permission_denied(
+                    "a one-time COHORT_SECRET is accepted only on the master's private socket, \
+                     by the children it starts itself",
+                ));
+            }
+            Some(_) => {
+                return Err(Status::permission_denied(format!(
+                    "member name {name} belongs to a member this master starts itself; \
+                     only that process (holding its one-time COHORT_SECRET) may use it"
+                )));
+            }
+        };
+        let holder = st
+            .members
+            .get(&name)
+            .map(|m| (m.suspect, m.instance_id.clone()));
+        if let Some((suspect, instance)) = holder {
+            // A local instance with its slot's newest secret supersedes the
+            // old one (restart, fatal path): the supervisor retires the old
+            // process. Anyone else may only take a suspect's name.
+            if !local && !suspect {
+                return Err(Status::already_exists(format!(
+                    "member name {name} is taken by a live member (instance {instance}); \
+                     pick another name or stop that member first"
+                )));
+            }
+            self.evict(
+                &mut st,
+                &name,
+                "replaced by a new instance of the same name",
+            );
+        }
+        if role == Role::Agent && self.cfg.local_agent && !local {
+            return Err(Status::permission_denied(
+                "this master runs its own agent: no other member may join as the agent \
+                 (run the master with [agent] count = 0 to have a remote agent)",
+            ));
+        }
+        if role == Role::Agent
+            && let Some(agent) = st
+                .members
+                .values()
+                .find(|m| m.role == Role::Agent && !m.suspect)
+        {
+            return Err(Status::already_exists(format!(
+                "the cluster already has a live agent ({}); a cluster runs at most one",
+                agent.name
+            )));
+        }
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let m_cfg = self.cfg.messaging;
+        let bounds = outbound::Bounds {
+            messages: m_cfg.queue_messages,
+            bytes: m_cfg.queue_bytes,
+        };
+        let (outbound, stream) = outbound::channel(bounds, hello.accepts_batches);
+        let own = outbound.clone();
+        let cancel = CancellationToken::new();
+        let member = Member {
+            name: name.clone(),
+            instance_id: instance_id.clone(),
+            role,
+            presence: Presence::Joined,
+            suspect: false,
+            pid: hello.pid,
+            host: hello.host,
+            local,
+            labels: hello.labels,
+            version: hello.version,
+            started_at_ms: now_ms(),
+            cpu_percent: 0.0,
+            rss_bytes: 0,
+            last_seen: now,
+            joined_at: now,
+            dropped: 0,
+            seen_taken: 0,
+            stalled_since: None,
+            held_back: false,
+            outbound,
+            cancel: cancel.clone(),
+        };
+        let info = member.info();
+        let welcome = pb::Welcome {
+            name: name.to_string(),
+            instance_id: instance_id.clone(),
+            settings: Some(self.settings()),
+            // Bounded: a welcome must fit in a frame however large the
+            // cluster; Control/ListMembers lists them all.
+            members: st
+                .members
+                .values()
+                .take(WELCOME_MEMBERS)
+                .map(Member::info)
+                .collect(),
+            cluster_ready: st.cluster_ready,
+        };
+        // The queue is empty: the welcome always fits.
+        let _ = member.outbound.push(frame(Out::Welcome(welcome)));
+        self.publish_to(&mut st, event(pb::EventKind::Joined, Some(info), ""), false);
+        st.by_instance.insert(instance_id.clone(), name.clone());
+        if local {
+            st.secret_holders
+                .insert(name.to_string(), instance_id.clone());
+        }
+        st.members.insert(name.clone(), member);
+        tracing::info!(member.name = %name, member.role = %role, instance = %instance_id, "member joined");
+        Ok(Joined {
+            instance_id,
+            name,
+            stream,
+            cancel,
+            outbound: own,
+        })
+    }
+
+    /// Notes that the member was heard from; returns its name.
+    pub(super) fn seen(
+        &self,
+        st: &mut State,
+        instance: &str,
+        now: Instant,
+    ) -> Result<MemberName, Status> {
+        let gone = || Status::unavailable("this member was evicted; reconnect and join again");
+        let name = st.by_instance.get(instance).cloned().ok_or_else(gone)?;
+        let m = st.members.get_mut(&name).ok_or_else(gone)?;
+        m.last_seen = now;
+        if std::mem::replace(&mut m.suspect, false) {
+            let info = m.info();
+            tracing::info!(member.name = %name, "suspect member heard from again");
+            self.publish(st, event(pb::EventKind::Recovered, Some(info), ""));
+        }
+        Ok(name)
+    }
+
+    /// Reserves `name` for the master's own slot; only a hello carrying
+    /// `secret` may use it from now on.
+    pub fn reserve(&self, name: &str, secret: &str) {
+        let mut st = self.lock();
+        st.secrets.insert(name.to_string(), secret.to_string());
+        st.secret_holders.remove(name);
+    }
+
+    /// Frees a slot's name (scale down).
+    pub fn release(&self, name: &str) {
+        let mut st = self.lock();
+        st.secrets.remove(name);
+        st.secret_holders.remove(name);
+    }
+}

@@ -1,0 +1,155 @@
+//! One connected member as the registry keeps it, and finding members by
+//! name, instance id or `pid@host`.
+
+use super::*;
+
+/// Where a member is in its life, as far as the registry knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Presence {
+    /// Said hello, not ready yet.
+    Joined,
+    /// Takes work.
+    Ready,
+    /// Finishing its work before it leaves.
+    Draining,
+}
+
+/// One connected member.
+pub(super) struct Member {
+    pub(super) name: MemberName,
+    pub(super) instance_id: String,
+    pub(super) role: Role,
+    pub(super) presence: Presence,
+    pub(super) suspect: bool,
+    pub(super) pid: u32,
+    pub(super) host: String,
+    pub(super) local: bool,
+    pub(super) labels: HashMap<String, String>,
+    pub(super) version: String,
+    pub(super) started_at_ms: u64,
+    pub(super) cpu_percent: f32,
+    pub(super) rss_bytes: u64,
+    pub(super) last_seen: Instant,
+    pub(super) joined_at: Instant,
+    pub(super) dropped: u64,
+    /// Frames the member had taken when the sweep last looked.
+    pub(super) seen_taken: u64,
+    /// Since when senders wait on this member while it takes nothing.
+    pub(super) stalled_since: Option<Instant>,
+    /// Its reader waits for room in other queues: unread, not silent.
+    pub(super) held_back: bool,
+    pub(super) outbound: Outbound,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Member {
+    pub(super) fn info(&self) -> pb::MemberInfo {
+        let state = match (self.suspect, self.presence) {
+            (true, _) => pb::MemberState::Suspect,
+            (false, Presence::Joined) => pb::MemberState::Joined,
+            (false, Presence::Ready) => pb::MemberState::Ready,
+            (false, Presence::Draining) => pb::MemberState::Draining,
+        };
+        pb::MemberInfo {
+            name: self.name.to_string(),
+            instance_id: self.instance_id.clone(),
+            role: self.role.into(),
+            state: state as i32,
+            pid: self.pid,
+            host: self.host.clone(),
+            local: self.local,
+            restarts: 0,
+            started_at: self.started_at_ms,
+            cpu_percent: self.cpu_percent,
+            rss_bytes: self.rss_bytes,
+            labels: self.labels.clone(),
+            version: self.version.clone(),
+            dropped_messages: self.dropped,
+            ..Default::default()
+        }
+    }
+
+    /// Queues a frame of the master's own; a full control lane counts a
+    /// drop and starts the slow-consumer clock.
+    pub(super) fn push(&mut self, frame: pb::MasterFrame) -> Result<(), PushError> {
+        let r = self.outbound.push(frame);
+        if r == Err(PushError::Full) {
+            self.dropped += 1;
+            self.outbound.mark_refused();
+        }
+        r
+    }
+
+    /// How long senders have waited on this member while it took nothing,
+    /// as of this look (`None`: it is keeping up).
+    pub(super) fn stalled(&mut self, now: Instant) -> Option<Duration> {
+        let taken = self.outbound.taken();
+        if self.outbound.pressed() && taken == self.seen_taken {
+            let since = *self.stalled_since.get_or_insert(now);
+            return Some(now.saturating_duration_since(since));
+        }
+        self.seen_taken = taken;
+        self.stalled_since = None;
+        None
+    }
+
+    pub(super) fn push_result(&mut self, id: String, status: Result<u32, Status>) {
+        let (code, message, delivered) = match status {
+            Ok(n) => (Code::Ok, String::new(), n),
+            Err(s) => (s.code(), s.message().to_string(), 0),
+        };
+        let frame = frame(Out::SendResult(pb::SendResult {
+            id,
+            code: code as i32,
+            message,
+            delivered,
+        }));
+        // A result that does not fit is one more counted drop.
+        let _ = self.push(frame);
+    }
+}
+
+impl State {
+    pub(super) fn free_name(&self, role: Role) -> MemberName {
+        let taken = |n: &str| self.members.contains_key(n) || self.secrets.contains_key(n);
+        if role == Role::Agent && !taken("agent") {
+            return MemberName::parse("agent").unwrap_or_else(|_| unreachable!());
+        }
+        (1u64..)
+            .map(|i| format!("{role}-{i}"))
+            .find(|n| !taken(n))
+            .and_then(|n| MemberName::parse(n).ok())
+            .unwrap_or_else(|| {
+                unreachable!("names of the form role-N are valid and finitely many are taken")
+            })
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+pub(super) fn secrets_match(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(super) fn not_found(member: &str) -> Status {
+    Status::not_found(format!(
+        "no member named {member}: list them with Control/ListMembers (a name, an instance id or pid@host)"
+    ))
+}
+
+/// Finds a member by name, instance id, or `pid@host`.
+pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, Status> {
+    if let Some((name, _)) = st.members.get_key_value(key) {
+        return Ok(name.clone());
+    }
+    if let Some(name) = st.by_instance.get(key) {
+        return Ok(name.clone());
+    }
+    if let Some((pid, host)) = key.split_once('@')
+        && let Ok(pid) = pid.parse::<u32>()
+        && let Some(m) = st.members.values().find(|m| m.pid == pid && m.host == host)
+    {
+        return Ok(m.name.clone());
+    }
+    Err(not_found(key))
+}

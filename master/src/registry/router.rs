@@ -1,0 +1,305 @@
+//! Routing: targets → deliveries into the members' queues, with what to do
+//! when a queue is full (wait, drop, or force).
+
+use super::*;
+
+/// What to do with a delivery whose receiver's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Hand it back to the sender's reader to wait for room.
+    Wait,
+    /// Drop it and count it (`overflow = "drop"`).
+    Drop,
+    /// Queue it in the control lane, never waiting (held messages).
+    Force,
+}
+
+/// Where an envelope went.
+#[derive(Default)]
+pub struct Routed {
+    /// Receivers that have it queued.
+    pub reached: u32,
+    /// Deliveries waiting for room.
+    pub waits: Vec<Wait>,
+    /// It named one receiver.
+    pub targeted: bool,
+    /// The master-side id of a request.
+    pub request: Option<String>,
+    /// The instance a targeted envelope went to.
+    pub to: Option<String>,
+}
+
+/// What `Control/Send` routed.
+pub struct ControlSend {
+    /// Where it went so far.
+    pub routed: Routed,
+    /// Yields the reply of a request.
+    pub reply: Option<oneshot::Receiver<pb::Envelope>>,
+}
+
+/// Routes a plain send.
+pub(super) fn route(
+    st: &mut State,
+    from: &str,
+    env: pb::Envelope,
+    mode: Mode,
+) -> Result<Routed, Status> {
+    let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
+    deliver(st, from, env, target, mode)
+}
+
+/// Stamps the sender and queues the envelope for every member the target
+/// names. A broadcast to nobody is not an error; a targeted send to nobody is.
+pub(super) fn deliver(
+    st: &mut State,
+    from: &str,
+    mut env: pb::Envelope,
+    target: Target,
+    mode: Mode,
+) -> Result<Routed, Status> {
+    if env.action.is_empty() {
+        return Err(Status::invalid_argument(
+            "envelope.action is empty: name what the message is about",
+        ));
+    }
+    env.from = from.to_string();
+    env.target = None;
+    env.ack = false;
+    let one = match target {
+        Target::All | Target::Role(_) => {
+            let role = match target {
+                Target::Role(r) => Some(r),
+                _ => None,
+            };
+            let mut routed = Routed::default();
+            for m in st.members.values_mut() {
+                if role.is_none_or(|r| m.role == r) {
+                    // A member cut off or shedding misses a broadcast; the
+                    // count tells the sender.
+                    let _ = offer(m, from, env.clone(), mode, &mut routed);
+                }
+            }
+            return Ok(routed);
+        }
+        Target::Member(key) => resolve_member(st, &key)?,
+        Target::Random(role) => pick_random(st, role)?,
+    };
+    offer_to(st, from, &one, env, mode)
+}
+
+/// Queues a delivery for the one member `to`.
+pub(super) fn offer_to(
+    st: &mut State,
+    from: &str,
+    to: &MemberName,
+    env: pb::Envelope,
+    mode: Mode,
+) -> Result<Routed, Status> {
+    let m = st
+        .members
+        .get_mut(to)
+        .ok_or_else(|| not_found(to.as_str()))?;
+    let mut routed = Routed {
+        targeted: true,
+        to: Some(m.instance_id.clone()),
+        ..Routed::default()
+    };
+    match offer(m, from, env, mode, &mut routed) {
+        Ok(()) => Ok(routed),
+        Err(PushError::Full) => Err(Status::unavailable(format!(
+            "{to} is not keeping up (its queue is full); the message was dropped"
+        ))),
+        Err(PushError::Closed) => Err(Status::unavailable(format!(
+            "{to} is leaving; the message was dropped"
+        ))),
+    }
+}
+
+/// Queues one delivery: at once if there is room, else by `mode`. A
+/// member's own messages never wait on its own queue.
+pub(super) fn offer(
+    m: &mut Member,
+    from: &str,
+    env: pb::Envelope,
+    mode: Mode,
+    routed: &mut Routed,
+) -> Result<(), PushError> {
+    let queued = if mode == Mode::Force || m.name.as_str() == from {
+        m.outbound.force_deliver(env).map_err(|e| (e, None))
+    } else {
+        m.outbound.try_deliver(env).map_err(|r| match r {
+            Refused::Full(env) => (PushError::Full, Some(*env)),
+            Refused::Closed => (PushError::Closed, None),
+        })
+    };
+    match queued {
+        Ok(()) => {
+            routed.reached += 1;
+            Ok(())
+        }
+        Err((PushError::Full, Some(envelope))) if mode == Mode::Wait => {
+            routed.waits.push(Wait {
+                to: m.outbound.clone(),
+                name: m.name.clone(),
+                envelope,
+            });
+            Ok(())
+        }
+        Err((e, _)) => {
+            if e == PushError::Full {
+                m.dropped += 1;
+                m.outbound.mark_refused();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The next ready member of `role` after the last one picked, by name.
+pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, Status> {
+    let eligible = |m: &&Member| m.role == role && m.presence == Presence::Ready && !m.suspect;
+    let after = st.last_random.get(&role);
+    let next = after
+        .and_then(|last| {
+            st.members
+                .range::<MemberName, _>((
+                    std::ops::Bound::Excluded(last),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(_, m)| m)
+                .find(eligible)
+        })
+        .or_else(|| st.members.values().find(eligible))
+        .map(|m| m.name.clone())
+        .ok_or_else(|| Status::unavailable(format!("no ready {role} to receive it")))?;
+    st.last_random.insert(role, next.clone());
+    Ok(next)
+}
+
+impl Registry {
+    /// Routes the envelopes of one batch in order, up to the first that
+    /// must wait; the rest wait with it.
+    pub(super) fn accept_all(
+        &self,
+        st: &mut State,
+        sender: &MemberName,
+        envelopes: Vec<pb::Envelope>,
+        now: Instant,
+    ) -> Option<Stall> {
+        let mut envelopes = envelopes.into_iter();
+        while let Some(env) = envelopes.next() {
+            if let Some(mut stall) = self.accept(st, sender, env, false, now) {
+                stall.rest = envelopes.collect();
+                return Some(stall);
+            }
+        }
+        None
+    }
+
+    /// Continues after a stall: tells the sender how its envelope fared,
+    /// then routes the rest of its batch.
+    pub fn settle(
+        &self,
+        instance: &str,
+        then: Then,
+        outcome: Outcome,
+        rest: Vec<pb::Envelope>,
+        now: Instant,
+    ) -> Option<Stall> {
+        let mut st = self.lock();
+        let name = st.by_instance.get(instance).cloned()?;
+        if let Some(rid) = &then.request
+            && !outcome.cut_off.is_empty()
+        {
+            st.pending.remove(rid);
+        }
+        let result = match outcome.cut_off.first() {
+            Some(cut) if then.targeted || then.request.is_some() => Err(Status::unavailable(
+                format!("{cut} was disconnected before it took the message; it was dropped"),
+            )),
+            _ => Ok(then.reached + outcome.reached),
+        };
+        if (then.ack || result.is_err())
+            && let Some(m) = st.members.get_mut(&name)
+        {
+            m.push_result(then.id, result);
+        }
+        self.accept_all(&mut st, &name, rest, now)
+    }
+
+    pub(super) fn dispatch(
+        &self,
+        st: &mut State,
+        sender: &MemberName,
+        env: pb::Envelope,
+        request: bool,
+        mode: Mode,
+        now: Instant,
+    ) -> Option<Stall> {
+        let instance = st.members.get(sender).map(|m| m.instance_id.clone())?;
+        let (id, ack) = (env.id.clone(), env.ack);
+        let outcome = if request {
+            let requester = Requester::Member(instance);
+            self.route_request(st, sender.as_str(), requester, env, mode, now)
+        } else {
+            route(st, sender.as_str(), env, mode)
+        };
+        match outcome {
+            Ok(routed) if !routed.waits.is_empty() => Some(Stall {
+                waits: routed.waits,
+                then: Then {
+                    id,
+                    ack,
+                    targeted: routed.targeted,
+                    reached: routed.reached,
+                    request: routed.request,
+                },
+                rest: Vec::new(),
+            }),
+            Ok(routed) => {
+                if ack
+                    && !request
+                    && let Some(m) = st.members.get_mut(sender)
+                {
+                    m.push_result(id, Ok(routed.reached));
+                }
+                None
+            }
+            Err(status) => {
+                tracing::debug!(member.name = %sender, error = %status.message(), "send failed");
+                if let Some(m) = st.members.get_mut(sender) {
+                    m.push_result(id, Err(status));
+                }
+                None
+            }
+        }
+    }
+
+    /// Routes an envelope from `Control/Send`: how many it reached at once,
+    /// the deliveries that wait for room, and with a reply expected, the
+    /// receiver that yields it.
+    pub fn control_send(
+        &self,
+        env: pb::Envelope,
+        expect_reply: bool,
+        now: Instant,
+    ) -> Result<ControlSend, Status> {
+        let mut st = self.lock();
+        let mode = self.mode();
+        if expect_reply {
+            let (tx, rx) = oneshot::channel();
+            let requester = Requester::Control(tx);
+            let routed = self.route_request(&mut st, CONTROL_SENDER, requester, env, mode, now)?;
+            Ok(ControlSend {
+                routed,
+                reply: Some(rx),
+            })
+        } else {
+            let routed = route(&mut st, CONTROL_SENDER, env, mode)?;
+            Ok(ControlSend {
+                routed,
+                reply: None,
+            })
+        }
+    }
+}
