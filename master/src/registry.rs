@@ -31,6 +31,8 @@ mod join;
 mod members;
 mod requests;
 mod router;
+#[cfg(test)]
+mod tests;
 
 use barrier::*;
 use events::*;

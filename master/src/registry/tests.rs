@@ -1,0 +1,248 @@
+//! The registry on its own, with an injected clock: no sockets, no sleeps.
+
+use super::*;
+use crate::config::Config;
+use tokio_stream::StreamExt;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn registry(expect_workers: u32) -> (Registry, tokio::sync::mpsc::Receiver<Notice>) {
+    let c = Config::default();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let cfg = RegistryConfig {
+        health: c.health,
+        messaging: c.messaging,
+        expect: Expect {
+            agents: 0,
+            workers: expect_workers,
+        },
+        join_timeout: Duration::from_secs(30),
+        local_agent: false,
+    };
+    (Registry::new(cfg, Some(tx)), rx)
+}
+
+fn hello(name: &str) -> pb::Hello {
+    pb::Hello {
+        role: pb::Role::Worker as i32,
+        name: name.into(),
+        pid: 7,
+        host: "h".into(),
+        ..Default::default()
+    }
+}
+
+fn join(r: &Registry, name: &str, now: Instant) -> Joined {
+    r.register(hello(name), Via::Network, now).expect("joins")
+}
+
+fn ready(r: &Registry, j: &Joined, now: Instant) {
+    r.on_frame(&j.instance_id, In::Ready(pb::Ready {}), now)
+        .expect("ready");
+}
+
+fn envelope(action: &str, target: Target) -> pb::Envelope {
+    pb::Envelope {
+        id: format!("id-{action}"),
+        action: action.into(),
+        target: Some(target.into()),
+        ..Default::default()
+    }
+}
+
+/// Every frame queued for a member right now, as short words.
+async fn frames(j: &mut Joined) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::ZERO, j.stream.next()).await {
+        seen.push(match item.map(|f| f.kind) {
+            Ok(Some(Out::Welcome(_))) => "welcome".to_string(),
+            Ok(Some(Out::Deliver(e))) if !e.reply_to.is_empty() => {
+                format!("reply {} to {} from {}", e.action, e.reply_to, e.from)
+            }
+            Ok(Some(Out::Deliver(e))) => format!("{} from {}", e.action, e.from),
+            Ok(Some(Out::ClusterReady(_))) => "cluster ready".into(),
+            Ok(Some(Out::MemberEvent(e))) => format!(
+                "event {:?} {}",
+                pb::EventKind::try_from(e.kind).unwrap_or_default(),
+                e.member.map(|m| m.name).unwrap_or_default()
+            ),
+            Ok(Some(Out::SendResult(r))) => {
+                format!("result {} {:?}", r.id, Code::from_i32(r.code))
+            }
+            Ok(Some(Out::HeartbeatAck(_))) => "ack".into(),
+            Ok(other) => format!("{other:?}"),
+            Err(status) => format!("end {:?}", status.code()),
+        });
+    }
+    seen
+}
+
+#[tokio::test]
+async fn targets_reach_exactly_their_members() {
+    let (r, _) = registry(0);
+    let t0 = Instant::now();
+    let mut a = join(&r, "a", t0);
+    let mut b = join(&r, "b", t0);
+    let mut agent = r
+        .register(
+            pb::Hello {
+                role: pb::Role::Agent as i32,
+                ..hello("agent")
+            },
+            Via::Network,
+            t0,
+        )
+        .expect("agent");
+    for j in [&a, &b, &agent] {
+        ready(&r, j, t0);
+    }
+    for j in [&mut a, &mut b, &mut agent] {
+        frames(j).await;
+    }
+    type Row<'a> = (Target, [&'a str; 3]);
+    let rows: [Row; 5] = [
+        (Target::All, ["x from a", "x from a", "x from a"]),
+        (Target::Role(Role::Worker), ["x from a", "x from a", ""]),
+        (Target::Role(Role::Agent), ["", "", "x from a"]),
+        (Target::Member("b".into()), ["", "x from a", ""]),
+        (Target::Member(b.instance_id.clone()), ["", "x from a", ""]),
+    ];
+    for (target, expected) in rows {
+        let stall = r
+            .on_frame(&a.instance_id, In::Send(envelope("x", target.clone())), t0)
+            .expect("routed");
+        assert!(stall.is_none());
+        let got = [
+            frames(&mut a).await.join(","),
+            frames(&mut b).await.join(","),
+            frames(&mut agent).await.join(","),
+        ];
+        assert_eq!(got, expected, "{target:?}");
+    }
+}
+
+#[tokio::test]
+async fn messages_before_cluster_ready_are_held_then_delivered_in_order() {
+    let (r, _) = registry(2);
+    let t0 = Instant::now();
+    let mut a = join(&r, "a", t0);
+    ready(&r, &a, t0);
+    for action in ["one", "two"] {
+        r.on_frame(&a.instance_id, In::Send(envelope(action, Target::All)), t0)
+            .expect("held");
+    }
+    let no_events = |seen: Vec<String>| -> Vec<String> {
+        seen.into_iter()
+            .filter(|f| !f.starts_with("event"))
+            .collect()
+    };
+    assert_eq!(
+        no_events(frames(&mut a).await),
+        ["welcome"],
+        "nothing before ready"
+    );
+    let mut b = join(&r, "b", t0);
+    ready(&r, &b, t0 + MS);
+    let both = ["cluster ready", "one from a", "two from a"];
+    assert_eq!(
+        no_events(frames(&mut b).await),
+        [&["welcome"][..], &both].concat()
+    );
+    assert_eq!(no_events(frames(&mut a).await), both);
+}
+
+#[tokio::test]
+async fn health_sweeps_by_the_injected_clock() {
+    let (r, mut notices) = registry(0);
+    let t0 = Instant::now();
+    let h = Config::default().health;
+    r.reserve("local", "s3cret");
+    let local = r
+        .register(
+            pb::Hello {
+                secret: "s3cret".into(),
+                ..hello("local")
+            },
+            Via::LocalSocket,
+            t0,
+        )
+        .expect("local joins");
+    ready(&r, &local, t0);
+    let never_ready = join(&r, "slow-starter", t0);
+    let state = |name: &str| {
+        r.get(name)
+            .ok()
+            .and_then(|m| pb::MemberState::try_from(m.state).ok())
+    };
+    r.sweep(t0 + h.suspect_after - MS);
+    assert_eq!(state("local"), Some(pb::MemberState::Ready));
+    r.sweep(t0 + h.suspect_after);
+    assert_eq!(state("local"), Some(pb::MemberState::Suspect));
+    // Heard from again: ready, and the clock restarts from then.
+    let t1 = t0 + h.suspect_after + MS;
+    r.on_frame(
+        &local.instance_id,
+        In::Heartbeat(pb::Heartbeat::default()),
+        t1,
+    )
+    .expect("heartbeat");
+    assert_eq!(state("local"), Some(pb::MemberState::Ready));
+    r.sweep(t1 + h.dead_after);
+    assert_eq!(state("local"), None, "evicted");
+    match notices.try_recv() {
+        Ok(Notice::Ready { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match notices.try_recv() {
+        Ok(Notice::Evicted { name, reason, .. }) => {
+            assert_eq!(name, "local");
+            assert!(reason.contains("no heartbeat"), "{reason}");
+        }
+        other => panic!("the supervisor hears of it: {other:?}"),
+    }
+    assert_eq!(state("slow-starter"), None, "never ready in 30 s");
+    drop(never_ready);
+}
+
+#[tokio::test]
+async fn a_reply_counts_only_from_the_instance_asked_and_requests_expire() {
+    let (r, _) = registry(0);
+    let t0 = Instant::now();
+    let mut a = join(&r, "a", t0);
+    let mut b = join(&r, "b", t0);
+    let mut c = join(&r, "c", t0);
+    for j in [&mut a, &mut b, &mut c] {
+        frames(j).await;
+    }
+    let ask = |id: &str, timeout_ms| pb::Envelope {
+        id: id.into(),
+        timeout_ms,
+        ..envelope("q", Target::Member("b".into()))
+    };
+    r.on_frame(&a.instance_id, In::Request(ask("q1", 0)), t0)
+        .expect("request");
+    let rid = match b.stream.next().await.and_then(|f| f.ok()?.kind) {
+        Some(Out::Deliver(e)) => e.id,
+        other => panic!("{other:?}"),
+    };
+    let answer = |id: &str| pb::Envelope {
+        id: id.into(),
+        action: "answer".into(),
+        reply_to: rid.clone(),
+        ..Default::default()
+    };
+    r.on_frame(&c.instance_id, In::Reply(answer("from-c")), t0)
+        .expect("c");
+    assert_eq!(frames(&mut c).await, ["result from-c NotFound"]);
+    assert!(frames(&mut a).await.is_empty());
+    r.on_frame(&b.instance_id, In::Reply(answer("from-b")), t0)
+        .expect("b");
+    assert_eq!(frames(&mut a).await, ["reply answer to q1 from b"]);
+
+    r.on_frame(&a.instance_id, In::Request(ask("q2", 100)), t0)
+        .expect("request");
+    r.sweep(t0 + 99 * MS);
+    assert!(frames(&mut a).await.is_empty());
+    r.sweep(t0 + 100 * MS);
+    assert_eq!(frames(&mut a).await, ["result q2 DeadlineExceeded"]);
+}
