@@ -90,7 +90,10 @@ impl Registry {
         }
         let local = match st.secrets.get(name.as_str()) {
             None => false,
-            Some(secret) if via == Via::LocalSocket && secrets_match(secret, &hello.secret) => {
+            Some(secret)
+                if via == Via::LocalSocket
+                    && crate::auth::same(secret.as_bytes(), hello.secret.as_bytes()) =>
+            {
                 let holder = st.secret_holders.get(name.as_str());
                 if let Some(holder) = holder
                     && st.by_instance.contains_key(holder)

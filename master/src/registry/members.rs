@@ -125,12 +125,6 @@ impl State {
     }
 }
 
-/// Compares secrets in time independent of where they differ.
-pub(super) fn secrets_match(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 pub(super) fn not_found(member: &str) -> Status {
     Status::not_found(format!(
         "no member named {member}: list them with Control/ListMembers (a name, an instance id or pid@host)"
