@@ -4,11 +4,9 @@
 //! master's own systemd `READY=1`), and RSS of the master, the agent and a
 //! demo worker. Uses the real binaries built next to this one.
 
-// kill(2) on the worker under test.
-#![allow(unsafe_code)]
-
 use crate::{percentile, runtime, us};
 use anyhow::{Context, bail};
+use cohort_process::child;
 use cohort_proto::pb;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -25,10 +23,8 @@ pub(crate) struct Master {
 
 impl Drop for Master {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child; SIGTERM lets it end its cluster.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        // SIGTERM lets it end its cluster.
+        child::signal(self.child.id(), child::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -164,10 +160,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let (mut ready, mut serving) = (Vec::new(), Vec::new());
         for _ in 0..kills {
             let t0 = Instant::now();
-            // SAFETY: kill(2) on the worker the master started.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
+            child::signal(pid as u32, child::SIGKILL);
             let web2 = web.clone();
             let old = pid;
             let first_response = tokio::task::spawn_blocking(move || {

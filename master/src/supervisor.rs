@@ -11,6 +11,7 @@ pub mod spawn;
 pub mod stale;
 
 use crate::registry::{Notice, Registry};
+use cohort_process::child;
 use cohort_proto::{Role, pb};
 use slot::{Action, Event, Lifecycle, Outcome, Policy, Slot};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -341,7 +342,7 @@ impl Supervisor {
                     }
                     Action::Kill { pid, reason } => {
                         tracing::warn!(member.name = %self.entries[i].name, pid, reason, "killing the member's process group");
-                        spawn::signal_group(pid, libc::SIGKILL);
+                        child::signal_group(pid, child::SIGKILL);
                     }
                     Action::Failed { reason } => {
                         let e = &mut self.entries[i];
@@ -486,7 +487,7 @@ impl Supervisor {
                     if self.retiring.iter().any(|r| r.pid == old) {
                         // Fatal path: already on its drain clock; now that
                         // the replacement serves, ask it to finish.
-                        spawn::signal_group(old, libc::SIGTERM);
+                        child::signal_group(old, child::SIGTERM);
                     } else {
                         let (name, role) = (self.entries[i].name.clone(), self.entries[i].role);
                         self.retire(old, &name, role, true);
@@ -525,7 +526,7 @@ impl Supervisor {
 
     fn retire(&mut self, pid: u32, name: &str, role: Role, sigterm: bool) {
         if sigterm {
-            spawn::signal_group(pid, libc::SIGTERM);
+            child::signal_group(pid, child::SIGTERM);
         }
         self.retiring.push(Retiring {
             pid,
@@ -555,7 +556,7 @@ impl Supervisor {
                 pid = r.pid,
                 "retiring instance outlived drain_timeout; killing it"
             );
-            spawn::signal_group(r.pid, libc::SIGKILL);
+            child::signal_group(r.pid, child::SIGKILL);
             r.killed = true;
         }
         match self.stage {
@@ -745,7 +746,7 @@ impl Supervisor {
                 .map(|(p, _)| *p)
                 .collect();
             for pid in &pids {
-                spawn::signal_group(*pid, libc::SIGTERM);
+                child::signal_group(*pid, child::SIGTERM);
             }
             let deadline = tokio::time::Instant::now() + self.cfg.kill_timeout;
             let mut killed = false;
@@ -763,7 +764,7 @@ impl Supervisor {
                         for (pid, r) in &self.live {
                             if *r == role {
                                 tracing::warn!(pid, "still running after kill_timeout; killing");
-                                spawn::signal_group(*pid, libc::SIGKILL);
+                                child::signal_group(*pid, child::SIGKILL);
                             }
                         }
                         killed = true;

@@ -4,7 +4,11 @@
 //!   `info`), output on stderr, human-readable by default and JSON lines
 //!   when `COHORT_LOG_FORMAT=json`;
 //! - [`shutdown_signal`]: completes on SIGTERM, SIGINT or SIGQUIT;
-//! - [`parse_duration`]: `500ms`, `1s`, `2m` as config files and flags write them.
+//! - [`parse_duration`]: `500ms`, `1s`, `2m` as config files and flags write them;
+//! - [`child`]: parent-death signal, fd placement and group signals for the
+//!   processes the master and `cohort-worker --exec` start.
+
+pub mod child;
 
 use tracing_subscriber::EnvFilter;
 

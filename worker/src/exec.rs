@@ -13,11 +13,8 @@
 //! `data` is any JSON value, carried as its JSON text. The worker exits with
 //! the payload's status.
 
-// Placing the channel fd in the payload needs `pre_exec` (unsafe); only
-// async-signal-safe calls run there.
-#![allow(unsafe_code)]
-
 use cohort::{Member, Message, Role, Target};
+use cohort_process::child;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,13 +49,6 @@ fn data_of(v: Option<&Value>) -> Vec<u8> {
     v.map(|d| d.to_string().into_bytes()).unwrap_or_default()
 }
 
-fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) has no memory effects; a gone target yields ESRCH.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 /// Runs the payload until it exits; returns its exit code (128 + signal when
 /// killed). `shutdown` asks the payload (and its process group) to stop.
 pub async fn run(
@@ -77,36 +67,12 @@ pub async fn run(
     cmd.args(args)
         .env(CHANNEL_FD, target.to_string())
         .stdin(std::process::Stdio::null());
-    // SAFETY: runs in the forked child before exec; prctl, fcntl and dup2
-    // are async-signal-safe and nothing is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = if theirs_fd == target {
-                libc::fcntl(target, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(theirs_fd, target)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cohort_process::child::prepare(&mut cmd, vec![theirs_fd], target);
     let mut child = cmd
         .spawn()
         .map_err(|e| anyhow::anyhow!("starting {program}: {e}"))?;
     drop(theirs);
-    let child_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let child_pid = child.id().unwrap_or(0);
     tracing::info!(program, pid = child_pid, "payload started");
 
     ours.set_nonblocking(true)?;
@@ -162,14 +128,18 @@ pub async fn run(
         _ = shutdown => {
             // Our process group holds the payload and its children; when
             // only we were signalled (parent death), pass it on to them.
-            // SAFETY: getpgrp/getpid have no preconditions.
-            let leader = unsafe { libc::getpgrp() == libc::getpid() };
-            let target = if leader { -unsafe { libc::getpgrp() } } else { child_pid };
-            signal(target, libc::SIGTERM);
+            let signal = |sig| {
+                if child::leads_group() {
+                    child::signal_own_group(sig);
+                } else {
+                    child::signal(child_pid, sig);
+                }
+            };
+            signal(child::SIGTERM);
             match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
                 Ok(s) => s?,
                 Err(_) => {
-                    signal(target, libc::SIGKILL);
+                    signal(child::SIGKILL);
                     child.wait().await?
                 }
             }

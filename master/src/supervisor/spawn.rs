@@ -5,10 +5,6 @@
 //! 3.. (`LISTEN_FDS` / `LISTEN_FDNAMES`), and stdout/stderr captured line by
 //! line into the master's log under the member's name.
 
-// `pre_exec` and the fd/prctl calls in the forked child need `unsafe`; every
-// call made there is async-signal-safe (prctl, getppid, fcntl, dup2, _exit).
-#![allow(unsafe_code)]
-
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -64,81 +60,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Child> {
         cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
     }
     let fds: Vec<RawFd> = spec.listeners.iter().map(|(_, fd)| *fd).collect();
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The master may have died between fork and prctl.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            place_fds(&fds)
-        });
-    }
+    cohort_process::child::prepare(&mut cmd, fds, 3);
     cmd.spawn()
-}
-
-/// Moves each listener to fd 3, 4, ... without close-on-exec. Runs in the
-/// forked child. Listener fds are first copied above the target range so a
-/// dup2 never overwrites one not yet placed.
-fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
-    const FIRST: RawFd = 3;
-    let high = FIRST + fds.len() as RawFd + 64;
-    let mut moved = [0 as RawFd; 64];
-    if fds.len() > moved.len() {
-        return Err(std::io::Error::other("too many listeners"));
-    }
-    for (i, fd) in fds.iter().enumerate() {
-        // SAFETY: plain fd syscalls in the child.
-        let copy = unsafe { libc::fcntl(*fd, libc::F_DUPFD, high) };
-        if copy < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        moved[i] = copy;
-    }
-    for (i, copy) in moved.iter().take(fds.len()).enumerate() {
-        let target = FIRST + i as RawFd;
-        // SAFETY: as above; dup2 leaves the new fd without FD_CLOEXEC.
-        if unsafe { libc::dup2(*copy, target) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        unsafe { libc::close(*copy) };
-    }
-    Ok(())
-}
-
-/// Sends `signal` to the child's whole process group.
-pub fn signal_group(pid: u32, signal: libc::c_int) {
-    let Ok(pgid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) with a negative pid signals that process group; a
-    // group that is already gone only yields ESRCH.
-    unsafe {
-        libc::kill(-pgid, signal);
-    }
-}
-
-/// Kills one process (SIGKILL).
-pub fn kill_process(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) on one pid; a process already gone only yields ESRCH.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
 }
 
 /// Logs every line the child writes, under its member name.

@@ -43,7 +43,7 @@ pub fn reap(temp_dir: &Path) -> Reaped {
         let dir = entry.path();
         let marker = format!("COHORT_MASTER=unix://{}", dir.join("master.sock").display());
         for p in carrying(&marker) {
-            super::spawn::kill_process(p);
+            cohort_process::child::signal(p, cohort_process::child::SIGKILL);
             reaped.killed.push(p);
         }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
