@@ -3,21 +3,12 @@
 //! as a slow consumer, and the sender feeding them is never stuck.
 
 use cohort::{MemberBuilder, Role, Target};
-use cohort_e2e::{Master, eventually_async, members};
+use cohort_e2e::{Master, eventually_async, members, rss_mib};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
 use std::time::{Duration, Instant};
 
 const STUCK: usize = 50;
 const MESSAGE: usize = 1024;
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_never_read_cost_a_bounded_amount_and_are_cut_off() {

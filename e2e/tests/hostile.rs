@@ -2,7 +2,10 @@
 //! hung (SIGSTOPped) children, children that never join, and clients that
 //! try to take the agent's role or reuse a child's one-time secret.
 
-use cohort_e2e::{Master, alive, eventually_async, kill, members, next_event, wait_ready, watch};
+use cohort_e2e::{
+    Master, alive, children_of, eventually_async, kill, members, next_event, rss_mib, wait_ready,
+    watch,
+};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
 use std::time::Duration;
 
@@ -110,21 +113,7 @@ async fn a_child_that_never_joins_is_killed_and_retried_with_backoff() {
     assert!(why.contains("not ready 1000 ms after it started"), "{why}");
     // The silent `sleep` was killed, not left behind: one attempt at a time.
     let master_pid = master.proc.child.id();
-    let children = || {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-                ppid == Some(master_pid) && alive(*pid)
-            })
-            .collect::<Vec<u32>>()
-    };
+    let children = || children_of(master_pid);
     let seen = children();
     assert!(seen.len() <= 1, "{seen:?}");
     let why = reason_of(&mut events, pb::EventKind::Backoff, "worker-1").await;
@@ -265,15 +254,6 @@ async fn connections_that_never_speak_are_bounded_and_closed() {
     stop(&mut master, &[]);
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_storm_of_silent_members_costs_little_and_leaves_nothing() {
     use cohort::{MemberBuilder, Role, Target};
@@ -384,22 +364,6 @@ async fn recv_ping(sub: &mut cohort::Subscription) {
         .await
         .expect("ping in time")
         .expect("open");
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            ppid == Some(parent) && alive(*pid)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,31 +106,37 @@ async fn names_cannot_pose_as_instance_ids_or_control() {
     master.stop().await;
 }
 
-/// Reads a raw member's stream until a delivered envelope comes.
-async fn next_delivery(stream: &mut tonic::Streaming<pb::MasterFrame>) -> pb::Envelope {
+/// Reads a raw member's stream until `pick` takes a frame.
+async fn next_frame<T>(
+    stream: &mut tonic::Streaming<pb::MasterFrame>,
+    pick: impl Fn(In) -> Option<T>,
+) -> T {
     loop {
         let frame = tokio::time::timeout(WAIT, stream.message())
             .await
             .expect("a frame in time")
             .expect("stream ok")
             .expect("stream open");
-        if let Some(In::Deliver(env)) = frame.kind {
-            return env;
+        if let Some(t) = frame.kind.and_then(&pick) {
+            return t;
         }
     }
 }
 
+async fn next_delivery(stream: &mut tonic::Streaming<pb::MasterFrame>) -> pb::Envelope {
+    next_frame(stream, |k| match k {
+        In::Deliver(env) => Some(env),
+        _ => None,
+    })
+    .await
+}
+
 async fn next_result(stream: &mut tonic::Streaming<pb::MasterFrame>) -> pb::SendResult {
-    loop {
-        let frame = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .expect("a frame in time")
-            .expect("stream ok")
-            .expect("stream open");
-        if let Some(In::SendResult(r)) = frame.kind {
-            return r;
-        }
-    }
+    next_frame(stream, |k| match k {
+        In::SendResult(r) => Some(r),
+        _ => None,
+    })
+    .await
 }
 
 fn reply(reply_to: &str, data: &str) -> pb::MemberFrame {
