@@ -1,13 +1,19 @@
-//! The demo app: a small HTTP/1.1 server. `GET /` tells which process
+//! The demo app: a small HTTP/1.1 server on hyper (what users copy). `GET /` tells which process
 //! answered, `GET /cache` shows the cache the agent refreshes (and counts of
 //! other messages by action), and with
 //! `--demo-faults`, `POST /crash` takes the fatal-error path. Every
 //! response closes its connection, so a retiring worker holds nothing.
 
+use bytes::Bytes;
 use cohort::Member;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,7 +46,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, drain: Duration) {
                 Ok((stream, _)) => {
                     let app = app.clone();
                     tasks.spawn(async move {
-                        if let Err(e) = handle(stream, &app).await {
+                        if let Err(e) = handle(stream, app).await {
                             tracing::debug!(error = %e, "request failed");
                         }
                     });
@@ -61,76 +67,78 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, drain: Duration) {
     }
 }
 
-async fn handle(mut stream: TcpStream, app: &App) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        let mut chunk = [0u8; 2048];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow client"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return respond(&mut stream, 431, r#"{"error":"request head too large"}"#).await;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    match (method, path) {
-        ("GET", "/") => {
-            let body = serde_json::json!({
+/// Serves one connection: HTTP/1.1 without keep-alive, a bounded request
+/// head, and 10 s to send it.
+async fn handle(stream: TcpStream, app: Arc<App>) -> Result<(), hyper::Error> {
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&req, &app).await) }
+    });
+    http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
+
+async fn route(req: &Request<Incoming>, app: &Arc<App>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => json(
+            StatusCode::OK,
+            serde_json::json!({
                 "pid": std::process::id(),
                 "ppid": std::os::unix::process::parent_id(),
                 "name": app.member.name(),
                 "instance_id": app.member.instance_id(),
-            });
-            respond(&mut stream, 200, &body.to_string()).await
-        }
-        ("GET", "/cache") => {
+            }),
+        ),
+        (&Method::GET, "/cache") => {
             let body = {
                 let cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
                 let received = app.received.lock().unwrap_or_else(|p| p.into_inner());
                 serde_json::json!({ "refreshes": cache.0, "data": cache.1, "messages": *received })
             };
-            respond(&mut stream, 200, &body.to_string()).await
+            json(StatusCode::OK, body)
         }
-        ("POST", "/crash") if app.demo_faults => {
+        (&Method::POST, "/crash") if app.demo_faults => {
             tracing::error!("POST /crash: simulating a fatal error");
-            let body = serde_json::json!({ "crashing": true, "pid": std::process::id(), "name": app.member.name() });
-            respond(&mut stream, 202, &body.to_string()).await?;
-            if let Err(e) = app
-                .member
-                .leave(true, "fatal error (POST /crash demo fault)")
-                .await
-            {
-                tracing::warn!(error = %e, "could not tell the master");
-            }
-            app.stop_accepting.cancel();
-            Ok(())
+            // The fatal path runs beside this response, not before it.
+            let app = app.clone();
+            let name = app.member.name();
+            tokio::spawn(async move {
+                if let Err(e) = app
+                    .member
+                    .leave(true, "fatal error (POST /crash demo fault)")
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not tell the master");
+                }
+                app.stop_accepting.cancel();
+            });
+            json(
+                StatusCode::ACCEPTED,
+                serde_json::json!({ "crashing": true, "pid": std::process::id(), "name": name }),
+            )
         }
-        ("GET" | "POST", _) => respond(&mut stream, 404, r#"{"error":"not found"}"#).await,
-        _ => respond(&mut stream, 405, r#"{"error":"method not allowed"}"#).await,
+        (&Method::GET | &Method::POST, _) => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
+        _ => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "method not allowed"}),
+        ),
     }
 }
 
-async fn respond(stream: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        202 => "Accepted",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Request Header Fields Too Large",
-    };
-    let msg = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
     );
-    stream.write_all(msg.as_bytes()).await?;
-    stream.shutdown().await
+    response
 }
