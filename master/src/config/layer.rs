@@ -1,0 +1,373 @@
+//! Every setting declared once: a [`Layer`] of `Option`s is at the same
+//! time the TOML file's shape (serde), the flags (clap derive, which also
+//! writes `--help`), and, through the flags' names, the environment
+//! (`--dead-after` → `COHORT_DEAD_AFTER`). Layers merge file → environment
+//! → flags; what none sets keeps its default.
+
+use super::{ListenerConfig, Overflow, WorkerCount};
+use clap::{CommandFactory, Parser};
+use cohort_process::parse_duration;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Text after the flags in `--help`.
+const AFTER_HELP: &str = "\
+Every flag has an environment twin: COHORT_ and the flag's name in capitals
+(--dead-after → COHORT_DEAD_AFTER), except --insecure and --tls-* (members
+read COHORT_TLS_* for their own certificates). Flags win over the
+environment, which wins over the file (--config / COHORT_CONFIG); the file's
+keys are the same names in their [section]s (README, Configuration).
+The bearer token may also come from COHORT_TOKEN (never a flag).
+Prints `READY master ADDR` on stdout once it serves; logs go to stderr.";
+
+/// One source's settings: the file, the environment or the flags.
+#[derive(Parser, Serialize, Deserialize, Default, Debug)]
+#[command(
+    name = "cohort-master",
+    version,
+    about = "Runs a Cohort cluster's master: membership, health, routing, the Control API.",
+    after_help = AFTER_HELP
+)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Layer {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// gRPC address; port 0 = ephemeral [default: 127.0.0.1:7420].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback listen address without a token or TLS.
+    #[arg(long)]
+    #[serde(skip)]
+    pub insecure: bool,
+    /// A shared listener for the workers (repeatable; port 0 allowed)
+    /// [default: http=127.0.0.1:8080].
+    #[arg(long = "listener", value_name = "NAME=ADDR", value_parser = parse_listener)]
+    #[serde(rename = "listener", default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerConfig>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub agent: AgentLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub worker: WorkerLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub expect: ExpectLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub health: HealthLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub restart: RestartLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub messaging: MessagingLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub limits: LimitsLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub auth: AuthLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub tls: TlsLayer,
+}
+
+/// `[agent]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AgentLayer {
+    /// Local agents to run: 0 or 1 [default: 1].
+    #[arg(id = "agent-count", long = "agent-count", value_name = "N")]
+    pub count: Option<u32>,
+    /// The agent's command (file only).
+    #[arg(skip)]
+    pub command: Option<Vec<String>>,
+}
+
+/// `[worker]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WorkerLayer {
+    /// Local workers to run, or auto (one per CPU) [default: auto].
+    #[arg(id = "worker-count", long = "worker-count", value_name = "N|auto", value_parser = parse_worker_count)]
+    pub count: Option<WorkerCount>,
+    /// The workers' command (file only).
+    #[arg(skip)]
+    pub command: Option<Vec<String>>,
+}
+
+/// `[expect]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExpectLayer {
+    /// Remote agents that must be ready before ClusterReady.
+    #[arg(long = "expect-agents", value_name = "N")]
+    pub agents: Option<u32>,
+    /// Remote workers that must be ready before ClusterReady.
+    #[arg(long = "expect-workers", value_name = "N")]
+    pub workers: Option<u32>,
+}
+
+/// `[health]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthLayer {
+    /// How often members heartbeat [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Silence after which a member is SUSPECT [default: 3s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub suspect_after: Option<Duration>,
+    /// Silence after which a member is evicted [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub dead_after: Option<Duration>,
+}
+
+/// `[restart]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RestartLayer {
+    /// A run at least this long respawns at once [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub min_uptime: Option<Duration>,
+    /// First delay after an early death [default: 200ms].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub backoff_initial: Option<Duration>,
+    /// Cap on that delay [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub backoff_max: Option<Duration>,
+    /// How long a retiring member may finish its work [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub drain_timeout: Option<Duration>,
+    /// SIGTERM → SIGKILL at shutdown [default: 5s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub kill_timeout: Option<Duration>,
+    /// Restarts within --restart-window before a slot is FAILED; 0 = never
+    /// give up [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+    /// The window --max-restarts counts in [default: 60s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub restart_window: Option<Duration>,
+    /// Per startup stage, and per member: one not ready this long after it
+    /// started (or joined) is killed (or dropped) [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub start_timeout: Option<Duration>,
+}
+
+/// `[messaging]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MessagingLayer {
+    /// Messages queued for one member [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub queue_messages: Option<usize>,
+    /// Bytes queued for one member [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// A receiver that takes nothing this long while senders wait is
+    /// disconnected [default: 5s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub slow_consumer_timeout: Option<Duration>,
+    /// Messages held before ClusterReady [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub held_messages: Option<usize>,
+    /// Requests awaiting replies at once [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub pending_requests: Option<usize>,
+    /// A full receiver queue makes senders wait (block) or drops [default: block].
+    #[arg(long, value_name = "block|drop", value_parser = parse_overflow)]
+    pub overflow: Option<Overflow>,
+}
+
+/// `[limits]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsLayer {
+    /// Connections on the gRPC address at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// A connection that starts no handshake this long is closed [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// `[auth]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthLayer {
+    /// Bearer tokens for Join and Control, one per line (two while rotating).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[tls]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsLayer {
+    /// Serve gRPC over TLS with this certificate chain (PEM).
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// ... and this private key (PEM).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS); a member's
+    /// certificate must carry its name as a DNS SAN.
+    #[arg(long = "tls-client-ca", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+}
+
+fn parse_listener(v: &str) -> Result<ListenerConfig, String> {
+    let (name, addr) = v
+        .split_once('=')
+        .ok_or_else(|| format!("{v:?}: write NAME=ADDR, like http=127.0.0.1:8080"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:8080"))?;
+    Ok(ListenerConfig {
+        name: name.to_string(),
+        addr,
+    })
+}
+
+fn parse_overflow(v: &str) -> Result<Overflow, String> {
+    match v {
+        "block" => Ok(Overflow::Block),
+        "drop" => Ok(Overflow::Drop),
+        other => Err(format!("{other:?}: use \"block\" or \"drop\"")),
+    }
+}
+
+fn parse_worker_count(v: &str) -> Result<WorkerCount, String> {
+    match v {
+        "auto" => Ok(WorkerCount::Auto),
+        n => n
+            .parse()
+            .map(WorkerCount::Fixed)
+            .map_err(|_| format!("{v:?}: use \"auto\" or a number")),
+    }
+}
+
+/// What went wrong reading one source.
+pub(super) enum LayerError {
+    /// `--help` or `--version`: the text to print.
+    Info(String),
+    /// A bad flag or value; the message names it.
+    Bad(String),
+}
+
+fn clap_error(e: clap::Error) -> LayerError {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => LayerError::Info(e.to_string()),
+        _ => {
+            // The first line names the flag and the problem; the rest is usage.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            LayerError::Bad(first.trim_start_matches("error: ").to_string())
+        }
+    }
+}
+
+impl Layer {
+    /// The flags (without the program name).
+    pub fn from_flags(args: &[String]) -> Result<Layer, LayerError> {
+        let argv = std::iter::once("cohort-master".to_string()).chain(args.iter().cloned());
+        Layer::try_parse_from(argv).map_err(clap_error)
+    }
+
+    /// The environment twins of the flags, each read through `env`; an error
+    /// names the variable.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, (String, String)> {
+        let mut merged = Layer::default();
+        for (var, flag) in env_twins() {
+            let Some(value) = env(&var) else {
+                continue;
+            };
+            let argv = ["cohort-master".to_string(), format!("--{flag}={value}")];
+            let layer = Layer::try_parse_from(argv).map_err(|e| match clap_error(e) {
+                LayerError::Bad(m) | LayerError::Info(m) => (var.clone(), m),
+            })?;
+            merged = merged.under(layer);
+        }
+        Ok(merged)
+    }
+
+    /// `over` on top of `self`: whatever `over` sets wins.
+    pub fn under(self, over: Layer) -> Layer {
+        let config = over.config.clone().or(self.config.clone());
+        let insecure = over.insecure || self.insecure;
+        let mut base = serde_json::to_value(&self).unwrap_or_default();
+        let top = serde_json::to_value(&over).unwrap_or_default();
+        merge(&mut base, top);
+        let mut layer: Layer = serde_json::from_value(base).unwrap_or(over);
+        layer.config = config;
+        layer.insecure = insecure;
+        layer
+    }
+}
+
+/// Deep-merges `top` into `base`; nulls in `top` leave `base` alone.
+fn merge(base: &mut serde_json::Value, top: serde_json::Value) {
+    use serde_json::Value;
+    match (base, top) {
+        (Value::Object(b), Value::Object(t)) => {
+            for (k, v) in t {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (_, Value::Null) => {}
+        (b, t) => *b = t,
+    }
+}
+
+/// `(COHORT_NAME, flag-name)` for every flag that has an environment twin.
+pub(super) fn env_twins() -> Vec<(String, String)> {
+    Layer::command()
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_long())
+        .filter(|long| !long.starts_with("tls-"))
+        .map(|long| {
+            let var = format!("COHORT_{}", long.to_uppercase().replace('-', "_"));
+            (var, long.to_string())
+        })
+        .collect()
+}
+
+/// Durations as config files and flags write them (`500ms`, `1.5s`, `2m`),
+/// for serde.
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|v| super::parse_duration(&v).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

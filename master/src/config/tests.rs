@@ -1,0 +1,156 @@
+//! The configuration's sources, precedence and error messages.
+
+use super::*;
+use std::collections::HashMap;
+
+fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    Config::load(&args, &move |k| env.get(k).cloned())
+}
+
+fn write(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(f.path(), text).expect("write");
+    f
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = load(&[], &[]).expect("defaults");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:7420");
+    assert_eq!(c.agent.count, 1);
+    assert_eq!(c.worker.count, WorkerCount::Auto);
+    assert_eq!(c.health.suspect_after, Duration::from_secs(3));
+    assert_eq!(c.restart.backoff_initial, Duration::from_millis(200));
+}
+
+#[test]
+fn flags_win_over_env_which_wins_over_file() {
+    let f = write("listen = \"127.0.0.1:1\"\n[expect]\nworkers = 1\n[worker]\ncount = 3\n");
+    let path = f.path().to_str().expect("utf-8 path");
+    let c = load(&["--config", path], &[]).expect("file");
+    assert_eq!(c.listen.port(), 1);
+    assert_eq!(c.worker.count, WorkerCount::Fixed(3));
+    let c = load(&["--config", path], &[("COHORT_LISTEN", "127.0.0.1:2")]).expect("env");
+    assert_eq!(c.listen.port(), 2);
+    let c = load(
+        &["--config", path, "--listen=127.0.0.1:3"],
+        &[("COHORT_LISTEN", "127.0.0.1:2")],
+    )
+    .expect("flag");
+    assert_eq!(c.listen.port(), 3);
+    assert_eq!(c.expect.workers, 1);
+}
+
+#[test]
+fn unknown_keys_and_flags_are_named() {
+    let f = write("[health]\nheartbeat = \"1s\"\n");
+    let err = load(&["--config", f.path().to_str().expect("path")], &[])
+        .expect_err("unknown key")
+        .to_string();
+    assert!(err.contains("heartbeat"), "{err}");
+    let err = load(&["--bogus"], &[])
+        .expect_err("unknown flag")
+        .to_string();
+    assert!(err.contains("--bogus"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_source() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--listen", "nope"], &[], "--listen"),
+        (&[], &[("COHORT_DEAD_AFTER", "10")], "COHORT_DEAD_AFTER"),
+        (&["--agent-count", "2"], &[], "0 or 1"),
+        (&["--suspect-after", "20s"], &[], "health.dead_after"),
+        (&["--worker-count", "many"], &[], "auto"),
+        (&["--listen", "0.0.0.0:7420"], &[], "--insecure"),
+        (&["--overflow", "shed"], &[], "\"block\" or \"drop\""),
+        (&[], &[("COHORT_OVERFLOW", "Drop")], "COHORT_OVERFLOW"),
+    ];
+    let f = write("[auth]\ntoken_file = \"/nonexistent/cohort/token\"\n");
+    let err = load(&["--config", f.path().to_str().expect("path")], &[])
+        .expect_err("missing token file")
+        .to_string();
+    assert!(err.contains("/nonexistent/cohort/token"), "{err}");
+    let err = load(&[], &[("COHORT_TOKEN", "short")])
+        .expect_err("short")
+        .to_string();
+    assert!(err.contains("COHORT_TOKEN") && err.contains("16"), "{err}");
+    for (args, env, needle) in cases {
+        let err = load(args, env).expect_err(needle).to_string();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(load(&["--listen", "0.0.0.0:0", "--insecure"], &[]).is_ok());
+    let c = load(&["--overflow", "drop"], &[]).expect("drop mode");
+    assert_eq!(c.messaging.overflow, Overflow::Drop);
+    let tokens = write("0123456789abcdef0123\n");
+    let path = tokens.path().to_str().expect("path");
+    let c = load(&["--listen", "0.0.0.0:0", "--token-file", path], &[]).expect("token allows it");
+    assert_eq!(c.tokens.len(), 1);
+    let c = load(
+        &["--token-file", path],
+        &[("COHORT_TOKEN", "fedcba9876543210fedc")],
+    )
+    .expect("both");
+    assert_eq!(c.tokens.len(), 2);
+}
+
+#[test]
+fn every_valued_flag_has_an_environment_twin() {
+    let twins: Vec<String> = layer::env_twins().into_iter().map(|(v, _)| v).collect();
+    for var in [
+        "COHORT_CONFIG",
+        "COHORT_LISTEN",
+        "COHORT_AGENT_COUNT",
+        "COHORT_WORKER_COUNT",
+        "COHORT_EXPECT_WORKERS",
+        "COHORT_DEAD_AFTER",
+        "COHORT_START_TIMEOUT",
+        "COHORT_QUEUE_MESSAGES",
+        "COHORT_OVERFLOW",
+        "COHORT_MAX_CONNECTIONS",
+        "COHORT_TOKEN_FILE",
+        "COHORT_LISTENER",
+    ] {
+        assert!(twins.iter().any(|t| t == var), "{var} in {twins:?}");
+    }
+    assert!(!twins.iter().any(|t| t.starts_with("COHORT_TLS_")));
+    let c = load(
+        &[],
+        &[
+            ("COHORT_START_TIMEOUT", "2s"),
+            ("COHORT_QUEUE_MESSAGES", "7"),
+        ],
+    )
+    .expect("env");
+    assert_eq!(c.restart.start_timeout, Duration::from_secs(2));
+    assert_eq!(c.messaging.queue_messages, 7);
+}
+
+#[test]
+fn the_readme_configuration_is_the_default_one() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block under ## Configuration");
+    let f = write(section);
+    let c = load(&["--config", f.path().to_str().expect("path")], &[]).expect("parses");
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn durations_parse_with_units() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("s").is_err());
+}
