@@ -2,31 +2,36 @@
 //! the agent, runs its duties, exits 0 on SIGTERM or drain (64: bad
 //! settings, 1: failure).
 
+use clap::Parser;
 use cohort_agent::AgentConfig;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cohort-agent [--config FILE] [--watch PATH]
-  --config FILE   TOML with [[schedule]] entries (interval, type = \"all\"|\"worker\", action, data) and watch
-  --watch PATH    broadcast `refresh` with the file's content whenever it changes";
+/// The Cohort agent: joins the master named by COHORT_MASTER as the agent
+/// and runs the cluster's shared duties.
+#[derive(Parser, Debug)]
+#[command(name = "cohort-agent", version)]
+struct Flags {
+    /// TOML with [[schedule]] entries (interval, type = "all"|"worker",
+    /// action, data) and `watch`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Broadcast `refresh` with the file's content whenever it changes.
+    #[arg(long, value_name = "PATH")]
+    watch: Option<PathBuf>,
+}
 
-fn load(args: &[String]) -> Result<AgentConfig, String> {
-    let mut config = AgentConfig::default();
-    let mut watch = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => {
-                let path = it.next().ok_or("--config needs a file")?;
-                let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-                config = AgentConfig::parse(&text).map_err(|e| format!("{path}: {e}"))?;
-            }
-            "--watch" => watch = Some(it.next().ok_or("--watch needs a path")?.into()),
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+fn load(flags: Flags) -> Result<AgentConfig, String> {
+    let mut config = match &flags.config {
+        Some(path) => {
+            let shown = path.display();
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+            AgentConfig::parse(&text).map_err(|e| format!("{shown}: {e}"))?
         }
-    }
-    if watch.is_some() {
-        config.watch = watch;
+        None => AgentConfig::default(),
+    };
+    if flags.watch.is_some() {
+        config.watch = flags.watch;
     }
     Ok(config)
 }
@@ -34,8 +39,19 @@ fn load(args: &[String]) -> Result<AgentConfig, String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     cohort_process::init_from_env();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (config, builder) = match (load(&args), cohort::MemberBuilder::from_env()) {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        // --help and --version come back from clap as "errors" too.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cohort-agent: {}", e.to_string().trim_end());
+            return ExitCode::from(64);
+        }
+    };
+    let (config, builder) = match (load(flags), cohort::MemberBuilder::from_env()) {
         (Ok(c), Ok(b)) => (c, b.role(cohort::Role::Agent)),
         (Err(e), _) => {
             eprintln!("cohort-agent: {e}");

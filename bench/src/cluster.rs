@@ -117,8 +117,8 @@ async fn worker_pid(control: &mut Control) -> anyhow::Result<Option<u32>> {
 }
 
 /// Runs the benchmark and writes its report.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let (quick, out) = crate::options(args, "cluster");
+pub fn run(options: &crate::Options) -> anyhow::Result<()> {
+    let (quick, out) = options.resolve("cluster");
     let kills = if quick { 10 } else { KILLS };
     let starts = if quick { 3 } else { STARTS };
     let rt = runtime()?;

@@ -42,15 +42,64 @@ impl Drop for Guard {
     }
 }
 
+/// Benchmarks of Cohort; each writes a markdown table to bench/results/.
+#[derive(clap::Parser)]
+#[command(name = "cohort-bench", version)]
+enum Bench {
+    /// Request/reply, relay (SDK and plain client), broadcast to 8.
+    Messaging(Options),
+    /// Respawn latency, startup and RSS of the real binaries.
+    Cluster(Options),
+    /// Joining 1,000 and 5,000 members, ListMembers, a storm of silent joins.
+    Members(Options),
+    /// The master of a messaging run, in its own process (internal).
+    #[command(hide = true)]
+    Master {
+        /// The master's own flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A member of a messaging run, in its own process (internal).
+    #[command(hide = true)]
+    Member {
+        /// The master's URL.
+        url: String,
+        /// The member's name.
+        name: String,
+        /// responder, sink or bcast.
+        mode: String,
+    },
+}
+
+/// What every benchmark takes.
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// A tenth of the counts (or fewer members).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the table [default: bench/results/NAME.md].
+    #[arg(long, value_name = "FILE")]
+    out: Option<String>,
+}
+
+impl Options {
+    /// `quick`, and the results file of benchmark `name`.
+    pub(crate) fn resolve(&self, name: &str) -> (bool, String) {
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| format!("bench/results/{name}.md"));
+        (self.quick, out)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("messaging") => messaging(&args[1..]),
-        Some("cluster") => cluster::run(&args[1..]),
-        Some("members") => members::run(&args[1..]),
-        Some("master") => run_master(&args[1..]),
-        Some("member") => run_member(&args[1..]),
-        _ => bail!("usage: cohort-bench messaging|cluster|members [--out FILE] [--quick]"),
+    match <Bench as clap::Parser>::parse() {
+        Bench::Messaging(o) => messaging(&o),
+        Bench::Cluster(o) => cluster::run(&o),
+        Bench::Members(o) => members::run(&o),
+        Bench::Master { args } => run_master(&args),
+        Bench::Member { url, name, mode } => run_member(&url, &name, &mode),
     }
 }
 
@@ -75,16 +124,13 @@ fn run_master(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// A member process: `member URL NAME MODE`.
-fn run_member(args: &[String]) -> anyhow::Result<()> {
-    let [url, name, mode] = args else {
-        bail!("member URL NAME MODE");
-    };
+fn run_member(url: &str, name: &str, mode: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let member = MemberBuilder::new(url.clone(), Role::Worker)
-            .name(name.clone())
+        let member = MemberBuilder::new(url.to_string(), Role::Worker)
+            .name(name.to_string())
             .join()
             .await?;
-        match mode.as_str() {
+        match mode {
             "responder" => {
                 let mut sub = member.on_with_capacity("req", 1 << 16);
                 member.ready().await?;
@@ -186,8 +232,8 @@ async fn wait_ready(member: &Member, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn messaging(args: &[String]) -> anyhow::Result<()> {
-    let (quick, out) = options(args, "messaging");
+fn messaging(options: &Options) -> anyhow::Result<()> {
+    let (quick, out) = options.resolve("messaging");
     let scale = if quick { 10 } else { 1 };
     let (requests, relay, rounds) = (REQUESTS / scale, RELAY / scale, BROADCAST_ROUNDS / scale);
 
@@ -310,18 +356,6 @@ fn messaging(args: &[String]) -> anyhow::Result<()> {
         machine()
     );
     write_report(&out, &text)
-}
-
-/// `--quick` and `--out FILE` (default `bench/results/NAME.md`).
-pub(crate) fn options(args: &[String], name: &str) -> (bool, String) {
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| format!("bench/results/{name}.md"));
-    (quick, out)
 }
 
 /// Cores and CPU model, for the results file.

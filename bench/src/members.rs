@@ -227,8 +227,8 @@ async fn storm(n: usize) -> anyhow::Result<String> {
 }
 
 /// Runs the scenarios; `quick` uses fewer members.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let (quick, out) = crate::options(args, "members");
+pub fn run(options: &crate::Options) -> anyhow::Result<()> {
+    let (quick, out) = options.resolve("members");
     let sizes: &[usize] = if quick { &[200, 1000] } else { &[1000, 5000] };
     let storm_n = if quick { 500 } else { 2000 };
     let rows = runtime()?.block_on(async {

@@ -3,48 +3,76 @@
 //! 0 after a clean leave, the payload's status with `--exec`, 70 after the
 //! fatal-error path, 64 for bad settings, 1 on failure.
 
+use clap::Parser;
 use cohort_worker::{Settings, listeners::Inherited};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: cohort-worker [--http ADDR] [--demo-faults] [--exec -- CMD ARGS]
-  --http ADDR     serve HTTP here when no 'http' listener is inherited (env COHORT_HTTP_ADDR; port 0 ok)
-  --demo-faults   enable POST /crash (the fatal-error path), for demos and tests only
-  --exec -- CMD   run CMD as the payload; messenger over JSON lines on fd $COHORT_CHANNEL_FD";
+/// A Cohort worker: joins the master named by COHORT_MASTER and runs the
+/// demo app on the inherited `http` listener, or CMD as its payload.
+#[derive(Parser, Debug)]
+#[command(name = "cohort-worker", version)]
+struct Flags {
+    /// Serve HTTP here when no `http` listener is inherited (port 0 ok).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Enable POST /crash (the fatal-error path), for demos and tests only.
+    #[arg(long)]
+    demo_faults: bool,
+    /// Run CMD as the payload: `--exec -- CMD ARGS`; the messenger speaks
+    /// JSON lines on fd $COHORT_CHANNEL_FD.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+    exec: Vec<String>,
+}
 
-fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
-    let mut s = Settings {
+/// The environment variable twin of `--http`.
+const ENV_HTTP: &str = "COHORT_HTTP_ADDR";
+
+/// Why the command line was not used: clap's answer (a bad flag, or
+/// `--help` / `--version`), or a bad setting.
+#[derive(Debug)]
+enum ParseError {
+    Clap(clap::Error),
+    Bad(String),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Clap(e) => write!(f, "{}", e.to_string().trim_end()),
+            ParseError::Bad(m) => f.write_str(m),
+        }
+    }
+}
+
+fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Settings, ParseError> {
+    let argv = std::iter::once("cohort-worker".to_string()).chain(args.iter().cloned());
+    let flags = Flags::try_parse_from(argv).map_err(ParseError::Clap)?;
+    let bad = |m: String| ParseError::Bad(m);
+    let http = match (flags.http, env(ENV_HTTP)) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(addr)) => Some(addr.parse().map_err(|_| {
+            bad(format!(
+                "{ENV_HTTP}: {addr:?} is not an address like 127.0.0.1:8080"
+            ))
+        })?),
+        (None, None) => None,
+    };
+    let exec: Vec<String> = flags.exec.into_iter().skip_while(|a| a == "--").collect();
+    if exec.is_empty() && args.iter().any(|a| a == "--exec") {
+        return Err(bad("--exec needs a command: --exec -- CMD ARGS".into()));
+    }
+    Ok(Settings {
         inherited: Inherited::parse(
             env("LISTEN_FDS").as_deref(),
             env("LISTEN_FDNAMES").as_deref(),
         ),
         drain: Duration::from_secs(30),
-        ..Settings::default()
-    };
-    let http = env("COHORT_HTTP_ADDR");
-    let mut http_flag = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--http" => http_flag = Some(it.next().ok_or("--http needs an address")?.clone()),
-            "--demo-faults" => s.demo_faults = true,
-            "--exec" => {
-                s.exec = it.by_ref().skip_while(|a| *a == "--").cloned().collect();
-                if s.exec.is_empty() {
-                    return Err("--exec needs a command: --exec -- CMD ARGS".into());
-                }
-            }
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
-    if let Some(addr) = http_flag.or(http) {
-        s.http = Some(
-            addr.parse()
-                .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:8080"))?,
-        );
-    }
-    Ok(s)
+        http,
+        demo_faults: flags.demo_faults,
+        exec,
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -53,6 +81,11 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = match parse(&args, |k| std::env::var(k).ok()) {
         Ok(s) => s,
+        // --help and --version come back from clap as "errors" too.
+        Err(ParseError::Clap(e)) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("cohort-worker: {e}");
             return ExitCode::from(64);
@@ -108,6 +141,7 @@ mod tests {
         assert!(
             parse(&["--nope".into()], none)
                 .expect_err("bad")
+                .to_string()
                 .contains("--nope")
         );
         let s = parse(&[], |k| (k == "LISTEN_FDS").then(|| "1".to_string())).expect("ok");
