@@ -96,3 +96,20 @@ impl Registry {
         expire_requests(&mut st, now);
     }
 }
+
+impl Registry {
+    /// Sweeps every `tick` (a tenth of `suspect_after`, within 10–250 ms)
+    /// until `stop`.
+    pub async fn sweep_every(self: std::sync::Arc<Self>, stop: CancellationToken) {
+        let tick = (self.cfg.health.suspect_after / 10)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = interval.tick() => self.sweep(Instant::now()),
+            }
+        }
+    }
+}

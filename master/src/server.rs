@@ -1,0 +1,160 @@
+//! The gRPC services, built in one place: health, reflection (v1 and
+//! v1alpha), `Membership` (one per socket) and `Control`, each behind the
+//! bearer-token interceptor where it must be, and the server settings both
+//! sockets share.
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::registry::{Registry, Via};
+use crate::supervisor::SupervisorHandle;
+use crate::{control, membership};
+use anyhow::Context;
+use cohort_proto::pb;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+
+/// HTTP/2 receive window of one member stream: what a sender held back by
+/// flow control ([`crate::flow`]) can have in flight to the master.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 receive window of one connection, well above one stream's, so
+/// senders held back on a shared connection leave room for the others.
+const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
+
+/// What the master serves on its two sockets.
+pub struct Services {
+    /// The gRPC address: everything.
+    pub network: Routes,
+    /// The private socket of local children: health, Membership, Control.
+    pub local: Routes,
+}
+
+/// Everything the services are built from.
+pub struct Parts<'a> {
+    /// The registry.
+    pub registry: &'a Arc<Registry>,
+    /// The configuration.
+    pub config: &'a Config,
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The supervisor, for Scale/Restart/Drain.
+    pub supervisor: SupervisorHandle,
+    /// The shared listeners' real addresses.
+    pub listeners: Vec<pb::ListenerInfo>,
+    /// Where member readers and watchers are tracked.
+    pub tasks: &'a TaskTracker,
+    /// What `Control/Shutdown` cancels and every task stops on.
+    pub stop: &'a CancellationToken,
+}
+
+impl Services {
+    /// Builds every service.
+    pub fn build(
+        parts: Parts<'_>,
+        health: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
+    ) -> anyhow::Result<Services> {
+        let Parts {
+            registry,
+            config,
+            addr,
+            supervisor,
+            listeners,
+            tasks,
+            stop,
+        } = parts;
+        let max = cohort_proto::MAX_MESSAGE_BYTES;
+        let auth = Auth::new(&config.tokens);
+        if auth.enabled() {
+            tracing::info!(
+                tokens = config.tokens.len(),
+                "bearer-token authentication on for Join and Control"
+            );
+        }
+        // One Membership service per socket: the one-time secrets of local
+        // children count only on the private socket.
+        let membership = |via| {
+            let service = membership::MembershipService::new(
+                registry.clone(),
+                via,
+                config.tls.client_ca.is_some(),
+                tasks.clone(),
+                stop.clone(),
+            );
+            let server = pb::membership_server::MembershipServer::new(service)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            InterceptedService::new(server, auth.clone())
+        };
+        let control = pb::control_server::ControlServer::new(control::ControlService::new(
+            registry.clone(),
+            addr,
+            (config.expect.agents, config.expect.workers),
+            supervisor,
+            listeners,
+            tasks.clone(),
+            stop.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let control = InterceptedService::new(control, auth.clone());
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cohort_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let network = Routes::new(health.clone())
+            .add_service(reflection().build_v1().context("building reflection v1")?)
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .context("building reflection v1alpha")?,
+            )
+            .add_service(membership(Via::Network))
+            .add_service(control.clone());
+        let local = Routes::new(health)
+            .add_service(membership(Via::LocalSocket))
+            .add_service(control);
+        Ok(Services { network, local })
+    }
+}
+
+/// A server with the settings both sockets share; TLS on the network one.
+pub fn builder(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<tonic::transport::Server> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("configuring TLS")?;
+    }
+    Ok(builder
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
+}
+
+/// Reads the `[tls]` PEM files into tonic's server TLS settings.
+pub fn server_tls(
+    cfg: &crate::config::TlsConfig,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &cfg.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        tracing::info!("mTLS on: clients need a certificate naming their member name");
+    }
+    Ok(Some(tls))
+}
