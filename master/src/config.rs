@@ -4,9 +4,11 @@
 //! is an error that names it.
 
 mod layer;
+mod sections;
+
+pub use sections::*;
 
 use layer::{Layer, LayerError};
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,126 +55,6 @@ pub enum ConfigError {
     Info(String),
 }
 
-/// How many workers to run (`"auto"` or a number in the file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum WorkerCount {
-    /// Exactly this many.
-    Fixed(u32),
-    /// One per CPU.
-    #[serde(with = "auto")]
-    Auto,
-}
-
-/// `"auto"` as the unit variant's text in the file.
-mod auto {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("auto")
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "auto" => Ok(()),
-            other => Err(serde::de::Error::custom(format!(
-                "{other:?}: use \"auto\" or a number"
-            ))),
-        }
-    }
-}
-
-/// `[agent]` or `[worker]`: a role's local slots.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RoleConfig<C> {
-    /// How many local members of the role to run.
-    pub count: C,
-    /// The command, resolved next to cohort-master when relative.
-    pub command: Vec<String>,
-}
-
-/// A listener the master binds and shares with workers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Name passed in `LISTEN_FDNAMES`.
-    pub name: String,
-    /// Address to bind.
-    pub addr: SocketAddr,
-}
-
-/// `[expect]`: members to wait for before ClusterReady.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Expect {
-    /// Ready agents needed.
-    pub agents: u32,
-    /// Ready workers needed.
-    pub workers: u32,
-}
-
-/// `[health]` timings (SPEC §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HealthConfig {
-    /// How often members heartbeat.
-    pub heartbeat_interval: Duration,
-    /// Silence after which a member is SUSPECT.
-    pub suspect_after: Duration,
-    /// Silence after which a member is evicted.
-    pub dead_after: Duration,
-}
-
-/// `[restart]` policy (used by local supervision).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RestartConfig {
-    /// A run at least this long resets the backoff.
-    pub min_uptime: Duration,
-    /// First backoff delay.
-    pub backoff_initial: Duration,
-    /// Backoff cap.
-    pub backoff_max: Duration,
-    /// How long a draining member may take to finish.
-    pub drain_timeout: Duration,
-    /// How long after SIGTERM before SIGKILL.
-    pub kill_timeout: Duration,
-    /// Restarts allowed within `restart_window` before a slot is FAILED
-    /// (0 = no limit).
-    pub max_restarts: u32,
-    /// The window `max_restarts` counts in.
-    pub restart_window: Duration,
-    /// How long a startup stage (agent, then workers) may take to be ready.
-    pub start_timeout: Duration,
-}
-
-/// `[messaging]`: per-member queues and the pre-ready hold (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MessagingConfig {
-    /// Most messages queued for one member.
-    pub queue_messages: usize,
-    /// Most bytes queued for one member.
-    pub queue_bytes: usize,
-    /// A member whose queue stays full this long is disconnected.
-    pub slow_consumer_timeout: Duration,
-    /// Most messages held before ClusterReady.
-    pub held_messages: usize,
-    /// Most requests awaiting a reply at once.
-    pub pending_requests: usize,
-    /// What happens to a delivery whose receiver's queue is full.
-    pub overflow: Overflow,
-}
-
-/// `[messaging] overflow`: what a full receiver queue does to its senders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Overflow {
-    /// The sender waits for room (flow control): nothing is lost between
-    /// healthy members; a receiver that takes nothing for
-    /// `slow_consumer_timeout` is disconnected.
-    Block,
-    /// The delivery is dropped and counted (`dropped_messages`), and a
-    /// targeted sender gets UNAVAILABLE: senders never slow down.
-    Drop,
-}
-
 /// The master's whole configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -206,25 +88,6 @@ pub struct Config {
     pub notify_socket: Option<String>,
     /// `[tls]`: serve gRPC over TLS (and require client certificates).
     pub tls: TlsConfig,
-}
-
-/// `[tls]` PEM files. With `client_ca`, clients must present a certificate
-/// signed by it whose DNS name is the member name they join as (mTLS).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// Server certificate chain.
-    pub cert: Option<PathBuf>,
-    /// Server private key.
-    pub key: Option<PathBuf>,
-    /// CA for client certificates.
-    pub client_ca: Option<PathBuf>,
-}
-
-impl TlsConfig {
-    /// Whether TLS is on.
-    pub fn enabled(&self) -> bool {
-        self.cert.is_some()
-    }
 }
 
 impl Default for Config {
