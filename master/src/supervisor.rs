@@ -260,9 +260,10 @@ impl Supervisor {
             self.start_workers();
         }
         self.publish_views();
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Sleep until the next deadline (backoff, start timeout, drain,
+            // startup stage, restart), not on a polling tick.
+            let next = self.next_deadline();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Shutdown { reply }) => {
@@ -274,7 +275,9 @@ impl Supervisor {
                     None => return,
                 },
                 Some(notice) = notices.recv() => self.notice(notice),
-                _ = tick.tick() => self.tick(),
+                _ = tokio::time::sleep_until(next.unwrap_or_else(far_future).into()), if next.is_some() => {
+                    self.tick()
+                }
             }
             self.publish_views();
         }
@@ -535,6 +538,25 @@ impl Supervisor {
             deadline: Instant::now() + self.cfg.drain_timeout,
             killed: false,
         });
+    }
+
+    /// The earliest moment something is due.
+    fn next_deadline(&self) -> Option<Instant> {
+        let slots = self
+            .entries
+            .iter()
+            .filter_map(|e| e.slot.deadline(&self.cfg.policy));
+        let retiring = self
+            .retiring
+            .iter()
+            .filter(|r| !r.killed)
+            .map(|r| r.deadline);
+        let stage = match self.stage {
+            Stage::Agent { deadline } | Stage::Workers { deadline } => Some(deadline),
+            _ => None,
+        };
+        let restart = self.restarting.as_ref().map(|r| r.deadline);
+        slots.chain(retiring).chain(stage).chain(restart).min()
     }
 
     fn tick(&mut self) {
@@ -800,4 +822,9 @@ impl Supervisor {
         let views: Vec<SlotView> = (0..self.entries.len()).map(|i| self.view(i)).collect();
         *self.views.lock().unwrap_or_else(|p| p.into_inner()) = views;
     }
+}
+
+/// A moment that never comes (a disabled sleep's placeholder).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }

@@ -178,6 +178,18 @@ impl Default for Slot {
 }
 
 impl Slot {
+    /// When this slot next needs a `Tick`: the end of its backoff, or the
+    /// start timeout of an instance not ready yet (`None`: nothing due).
+    pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
+        match self.lifecycle {
+            Lifecycle::Backoff { until, .. } => Some(until),
+            Lifecycle::Starting { since, .. } if self.condemned.is_none() => {
+                Some(since + policy.start_timeout)
+            }
+            _ => None,
+        }
+    }
+
     /// The pid of the current instance, if it runs.
     pub fn pid(&self) -> Option<u32> {
         match self.lifecycle {
@@ -494,6 +506,25 @@ mod tests {
             let name = format!("{:?}", slot.lifecycle);
             assert!(name.starts_with(state), "row {i}: {name}");
         }
+    }
+
+    #[test]
+    fn a_slot_says_when_it_needs_the_next_tick() {
+        let t0 = Instant::now();
+        let p = policy(0);
+        let mut slot = Slot::default();
+        assert_eq!(slot.deadline(&p), None);
+        step(&mut slot, Event::Start, &p, t0);
+        step(&mut slot, Event::Spawned { pid: 3 }, &p, t0);
+        assert_eq!(slot.deadline(&p), Some(t0 + p.start_timeout));
+        step(&mut slot, Event::Tick, &p, t0 + p.start_timeout);
+        assert_eq!(slot.deadline(&p), None, "being killed: nothing more due");
+        let exit = Event::Died {
+            pid: 3,
+            outcome: Outcome::Signaled(9),
+        };
+        step(&mut slot, exit, &p, t0 + p.start_timeout);
+        assert_eq!(slot.deadline(&p), Some(t0 + p.start_timeout + ms(200)));
     }
 
     #[test]
