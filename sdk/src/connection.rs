@@ -3,7 +3,8 @@
 
 use crate::Error;
 use crate::backoff::{Backoff, random_unit};
-use crate::member::{Event, Inner, MemberBuilder, Waiter, lock};
+use crate::event::Event;
+use crate::member::{Inner, MemberBuilder, Waiter, lock};
 use crate::stats::Sampler;
 use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
 use std::pin::Pin;
@@ -312,7 +313,10 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
             let _ = inner.events.send(Event::ClusterReady);
         }
         In::MemberEvent(ev) => {
-            let _ = inner.events.send(Event::Member(ev));
+            // ClusterReady also comes as its own frame; this one is the event.
+            if ev.kind != pb::EventKind::ClusterReady as i32 {
+                let _ = inner.events.send(Event::from(ev));
+            }
         }
         In::Drain(d) => {
             tracing::info!(reason = %d.reason, "the master asks this member to drain");

@@ -20,20 +20,22 @@
 //! ```
 //!
 //! Modules: [`backoff`] (reconnect delays), `member` (the handle and the
-//! messenger), `connection` (the stream, heartbeats, reconnects),
+//! messenger), `event` (cluster and connection events), `connection` (the stream, heartbeats, reconnects),
 //! `transport` (http, https with optional mTLS, unix sockets), `stats`
 //! (sysinfo sampling), `error`.
 
 pub mod backoff;
 mod connection;
 mod error;
+mod event;
 mod member;
 mod stats;
 mod transport;
 
 pub use cohort_proto::{MemberName, Role, Target, pb};
 pub use error::Error;
-pub use member::{Event, Member, MemberBuilder, Message, Subscription};
+pub use event::{Event, MemberEvent, MemberEventKind};
+pub use member::{Member, MemberBuilder, Message, Subscription};
 pub use tonic::Code;
 pub use transport::TlsFiles;
 

@@ -2,6 +2,7 @@
 
 use crate::Error;
 use crate::connection;
+use crate::event::Event;
 use bytes::Bytes;
 use cohort_proto::pb::{self, member_frame::Kind as Out};
 use cohort_proto::{MAX_MESSAGE_BYTES, MemberName, Role, Target};
@@ -160,37 +161,6 @@ impl MemberBuilder {
             Err(_) => Err(Error::Disconnected("the connection task ended".into())),
         }
     }
-}
-
-/// Something that happened to this member or the cluster.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// The expected members are all ready.
-    ClusterReady,
-    /// A member joined, became ready, turned suspect, left, ...
-    Member(pb::ClusterEvent),
-    /// The master asks this member to finish its work and leave.
-    Drain {
-        /// Why.
-        reason: String,
-    },
-    /// A fire-and-forget send failed at the master.
-    SendFailed {
-        /// The envelope's id.
-        id: String,
-        /// Why.
-        error: Error,
-    },
-    /// The stream to the master broke; the SDK is reconnecting.
-    Disconnected {
-        /// Why.
-        reason: String,
-    },
-    /// Joined again after a disconnect (a new instance id).
-    Reconnected {
-        /// The instance id of this registration.
-        instance_id: String,
-    },
 }
 
 /// A received message. Requests are answered with [`Message::reply`].
