@@ -48,6 +48,17 @@ async fn reason_of(
     }
 }
 
+/// Waits until `name` is READY again with a pid other than `old`.
+async fn replacement(addr: &str, name: &str, old: u32) -> pb::MemberInfo {
+    eventually_async(&format!("{name} READY with a new pid"), || async {
+        members(addr)
+            .await
+            .into_iter()
+            .find(|m| m.name == name && m.state == READY && m.pid != old)
+    })
+    .await
+}
+
 fn stop(master: &mut Master, pids: &[u32]) {
     master.proc.signal("TERM");
     let status = master.proc.wait_exit(Duration::from_secs(15));
@@ -83,13 +94,7 @@ async fn a_hung_local_worker_is_killed_and_replaced() {
 
     let why = reason_of(&mut events, pb::EventKind::Respawned, "worker-1").await;
     assert!(why.contains("alive but silent"), "{why}");
-    let replaced = eventually_async("worker-1 READY with a new pid", || async {
-        members(&addr)
-            .await
-            .into_iter()
-            .find(|m| m.name == "worker-1" && m.state == READY && m.pid != hung)
-    })
-    .await;
+    let replaced = replacement(&addr, "worker-1", hung).await;
     assert!(!replaced.instance_id.is_empty());
     cohort_e2e::eventually("the hung process to be gone", || {
         (!alive(hung)).then_some(())
@@ -143,13 +148,7 @@ async fn nobody_else_can_take_the_agent_role_or_a_childs_secret() {
     .expect_err("refused");
     assert_eq!(rogue.code(), tonic::Code::PermissionDenied, "{rogue:?}");
     assert!(rogue.message().contains("runs its own agent"), "{rogue:?}");
-    let agent = eventually_async("the respawned agent READY", || async {
-        members(&addr)
-            .await
-            .into_iter()
-            .find(|m| m.name == "agent" && m.state == READY && m.pid != first)
-    })
-    .await;
+    let agent = replacement(&addr, "agent", first).await;
 
     // The new agent's one-time secret, used over TCP by someone else.
     let secret = env_of(agent.pid, "COHORT_SECRET").expect("the agent has a secret");

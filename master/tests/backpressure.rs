@@ -237,16 +237,7 @@ async fn a_receiver_that_stops_reading_is_cut_off_and_only_its_senders_notice() 
         .await
         .expect_err("stuck is gone");
     assert!(err.to_string().contains("stuck"), "{err}");
-    let names: Vec<String> = control
-        .list_members(pb::ListMembersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    assert_eq!(names, ["sender", "t", "u"]);
+    assert_eq!(names(&master).await, ["sender", "t", "u"]);
     assert_eq!(dropped(&master).await, Vec::<(String, u64)>::new());
     // A connection that never reads holds up a graceful shutdown (up to its
     // grace period): the stuck client goes away first.

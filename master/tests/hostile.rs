@@ -32,17 +32,6 @@ async fn refused(master: &TestMaster, hello: pb::MemberFrame) -> tonic::Status {
     }
 }
 
-async fn names(master: &TestMaster) -> Vec<String> {
-    let list = master
-        .control()
-        .await
-        .list_members(pb::ListMembersRequest::default())
-        .await
-        .expect("ListMembers works")
-        .into_inner();
-    list.members.into_iter().map(|m| m.name).collect()
-}
-
 #[tokio::test]
 async fn oversized_hello_fields_are_refused_and_break_nothing() {
     let master = TestMaster::start(config()).await;

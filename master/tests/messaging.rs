@@ -313,18 +313,7 @@ async fn bad_input_gets_clear_statuses_and_disturbs_nobody() {
         1
     );
     assert_eq!(recv(&mut bystander_sub).await.text(), Some("yes"));
-    let names: Vec<_> = master
-        .control()
-        .await
-        .list_members(pb::ListMembersRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    assert_eq!(names, ["bystander", "other"]);
+    assert_eq!(names(&master).await, ["bystander", "other"]);
     master.stop().await;
 }
 

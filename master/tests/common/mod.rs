@@ -120,3 +120,18 @@ pub fn hello(name: &str) -> pb::MemberFrame {
         })),
     }
 }
+
+/// The names `ListMembers` shows, in its order.
+pub async fn names(master: &TestMaster) -> Vec<String> {
+    master
+        .control()
+        .await
+        .list_members(pb::ListMembersRequest::default())
+        .await
+        .expect("ListMembers works")
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect()
+}
