@@ -3,8 +3,9 @@
 
 use crate::Error;
 use crate::backoff::{Backoff, random_unit};
+use crate::builder::MemberBuilder;
 use crate::event::Event;
-use crate::member::{Inner, MemberBuilder, Waiter, lock};
+use crate::shared::{Inner, Waiter, lock};
 use crate::stats::Sampler;
 use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
 use std::pin::Pin;

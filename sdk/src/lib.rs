@@ -19,23 +19,28 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`backoff`] (reconnect delays), `member` (the handle and the
-//! messenger), `event` (cluster and connection events), `connection` (the stream, heartbeats, reconnects),
+//! Modules: [`backoff`] (reconnect delays), `builder` (how to join),
+//! `member` (the handle and the messenger), `shared` (the state the handle
+//! and the connection share, and received messages), `event` (cluster and connection events), `connection` (the stream, heartbeats, reconnects),
 //! `transport` (http, https with optional mTLS, unix sockets), `stats`
 //! (sysinfo sampling), `error`.
 
 pub mod backoff;
+mod builder;
 mod connection;
 mod error;
 mod event;
 mod member;
+mod shared;
 mod stats;
 mod transport;
 
+pub use builder::MemberBuilder;
 pub use cohort_proto::{MemberName, Role, Target, pb};
 pub use error::Error;
 pub use event::{Event, MemberEvent, MemberEventKind};
-pub use member::{Member, MemberBuilder, Message, Subscription};
+pub use member::Member;
+pub use shared::{Message, Subscription};
 pub use tonic::Code;
 pub use transport::TlsFiles;
 

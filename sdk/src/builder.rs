@@ -1,0 +1,134 @@
+//! How to join: where the master is and who this member is, from code or
+//! from the `COHORT_*` environment.
+
+use crate::Error;
+use cohort_proto::Role;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How to join: where the master is, who this member is.
+#[derive(Clone, Debug)]
+pub struct MemberBuilder {
+    pub(crate) master: String,
+    pub(crate) role: Role,
+    pub(crate) name: Option<String>,
+    pub(crate) secret: String,
+    pub(crate) token: Option<String>,
+    pub(crate) labels: HashMap<String, String>,
+    pub(crate) version: String,
+    pub(crate) join_timeout: Duration,
+    pub(crate) tls: crate::TlsFiles,
+}
+
+impl MemberBuilder {
+    /// A member of `role` joining the master at `master`
+    /// (`http://host:port`, or a bare `host:port`).
+    pub fn new(master: impl Into<String>, role: Role) -> Self {
+        let master = master.into();
+        let master = if master.contains("://") {
+            master
+        } else {
+            format!("http://{master}")
+        };
+        MemberBuilder {
+            master,
+            role,
+            name: None,
+            secret: String::new(),
+            token: None,
+            labels: HashMap::new(),
+            version: String::new(),
+            join_timeout: Duration::from_secs(30),
+            tls: crate::TlsFiles::default(),
+        }
+    }
+
+    /// Settings from the process environment (see [`crate::env`]).
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Settings from any key lookup (a map in tests).
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        use crate::env::*;
+        let master = env(MASTER).unwrap_or_else(|| "http://127.0.0.1:7420".into());
+        let role = match env(ROLE) {
+            Some(r) => r
+                .parse()
+                .map_err(|e: String| Error::Config(format!("{ROLE}: {e}")))?,
+            None => Role::Worker,
+        };
+        let mut b = MemberBuilder::new(master, role);
+        b.name = env(NAME).filter(|n| !n.is_empty());
+        b.secret = env(SECRET).unwrap_or_default();
+        b.token = match (env(TOKEN), env(TOKEN_FILE)) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| Error::Config(format!("{TOKEN_FILE} {path}: {e}")))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let read = |var: &str| -> Result<Option<Vec<u8>>, Error> {
+            env(var)
+                .filter(|p| !p.is_empty())
+                .map(|p| std::fs::read(&p).map_err(|e| Error::Config(format!("{var} {p}: {e}"))))
+                .transpose()
+        };
+        b.tls.ca = read(TLS_CA)?;
+        b.tls.identity = match (read(TLS_CERT)?, read(TLS_KEY)?) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(format!(
+                    "set both {TLS_CERT} and {TLS_KEY}, or neither"
+                )));
+            }
+        };
+        Ok(b)
+    }
+
+    /// Joins as this role instead of the one from the environment.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Asks for this name instead of one the master assigns.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds a label shown in `ListMembers`.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The member's software version, shown in `ListMembers`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The bearer token sent to the master.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// TLS material for an `https://` master.
+    pub fn tls(mut self, tls: crate::TlsFiles) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// How long [`join`](Self::join) keeps retrying an unreachable master.
+    pub fn join_timeout(mut self, t: Duration) -> Self {
+        self.join_timeout = t;
+        self
+    }
+}
