@@ -1,0 +1,118 @@
+//! The supervisor as the rest of the master sees it: a cloneable handle
+//! sending commands, and the slots' views for `ListMembers`.
+
+use super::*;
+
+/// A slot as the Control API shows it.
+#[derive(Clone, Debug)]
+pub struct SlotView {
+    /// The slot's member name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its state as shown to operators.
+    pub state: pb::MemberState,
+    /// Pid of the current instance (0 when none).
+    pub pid: u32,
+    /// Restarts after deaths.
+    pub restarts: u32,
+    /// Next attempt (Unix ms) when in BACKOFF.
+    pub next_attempt_at: u64,
+    /// How the last instance ended, or why the slot FAILED.
+    pub last_exit: String,
+}
+
+impl SlotView {
+    /// The view as a `MemberInfo` (for slots with no registered member).
+    pub fn info(&self) -> pb::MemberInfo {
+        pb::MemberInfo {
+            name: self.name.clone(),
+            role: self.role.into(),
+            state: self.state as i32,
+            pid: self.pid,
+            local: true,
+            restarts: self.restarts,
+            next_attempt_at: self.next_attempt_at,
+            last_exit: self.last_exit.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+pub(super) enum Command {
+    Exited {
+        pid: u32,
+        outcome: Outcome,
+    },
+    Scale {
+        role: Role,
+        count: u32,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Restart {
+        member: Option<String>,
+        role: Option<Role>,
+        rolling: bool,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable control of the supervisor task.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+    pub(super) views: Arc<Mutex<Vec<SlotView>>>,
+}
+
+pub(super) fn gone() -> Status {
+    Status::unavailable("the master is shutting down")
+}
+
+impl SupervisorHandle {
+    /// Every slot, agent first.
+    pub fn views(&self) -> Vec<SlotView> {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the number of local members of `role`.
+    pub async fn scale(&self, role: Role, count: u32) -> Result<(), Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Scale { role, count, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Restarts one member or every member of a role; returns once the new
+    /// instances are ready.
+    pub async fn restart(
+        &self,
+        member: Option<String>,
+        role: Option<Role>,
+        rolling: bool,
+    ) -> Result<(), Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Restart {
+                member,
+                role,
+                rolling,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Ends the workers, then the agent; returns when all have exited.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The transition table, backoff, restart limits and deadlines.
+
+use super::*;
+
+fn policy(max_restarts: u32) -> Policy {
+    Policy {
+        min_uptime: Duration::from_secs(1),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(30),
+        max_restarts,
+        restart_window: Duration::from_secs(60),
+        start_timeout: Duration::from_secs(30),
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn backoff_doubles_from_200ms_and_caps_at_30s() {
+    let p = policy(0);
+    let delays: Vec<_> = (1..=10).map(|a| backoff_delay(&p, a).as_millis()).collect();
+    assert_eq!(
+        delays,
+        [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+    );
+}
+
+#[test]
+fn transitions_follow_the_table() {
+    let t0 = Instant::now();
+    let p = policy(0);
+    let exit = || Outcome::Exited(1);
+    // (event, at ms, expected actions, expected lifecycle name)
+    let table: Vec<(Event, u64, Vec<Action>, &str)> = vec![
+        (Event::Start, 0, vec![Action::Spawn], "Spawning"),
+        (Event::Spawned { pid: 10 }, 0, vec![], "Starting"),
+        (Event::Ready { pid: 99 }, 5, vec![], "Starting"), // another pid: ignored
+        (Event::Ready { pid: 10 }, 5, vec![], "Ready"),
+        // Ran 2 s >= min_uptime: respawn at once.
+        (
+            Event::Died {
+                pid: 10,
+                outcome: exit(),
+            },
+            2000,
+            vec![Action::Respawned { outcome: exit() }, Action::Spawn],
+            "Spawning",
+        ),
+        (Event::Spawned { pid: 11 }, 2000, vec![], "Starting"),
+        // Died before ready and early: the replacement is replaced, after a backoff.
+        (
+            Event::Died {
+                pid: 11,
+                outcome: exit(),
+            },
+            2100,
+            vec![Action::Backoff {
+                delay: ms(200),
+                outcome: exit(),
+            }],
+            "Backoff",
+        ),
+        (Event::Tick, 2200, vec![], "Backoff"),
+        (Event::Tick, 2300, vec![Action::Spawn], "Spawning"),
+        (
+            Event::Died {
+                pid: 0,
+                outcome: Outcome::SpawnFailed("no such file".into()),
+            },
+            2300,
+            vec![Action::Backoff {
+                delay: ms(400),
+                outcome: Outcome::SpawnFailed("no such file".into()),
+            }],
+            "Backoff",
+        ),
+        (Event::Replace, 2400, vec![Action::Spawn], "Spawning"),
+        (Event::Spawned { pid: 12 }, 2400, vec![], "Starting"),
+        (
+            Event::Died {
+                pid: 77,
+                outcome: exit(),
+            },
+            2500,
+            vec![],
+            "Starting",
+        ), // not ours
+        (Event::Replace, 2600, vec![Action::Spawn], "Spawning"),
+        (Event::Stop, 2700, vec![], "Stopped"),
+        (
+            Event::Died {
+                pid: 12,
+                outcome: exit(),
+            },
+            2800,
+            vec![],
+            "Stopped",
+        ),
+    ];
+    let mut slot = Slot::default();
+    for (i, (event, at, actions, state)) in table.into_iter().enumerate() {
+        let got = step(&mut slot, event, &p, t0 + ms(at));
+        assert_eq!(got, actions, "row {i}");
+        let name = format!("{:?}", slot.lifecycle);
+        assert!(name.starts_with(state), "row {i}: {name}");
+    }
+    assert_eq!(slot.restarts, 3);
+}
+
+#[test]
+fn hung_and_never_ready_instances_are_killed_then_replaced() {
+    let t0 = Instant::now();
+    let p = policy(0);
+    let hung = |pid| Event::Hung {
+        pid,
+        reason: "no heartbeat for 10000 ms".into(),
+    };
+    let silent = "alive but silent (no heartbeat for 10000 ms)".to_string();
+    let late = "not ready 30000 ms after it started (start_timeout)".to_string();
+    let sigkill = |pid| Event::Died {
+        pid,
+        outcome: Outcome::Signaled(9),
+    };
+    type Row = (Event, u64, Vec<Action>, &'static str);
+    let table: Vec<Row> = vec![
+        (Event::Start, 0, vec![Action::Spawn], "Spawning"),
+        (Event::Spawned { pid: 10 }, 0, vec![], "Starting"),
+        (Event::Ready { pid: 10 }, 100, vec![], "Ready"),
+        (hung(99), 20_000, vec![], "Ready"), // another instance: ignored
+        (
+            hung(10),
+            20_000,
+            vec![Action::Kill {
+                pid: 10,
+                reason: silent.clone(),
+            }],
+            "Ready",
+        ),
+        (hung(10), 20_100, vec![], "Ready"), // already being killed
+        (
+            sigkill(10),
+            20_200,
+            vec![
+                Action::Respawned {
+                    outcome: Outcome::Killed(silent),
+                },
+                Action::Spawn,
+            ],
+            "Spawning",
+        ),
+        (Event::Spawned { pid: 11 }, 20_200, vec![], "Starting"),
+        (Event::Tick, 50_000, vec![], "Starting"), // not yet 30 s
+        (
+            Event::Tick,
+            50_200,
+            vec![Action::Kill {
+                pid: 11,
+                reason: late.clone(),
+            }],
+            "Starting",
+        ),
+        (Event::Tick, 50_300, vec![], "Starting"),
+        (
+            sigkill(11),
+            50_400,
+            vec![Action::Backoff {
+                delay: ms(200),
+                outcome: Outcome::Killed(late),
+            }],
+            "Backoff",
+        ),
+    ];
+    let mut slot = Slot::default();
+    for (i, (event, at, actions, state)) in table.into_iter().enumerate() {
+        let got = step(&mut slot, event, &p, t0 + ms(at));
+        assert_eq!(got, actions, "row {i}");
+        let name = format!("{:?}", slot.lifecycle);
+        assert!(name.starts_with(state), "row {i}: {name}");
+    }
+}
+
+#[test]
+fn a_slot_says_when_it_needs_the_next_tick() {
+    let t0 = Instant::now();
+    let p = policy(0);
+    let mut slot = Slot::default();
+    assert_eq!(slot.deadline(&p), None);
+    step(&mut slot, Event::Start, &p, t0);
+    step(&mut slot, Event::Spawned { pid: 3 }, &p, t0);
+    assert_eq!(slot.deadline(&p), Some(t0 + p.start_timeout));
+    step(&mut slot, Event::Tick, &p, t0 + p.start_timeout);
+    assert_eq!(slot.deadline(&p), None, "being killed: nothing more due");
+    let exit = Event::Died {
+        pid: 3,
+        outcome: Outcome::Signaled(9),
+    };
+    step(&mut slot, exit, &p, t0 + p.start_timeout);
+    assert_eq!(slot.deadline(&p), Some(t0 + p.start_timeout + ms(200)));
+}
+
+#[test]
+fn too_many_restarts_in_the_window_fail_the_slot() {
+    let t0 = Instant::now();
+    let p = policy(2);
+    let mut slot = Slot::default();
+    let mut failed = None;
+    for i in 0..3u64 {
+        step(&mut slot, Event::Start, &p, t0);
+        step(&mut slot, Event::Replace, &p, t0);
+        step(&mut slot, Event::Spawned { pid: 5 }, &p, t0 + ms(i * 2000));
+        let actions = step(
+            &mut slot,
+            Event::Died {
+                pid: 5,
+                outcome: Outcome::Signaled(9),
+            },
+            &p,
+            t0 + ms(i * 2000 + 1500),
+        );
+        if let Some(Action::Failed { reason }) = actions.first() {
+            failed = Some((i, reason.clone()));
+        }
+    }
+    let (at, reason) = failed.expect("failed");
+    assert_eq!(at, 2, "the third restart within the window fails");
+    assert!(reason.contains("max_restarts = 2"), "{reason}");
+    assert!(matches!(slot.lifecycle, Lifecycle::Failed { .. }));
+    // An operator can start it again.
+    assert_eq!(
+        step(&mut slot, Event::Start, &p, t0 + ms(9000)),
+        vec![Action::Spawn]
+    );
+}
