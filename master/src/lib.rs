@@ -211,6 +211,7 @@ fn registry_config(config: &Config, agents: u32, workers: u32) -> RegistryConfig
             workers: config.expect.workers + workers,
         },
         join_timeout: config.restart.start_timeout,
+        drain_timeout: config.restart.drain_timeout,
         local_agent: agents > 0,
     }
 }

@@ -105,6 +105,8 @@ struct State {
     end: Option<(Status, bool)>,
     /// The stream was dropped or has ended: nothing more is accepted.
     closed: bool,
+    /// The ending's `error` frame went out.
+    told: bool,
 }
 
 #[derive(Debug)]
@@ -155,6 +157,7 @@ pub fn channel(bounds: Bounds, batches: bool) -> (Outbound, OutboundStream) {
             waker: None,
             end: None,
             closed: false,
+            told: false,
         }),
         slots: Semaphore::new(bounds.messages),
         bytes: Semaphore::new(bounds.bytes),

@@ -95,6 +95,8 @@ pub struct RegistryConfig {
     pub expect: Expect,
     /// A member not ready this long after its hello is dropped.
     pub join_timeout: Duration,
+    /// How long a draining member may take (told in `Drain.deadline_ms`).
+    pub drain_timeout: Duration,
     /// The master runs its own agent: the agent role is reserved for it.
     pub local_agent: bool,
 }
@@ -331,7 +333,7 @@ impl Registry {
         let info = m.info();
         let _ = m.push(frame(Out::Drain(pb::Drain {
             reason: "drain requested by an operator".into(),
-            deadline_ms: 0,
+            deadline_ms: ms(self.cfg.drain_timeout),
         })));
         self.publish(
             &mut st,

@@ -322,7 +322,10 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
         In::Drain(d) => {
             tracing::info!(reason = %d.reason, "the master asks this member to drain");
             inner.drain.send_replace(Some(d.reason.clone()));
-            let _ = inner.events.send(Event::Drain { reason: d.reason });
+            let _ = inner.events.send(Event::Drain {
+                reason: d.reason,
+                within: Duration::from_millis(u64::from(d.deadline_ms)),
+            });
         }
         In::SendResult(r) => {
             let error = (r.code != 0).then(|| Error::Status {

@@ -15,6 +15,9 @@ pub enum Event {
     Drain {
         /// Why.
         reason: String,
+        /// How long the master gives this member to finish (then it may be
+        /// killed); zero if it did not say.
+        within: std::time::Duration,
     },
     /// A fire-and-forget send failed at the master.
     SendFailed {

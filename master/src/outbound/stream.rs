@@ -16,6 +16,20 @@ impl OutboundStream {
         let mut st = self.shared.lock();
         // An end without drain emptied the queue already.
         let Some(entry) = st.items.pop_front() else {
+            // The reason goes in-band first (the contract's `error` frame),
+            // then as the stream's status.
+            if let Some((status, _)) = &st.end
+                && !st.told
+            {
+                let error = pb::StreamError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                };
+                st.told = true;
+                return Poll::Ready(Some(Ok(pb::MasterFrame {
+                    kind: Some(Kind::Error(error)),
+                })));
+            }
             if let Some((status, _)) = st.end.take() {
                 st.closed = true;
                 return Poll::Ready(Some(Err(status)));

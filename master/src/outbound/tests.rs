@@ -87,6 +87,9 @@ async fn batches_only_what_is_queued_and_keeps_order() {
             Ok(pb::MasterFrame {
                 kind: Some(Kind::ClusterReady(_)),
             }) => "ready".into(),
+            Ok(pb::MasterFrame {
+                kind: Some(Kind::Error(e)),
+            }) => format!("error {}", e.message),
             Ok(other) => format!("{other:?}"),
             Err(s) => format!("end {}", s.message()),
         });
@@ -97,6 +100,7 @@ async fn batches_only_what_is_queued_and_keeps_order() {
             "batch[\"0\", \"1\", \"2\"]",
             "ready",
             "deliver 3",
+            "error done",
             "end done"
         ]
     );
@@ -146,6 +150,8 @@ async fn close_frees_the_queue_wakes_waiters_and_ends_the_stream_at_once() {
     tx.close(Status::unavailable("slow consumer"));
     assert_eq!(waiter.await.expect("join"), Err(PushError::Closed));
     assert_eq!(tx.depth(), 0);
+    let told = rx.next().await.expect("error frame").expect("a frame");
+    assert!(matches!(told.kind, Some(Kind::Error(e)) if e.message == "slow consumer"));
     let end = rx.next().await.expect("status");
     assert_eq!(end.expect_err("status").message(), "slow consumer");
     assert!(rx.next().await.is_none());

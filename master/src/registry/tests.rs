@@ -17,6 +17,7 @@ fn registry(expect_workers: u32) -> (Registry, tokio::sync::mpsc::Receiver<Notic
             workers: expect_workers,
         },
         join_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(30),
         local_agent: false,
     };
     (Registry::new(cfg, Some(tx)), rx)
@@ -70,6 +71,8 @@ async fn frames(j: &mut Joined) -> Vec<String> {
                 format!("result {} {:?}", r.id, Code::from_i32(r.code))
             }
             Ok(Some(Out::HeartbeatAck(_))) => "ack".into(),
+            Ok(Some(Out::Drain(d))) => format!("drain within {} ms", d.deadline_ms),
+            Ok(Some(Out::Error(e))) => format!("error {}", e.message),
             Ok(other) => format!("{other:?}"),
             Err(status) => format!("end {:?}", status.code()),
         });
@@ -245,4 +248,21 @@ async fn a_reply_counts_only_from_the_instance_asked_and_requests_expire() {
     assert!(frames(&mut a).await.is_empty());
     r.sweep(t0 + 100 * MS);
     assert_eq!(frames(&mut a).await, ["result q2 DeadlineExceeded"]);
+}
+
+#[tokio::test]
+async fn a_drain_says_how_long_and_an_eviction_says_why() {
+    let (r, _) = registry(0);
+    let t0 = Instant::now();
+    let mut a = join(&r, "a", t0);
+    frames(&mut a).await;
+    r.drain("a").expect("drain");
+    assert_eq!(frames(&mut a).await[0], "drain within 30000 ms");
+    r.sweep(t0 + Config::default().health.dead_after);
+    let end = frames(&mut a).await;
+    assert!(
+        end[0].starts_with("error removed from the cluster: no heartbeat"),
+        "{end:?}"
+    );
+    assert_eq!(end[1], "end Unavailable");
 }
