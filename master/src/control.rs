@@ -160,9 +160,7 @@ impl pb::control_server::Control for ControlService {
             if let Some(cut) = outcome.cut_off.first()
                 && sent.routed.targeted
             {
-                return Err(Status::unavailable(format!(
-                    "{cut} was disconnected before it took the message; it was dropped"
-                )));
+                return Err(crate::registry::RouteError::CutOff(cut.clone()).into());
             }
             delivered += outcome.reached;
         }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 mod barrier;
+mod error;
 mod events;
 mod health;
 mod join;
@@ -40,6 +41,7 @@ use members::*;
 use requests::*;
 use router::*;
 
+pub use error::RouteError;
 pub use join::{
     MAX_HOST_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_VERSION_LEN, Via,
     WELCOME_MEMBERS,
@@ -327,7 +329,7 @@ impl Registry {
         let mut st = self.lock();
         let name = resolve_member(&st, member)?;
         let Some(m) = st.members.get_mut(&name) else {
-            return Err(not_found(member));
+            return Err(not_found(member).into());
         };
         m.presence = Presence::Draining;
         let info = m.info();
@@ -372,7 +374,7 @@ impl Registry {
         st.members
             .get(&name)
             .map(Member::info)
-            .ok_or_else(|| not_found(member))
+            .ok_or_else(|| not_found(member).into())
     }
 
     /// Counts by role and state.

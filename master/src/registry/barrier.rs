@@ -24,10 +24,7 @@ impl Registry {
             return self.dispatch(st, sender, env, request, self.mode(), now);
         }
         if st.held.len() >= self.cfg.messaging.held_messages {
-            let status = Status::resource_exhausted(format!(
-                "{} messages are already held until the cluster is ready; try again after ClusterReady",
-                st.held.len()
-            ));
+            let status = RouteError::HeldFull(st.held.len());
             if let Some(m) = st.members.get_mut(sender) {
                 m.push_result(env.id, Err(status));
             }

@@ -93,10 +93,13 @@ impl Member {
         None
     }
 
-    pub(super) fn push_result(&mut self, id: String, status: Result<u32, Status>) {
+    pub(super) fn push_result(&mut self, id: String, status: Result<u32, RouteError>) {
         let (code, message, delivered) = match status {
             Ok(n) => (Code::Ok, String::new(), n),
-            Err(s) => (s.code(), s.message().to_string(), 0),
+            Err(e) => {
+                let s = Status::from(e);
+                (s.code(), s.message().to_string(), 0)
+            }
         };
         let frame = frame(Out::SendResult(pb::SendResult {
             id,
@@ -125,14 +128,12 @@ impl State {
     }
 }
 
-pub(super) fn not_found(member: &str) -> Status {
-    Status::not_found(format!(
-        "no member named {member}: list them with Control/ListMembers (a name, an instance id or pid@host)"
-    ))
+pub(super) fn not_found(member: &str) -> RouteError {
+    RouteError::NotFound(member.to_string())
 }
 
 /// Finds a member by name, instance id, or `pid@host`.
-pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, Status> {
+pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, RouteError> {
     if let Some((name, _)) = st.members.get_key_value(key) {
         return Ok(name.clone());
     }

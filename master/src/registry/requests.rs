@@ -29,18 +29,13 @@ impl Registry {
         mut env: pb::Envelope,
         mode: Mode,
         now: Instant,
-    ) -> Result<Routed, Status> {
-        let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
+    ) -> Result<Routed, RouteError> {
+        let target = Target::try_from(env.target.as_ref()).map_err(RouteError::BadTarget)?;
         if matches!(target, Target::All | Target::Role(_)) {
-            return Err(Status::invalid_argument(
-                "a request goes to one member: use target.member or target.random",
-            ));
+            return Err(RouteError::RequestToMany);
         }
         if st.pending.len() >= self.cfg.messaging.pending_requests {
-            return Err(Status::resource_exhausted(format!(
-                "{} requests are already waiting for replies; retry later",
-                st.pending.len()
-            )));
+            return Err(RouteError::TooManyPending(st.pending.len()));
         }
         // Unguessable, so no member can aim a reply at another's request.
         let rid = uuid::Uuid::new_v4().simple().to_string();
@@ -83,10 +78,7 @@ impl Registry {
             None
         };
         let Some(p) = pending else {
-            let status = Status::not_found(format!(
-                "no request {:?} is waiting for a reply: it timed out or was answered already",
-                env.reply_to
-            ));
+            let status = RouteError::NoSuchRequest(env.reply_to.clone());
             if let Some(m) = st.members.get_mut(replier) {
                 m.push_result(env.id, Err(status));
             }
@@ -108,9 +100,7 @@ impl Registry {
         let requester = st.by_instance.get(&instance).cloned();
         let routed = match requester {
             Some(name) => offer_to(st, replier.as_str(), &name, env, self.mode()),
-            None => Err(Status::unavailable(
-                "the requester has left; the reply was dropped",
-            )),
+            None => Err(RouteError::RequesterLeft),
         };
         match routed {
             Ok(routed) if routed.waits.is_empty() => None,
@@ -148,8 +138,7 @@ pub(super) fn expire_requests(st: &mut State, now: Instant) {
         if let Requester::Member(instance) = p.requester {
             let name = st.by_instance.get(&instance).cloned();
             if let Some(m) = name.and_then(|n| st.members.get_mut(&n)) {
-                let status = Status::deadline_exceeded("no reply before the request's deadline");
-                m.push_result(p.original_id, Err(status));
+                m.push_result(p.original_id, Err(RouteError::Deadline));
             }
         }
     }

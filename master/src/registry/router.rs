@@ -43,8 +43,8 @@ pub(super) fn route(
     from: &str,
     env: pb::Envelope,
     mode: Mode,
-) -> Result<Routed, Status> {
-    let target = Target::try_from(env.target.as_ref()).map_err(Status::invalid_argument)?;
+) -> Result<Routed, RouteError> {
+    let target = Target::try_from(env.target.as_ref()).map_err(RouteError::BadTarget)?;
     deliver(st, from, env, target, mode)
 }
 
@@ -56,11 +56,9 @@ pub(super) fn deliver(
     mut env: pb::Envelope,
     target: Target,
     mode: Mode,
-) -> Result<Routed, Status> {
+) -> Result<Routed, RouteError> {
     if env.action.is_empty() {
-        return Err(Status::invalid_argument(
-            "envelope.action is empty: name what the message is about",
-        ));
+        return Err(RouteError::EmptyAction);
     }
     env.from = from.to_string();
     env.target = None;
@@ -94,7 +92,7 @@ pub(super) fn offer_to(
     to: &MemberName,
     env: pb::Envelope,
     mode: Mode,
-) -> Result<Routed, Status> {
+) -> Result<Routed, RouteError> {
     let m = st
         .members
         .get_mut(to)
@@ -106,12 +104,8 @@ pub(super) fn offer_to(
     };
     match offer(m, from, env, mode, &mut routed) {
         Ok(()) => Ok(routed),
-        Err(PushError::Full) => Err(Status::unavailable(format!(
-            "{to} is not keeping up (its queue is full); the message was dropped"
-        ))),
-        Err(PushError::Closed) => Err(Status::unavailable(format!(
-            "{to} is leaving; the message was dropped"
-        ))),
+        Err(PushError::Full) => Err(RouteError::Full(to.clone())),
+        Err(PushError::Closed) => Err(RouteError::Leaving(to.clone())),
     }
 }
 
@@ -156,7 +150,7 @@ pub(super) fn offer(
 }
 
 /// The next ready member of `role` after the last one picked, by name.
-pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, Status> {
+pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, RouteError> {
     let eligible = |m: &&Member| m.role == role && m.presence == Presence::Ready && !m.suspect;
     let after = st.last_random.get(&role);
     let next = after
@@ -171,7 +165,7 @@ pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, Stat
         })
         .or_else(|| st.members.values().find(eligible))
         .map(|m| m.name.clone())
-        .ok_or_else(|| Status::unavailable(format!("no ready {role} to receive it")))?;
+        .ok_or(RouteError::NoneReady(role))?;
     st.last_random.insert(role, next.clone());
     Ok(next)
 }
@@ -214,9 +208,9 @@ impl Registry {
             st.pending.remove(rid);
         }
         let result = match outcome.cut_off.first() {
-            Some(cut) if then.targeted || then.request.is_some() => Err(Status::unavailable(
-                format!("{cut} was disconnected before it took the message; it was dropped"),
-            )),
+            Some(cut) if then.targeted || then.request.is_some() => {
+                Err(RouteError::CutOff(cut.clone()))
+            }
             _ => Ok(then.reached + outcome.reached),
         };
         if (then.ack || result.is_err())
@@ -266,7 +260,7 @@ impl Registry {
                 None
             }
             Err(status) => {
-                tracing::debug!(member.name = %sender, error = %status.message(), "send failed");
+                tracing::debug!(member.name = %sender, error = %status, "send failed");
                 if let Some(m) = st.members.get_mut(sender) {
                     m.push_result(id, Err(status));
                 }
@@ -283,7 +277,7 @@ impl Registry {
         env: pb::Envelope,
         expect_reply: bool,
         now: Instant,
-    ) -> Result<ControlSend, Status> {
+    ) -> Result<ControlSend, RouteError> {
         let mut st = self.lock();
         let mode = self.mode();
         if expect_reply {
