@@ -146,7 +146,7 @@ impl pb::control_server::Control for ControlService {
             // Receivers with full queues: wait for room like a member's
             // sender would, within the call's timeout.
             let waits = sent.routed.waits;
-            let waited = flow::wait_for_room(waits, &self.registry, "", timeout, &self.shutdown);
+            let waited = flow::wait_for_room(waits, &self.registry, None, timeout, &self.shutdown);
             let outcome = match tokio::time::timeout(timeout, waited).await {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => return Err(Status::unavailable("the master is shutting down")),

@@ -35,7 +35,7 @@
 //! and sends it a heartbeat ack each interval ("alive, held back").
 
 use crate::outbound::{Outbound, PushError};
-use crate::registry::Registry;
+use crate::registry::{InstanceId, Registry};
 use cohort_proto::{MemberName, pb};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -90,7 +90,7 @@ pub struct Outcome {
 pub async fn pause_for_own_room(
     own: &Outbound,
     registry: &Registry,
-    sender: &str,
+    sender: &InstanceId,
     interval: Duration,
     stop: &CancellationToken,
 ) -> bool {
@@ -108,12 +108,12 @@ pub async fn pause_for_own_room(
 }
 
 /// Delivers each waiting envelope as room appears, in order. While it waits
-/// it vouches for `sender` every `interval`. Returns `None` if `stop`
-/// fires first.
+/// it vouches for `sender` (a member; `None` for `Control/Send`) every
+/// `interval`. Returns `None` if `stop` fires first.
 pub async fn wait_for_room(
     waits: Vec<Wait>,
     registry: &Registry,
-    sender: &str,
+    sender: Option<&InstanceId>,
     interval: Duration,
     stop: &CancellationToken,
 ) -> Option<Outcome> {
@@ -128,7 +128,11 @@ pub async fn wait_for_room(
         let delivered = loop {
             tokio::select! {
                 room = &mut room => break room.and_then(|r| w.to.deliver_into(r, w.envelope)),
-                _ = ticker.tick() => registry.vouch(sender),
+                _ = ticker.tick() => {
+                    if let Some(sender) = sender {
+                        registry.vouch(sender);
+                    }
+                }
                 _ = stop.cancelled() => return None,
             }
         };

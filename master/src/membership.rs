@@ -5,7 +5,7 @@
 
 use crate::flow::{self, Stall};
 use crate::outbound::OutboundStream;
-use crate::registry::{Registry, Via};
+use crate::registry::{InstanceId, Registry, Via};
 use cohort_proto::pb::{self, member_frame::Kind as In};
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,7 +175,7 @@ impl pb::membership_server::Membership for MembershipService {
 /// every member is).
 async fn wait_out(
     registry: &Registry,
-    instance: &str,
+    instance: &InstanceId,
     mut stall: Stall,
     heartbeat: Duration,
     stop: &CancellationToken,
@@ -183,7 +183,8 @@ async fn wait_out(
     registry.hold_back(instance, true, Instant::now().into_std());
     loop {
         let waits = std::mem::take(&mut stall.waits);
-        let Some(outcome) = flow::wait_for_room(waits, registry, instance, heartbeat, stop).await
+        let Some(outcome) =
+            flow::wait_for_room(waits, registry, Some(instance), heartbeat, stop).await
         else {
             return false;
         };

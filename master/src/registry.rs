@@ -46,6 +46,7 @@ pub use join::{
     MAX_HOST_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_VERSION_LEN, Via,
     WELCOME_MEMBERS,
 };
+pub use members::InstanceId;
 pub use requests::Requester;
 pub use router::{ControlSend, Routed};
 
@@ -109,14 +110,14 @@ fn frame(kind: Out) -> pb::MasterFrame {
 
 struct State {
     members: BTreeMap<MemberName, Member>,
-    by_instance: HashMap<String, MemberName>,
+    by_instance: HashMap<InstanceId, MemberName>,
     last_random: HashMap<Role, MemberName>,
     cluster_ready: bool,
     held: VecDeque<Held>,
     pending: HashMap<String, Pending>,
     /// The instance that registered with each slot's current secret: a
     /// secret serves one live registration.
-    secret_holders: HashMap<String, String>,
+    secret_holders: HashMap<String, InstanceId>,
     /// Names of the master's own slots and the one-time secret of each
     /// slot's newest instance.
     secrets: HashMap<String, String>,
@@ -125,7 +126,7 @@ struct State {
 /// A registered member's stream: what the Join handler needs.
 pub struct Joined {
     /// The member's new instance id.
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     /// Its (possibly assigned) name.
     pub name: MemberName,
     /// Frames for the member, welcome first.
@@ -224,7 +225,7 @@ impl Registry {
     /// ([`crate::flow`]) before it reads on.
     pub fn on_frame(
         &self,
-        instance: &str,
+        instance: &InstanceId,
         kind: In,
         now: Instant,
     ) -> Result<Option<Stall>, Status> {
@@ -292,7 +293,7 @@ impl Registry {
 
     /// Removes a member whose stream ended or broke the protocol, if it is
     /// still this instance; `status` ends its stream.
-    pub fn disconnect(&self, instance: &str, status: Status) {
+    pub fn disconnect(&self, instance: &InstanceId, status: Status) {
         let mut st = self.lock();
         if let Some(name) = st.by_instance.get(instance).cloned() {
             self.remove(&mut st, &name, status);

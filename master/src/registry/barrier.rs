@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) struct Held {
-    pub(super) sender: String,
+    pub(super) sender: InstanceId,
     pub(super) request: bool,
     pub(super) envelope: pb::Envelope,
 }

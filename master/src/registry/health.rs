@@ -5,7 +5,7 @@ use super::*;
 
 impl Registry {
     /// Marks a member's reader as waiting for room (or done waiting).
-    pub fn hold_back(&self, instance: &str, held: bool, now: Instant) {
+    pub fn hold_back(&self, instance: &InstanceId, held: bool, now: Instant) {
         let mut st = self.lock();
         let Some(name) = st.by_instance.get(instance).cloned() else {
             return;
@@ -18,7 +18,7 @@ impl Registry {
 
     /// Vouches for a member whose reader waits for room: it is alive, just
     /// not read; its heartbeat clock and its own ack watchdog stay content.
-    pub fn vouch(&self, instance: &str) {
+    pub fn vouch(&self, instance: &InstanceId) {
         let mut st = self.lock();
         let Some(name) = st.by_instance.get(instance).cloned() else {
             return;

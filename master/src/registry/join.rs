@@ -155,7 +155,7 @@ impl Registry {
                 agent.name
             )));
         }
-        let instance_id = uuid::Uuid::new_v4().to_string();
+        let instance_id = InstanceId::new();
         let m_cfg = self.cfg.messaging;
         let bounds = outbound::Bounds {
             messages: m_cfg.queue_messages,
@@ -190,7 +190,7 @@ impl Registry {
         let info = member.info();
         let welcome = pb::Welcome {
             name: name.to_string(),
-            instance_id: instance_id.clone(),
+            instance_id: instance_id.to_string(),
             settings: Some(self.settings()),
             // Bounded: a welcome must fit in a frame however large the
             // cluster; Control/ListMembers lists them all.
@@ -225,7 +225,7 @@ impl Registry {
     pub(super) fn seen(
         &self,
         st: &mut State,
-        instance: &str,
+        instance: &InstanceId,
         now: Instant,
     ) -> Result<MemberName, Status> {
         let gone = || Status::unavailable("this member was evicted; reconnect and join again");

@@ -17,7 +17,7 @@ pub(super) enum Presence {
 /// One connected member.
 pub(super) struct Member {
     pub(super) name: MemberName,
-    pub(super) instance_id: String,
+    pub(super) instance_id: InstanceId,
     pub(super) role: Role,
     pub(super) presence: Presence,
     pub(super) suspect: bool,
@@ -52,7 +52,7 @@ impl Member {
         };
         pb::MemberInfo {
             name: self.name.to_string(),
-            instance_id: self.instance_id.clone(),
+            instance_id: self.instance_id.to_string(),
             role: self.role.into(),
             state: state as i32,
             pid: self.pid,
@@ -147,4 +147,39 @@ pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, RouteE
         return Ok(m.name.clone());
     }
     Err(not_found(key))
+}
+
+/// One registration of a member: a fresh UUID per join, so a message
+/// addressed to an old instance never reaches its replacement.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// A new, unguessable id.
+    pub fn new() -> InstanceId {
+        InstanceId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as text (as members and operators see it).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for InstanceId {
+    fn default() -> Self {
+        InstanceId::new()
+    }
+}
+
+impl std::borrow::Borrow<str> for InstanceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }

@@ -6,7 +6,7 @@ use super::*;
 /// Who waits for a reply.
 pub enum Requester {
     /// A member, by instance id.
-    Member(String),
+    Member(InstanceId),
     /// A `Control/Send` call.
     Control(oneshot::Sender<pb::Envelope>),
 }
@@ -16,7 +16,7 @@ pub(super) struct Pending {
     pub(super) original_id: String,
     /// The instance the request was delivered to: the only one whose reply
     /// is accepted.
-    pub(super) responder: String,
+    pub(super) responder: Option<InstanceId>,
     pub(super) deadline: Instant,
 }
 
@@ -51,7 +51,7 @@ impl Registry {
             Pending {
                 requester,
                 original_id,
-                responder: routed.to.take().unwrap_or_default(),
+                responder: routed.to.take(),
                 deadline: now + timeout,
             },
         );
@@ -65,11 +65,11 @@ impl Registry {
         replier: &MemberName,
         mut env: pb::Envelope,
     ) -> Option<Stall> {
-        let replier_instance = st.members.get(replier).map(|m| m.instance_id.as_str());
+        let replier_instance = st.members.get(replier).map(|m| &m.instance_id);
         let addressed = st
             .pending
             .get(&env.reply_to)
-            .is_some_and(|p| Some(p.responder.as_str()) == replier_instance);
+            .is_some_and(|p| p.responder.is_some() && p.responder.as_ref() == replier_instance);
         // A reply from anyone but the instance that got the request is
         // refused as if no such request existed: it reveals nothing.
         let pending = if addressed {

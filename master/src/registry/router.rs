@@ -26,7 +26,7 @@ pub struct Routed {
     /// The master-side id of a request.
     pub request: Option<String>,
     /// The instance a targeted envelope went to.
-    pub to: Option<String>,
+    pub to: Option<InstanceId>,
 }
 
 /// What `Control/Send` routed.
@@ -194,7 +194,7 @@ impl Registry {
     /// then routes the rest of its batch.
     pub fn settle(
         &self,
-        instance: &str,
+        instance: &InstanceId,
         then: Then,
         outcome: Outcome,
         rest: Vec<pb::Envelope>,

@@ -108,7 +108,10 @@ async fn targets_reach_exactly_their_members() {
         (Target::Role(Role::Worker), ["x from a", "x from a", ""]),
         (Target::Role(Role::Agent), ["", "", "x from a"]),
         (Target::Member("b".into()), ["", "x from a", ""]),
-        (Target::Member(b.instance_id.clone()), ["", "x from a", ""]),
+        (
+            Target::Member(b.instance_id.to_string()),
+            ["", "x from a", ""],
+        ),
     ];
     for (target, expected) in rows {
         let stall = r
