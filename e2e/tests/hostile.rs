@@ -173,33 +173,29 @@ async fn nobody_else_can_take_the_agent_role_or_a_childs_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_mistakes_get_clear_answers() {
     let mut first = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
+    // A master without members, listening on `listen`.
+    let bare = |listen: &str| {
+        let mut cmd = std::process::Command::new(cohort_e2e::bin("cohort-master"));
+        cmd.args([
+            "--agent-count",
+            "0",
+            "--worker-count",
+            "0",
+            "--listen",
+            listen,
+        ]);
+        cmd
+    };
     // The same address again: a configuration problem, named.
-    let mut cmd = std::process::Command::new(cohort_e2e::bin("cohort-master"));
-    cmd.args([
-        "--agent-count",
-        "0",
-        "--worker-count",
-        "0",
-        "--listen",
-        &first.addr,
-    ]);
-    let mut second = cohort_e2e::Proc::spawn("second master", cmd);
+    let mut second = cohort_e2e::Proc::spawn("second master", bare(&first.addr));
     let status = second.wait_exit(Duration::from_secs(15)).expect("exits");
     assert_eq!(status.code(), Some(64), "{}", second.stderr());
     let err = second.stderr();
     assert!(err.contains(&first.addr) && err.contains("in use"), "{err}");
 
     // An empty COHORT_TOKEN turns auth off: said out loud.
-    let mut cmd = std::process::Command::new(cohort_e2e::bin("cohort-master"));
-    cmd.args([
-        "--agent-count",
-        "0",
-        "--worker-count",
-        "0",
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .env("COHORT_TOKEN", "");
+    let mut cmd = bare("127.0.0.1:0");
+    cmd.env("COHORT_TOKEN", "");
     let mut open = cohort_e2e::Proc::spawn("open master", cmd);
     open.wait_line("READY master", |l| l.starts_with("READY master "));
     cohort_e2e::eventually("the empty-token warning", || {

@@ -36,15 +36,8 @@ async fn receive_in_order(sub: &mut Subscription, senders: &[&str], per_sender: 
 }
 
 async fn dropped(master: &TestMaster) -> Vec<(String, u64)> {
-    let members = master
-        .control()
+    members(master)
         .await
-        .list_members(pb::ListMembersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .members;
-    members
         .into_iter()
         .map(|m| (m.name, m.dropped_messages))
         .filter(|(_, d)| *d > 0)

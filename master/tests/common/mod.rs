@@ -121,8 +121,8 @@ pub fn hello(name: &str) -> pb::MemberFrame {
     }
 }
 
-/// The names `ListMembers` shows, in its order.
-pub async fn names(master: &TestMaster) -> Vec<String> {
+/// What `ListMembers` shows.
+pub async fn members(master: &TestMaster) -> Vec<pb::MemberInfo> {
     master
         .control()
         .await
@@ -131,7 +131,9 @@ pub async fn names(master: &TestMaster) -> Vec<String> {
         .expect("ListMembers works")
         .into_inner()
         .members
-        .into_iter()
-        .map(|m| m.name)
-        .collect()
+}
+
+/// The names `ListMembers` shows, in its order.
+pub async fn names(master: &TestMaster) -> Vec<String> {
+    members(master).await.into_iter().map(|m| m.name).collect()
 }
