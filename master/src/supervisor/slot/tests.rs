@@ -99,13 +99,7 @@ fn transitions_follow_the_table() {
             "Stopped",
         ),
     ];
-    let mut slot = Slot::default();
-    for (i, (event, at, actions, state)) in table.into_iter().enumerate() {
-        let got = step(&mut slot, event, &p, t0 + ms(at));
-        assert_eq!(got, actions, "row {i}");
-        let name = format!("{:?}", slot.lifecycle);
-        assert!(name.starts_with(state), "row {i}: {name}");
-    }
+    let slot = run(table, &p, t0);
     assert_eq!(slot.restarts, 3);
 }
 
@@ -172,13 +166,7 @@ fn hung_and_never_ready_instances_are_killed_then_replaced() {
             "Backoff",
         ),
     ];
-    let mut slot = Slot::default();
-    for (i, (event, at, actions, state)) in table.into_iter().enumerate() {
-        let got = step(&mut slot, event, &p, t0 + ms(at));
-        assert_eq!(got, actions, "row {i}");
-        let name = format!("{:?}", slot.lifecycle);
-        assert!(name.starts_with(state), "row {i}: {name}");
-    }
+    run(table, &p, t0);
 }
 
 #[test]
@@ -232,4 +220,17 @@ fn too_many_restarts_in_the_window_fail_the_slot() {
         step(&mut slot, Event::Start, &p, t0 + ms(9000)),
         vec![Action::Spawn]
     );
+}
+
+/// Steps a fresh slot through `table` (event, ms after `t0`, the actions
+/// expected, the state the lifecycle's name starts with).
+fn run(table: Vec<(Event, u64, Vec<Action>, &str)>, p: &Policy, t0: Instant) -> Slot {
+    let mut slot = Slot::default();
+    for (i, (event, at, actions, state)) in table.into_iter().enumerate() {
+        let got = step(&mut slot, event, p, t0 + ms(at));
+        assert_eq!(got, actions, "row {i}");
+        let name = format!("{:?}", slot.lifecycle);
+        assert!(name.starts_with(state), "row {i}: {name}");
+    }
+    slot
 }
