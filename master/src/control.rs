@@ -4,7 +4,7 @@
 use crate::flow;
 use crate::json;
 use crate::registry::Registry;
-use crate::supervisor::SupervisorHandle;
+use crate::supervisor::{SlotState, SlotView, SupervisorHandle};
 use cohort_proto::Role;
 use cohort_proto::pb;
 use std::net::SocketAddr;
@@ -68,7 +68,7 @@ impl ControlService {
                     members[i].last_exit = view.last_exit.clone();
                 }
                 Some(_) => {}
-                None => members.push(view.info()),
+                None => members.push((&view).into()),
             }
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -293,5 +293,34 @@ impl pb::control_server::Control for ControlService {
             expected_agents: self.expect.0,
             expected_workers: self.expect.1,
         }))
+    }
+}
+
+impl From<&SlotView> for pb::MemberInfo {
+    /// A local slot with no registered instance, as `ListMembers` and the
+    /// supervisor's events show it.
+    fn from(view: &SlotView) -> Self {
+        let state = match view.state {
+            SlotState::Stopped => pb::MemberState::Gone,
+            SlotState::Starting => pb::MemberState::Starting,
+            SlotState::Ready => pb::MemberState::Ready,
+            SlotState::Backoff => pb::MemberState::Backoff,
+            SlotState::Failed => pb::MemberState::Failed,
+        };
+        let next_attempt_at = view
+            .next_attempt_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        pb::MemberInfo {
+            name: view.name.clone(),
+            role: view.role.into(),
+            state: state as i32,
+            pid: view.pid,
+            local: true,
+            restarts: view.restarts,
+            next_attempt_at,
+            last_exit: view.last_exit.clone(),
+            ..Default::default()
+        }
     }
 }

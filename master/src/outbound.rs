@@ -121,26 +121,6 @@ enum Lane {
     Control(usize),
 }
 
-/// What one frame costs against the byte bound.
-fn cost(frame: &pb::MasterFrame) -> usize {
-    match &frame.kind {
-        Some(Kind::Deliver(e)) => envelope_cost(e),
-        Some(Kind::MemberEvent(e)) => 64 + e.reason.len() + e.member.as_ref().map_or(0, info_cost),
-        Some(Kind::Welcome(w)) => 64 + w.members.iter().map(info_cost).sum::<usize>(),
-        Some(Kind::SendResult(r)) => 64 + r.id.len() + r.message.len(),
-        _ => 64,
-    }
-}
-
-fn info_cost(m: &pb::MemberInfo) -> usize {
-    let labels: usize = m.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
-    128 + m.name.len() + m.instance_id.len() + m.host.len() + m.version.len() + labels
-}
-
-fn envelope_cost(e: &pb::Envelope) -> usize {
-    64 + e.data.len() + e.action.len() + e.id.len() + e.from.len() + e.reply_to.len()
-}
-
 fn deliver_frame(env: pb::Envelope) -> pb::MasterFrame {
     pb::MasterFrame {
         kind: Some(Kind::Deliver(env)),
@@ -410,8 +390,10 @@ impl Drop for Waiting<'_> {
     }
 }
 
+mod cost;
 mod stream;
 #[cfg(test)]
 mod tests;
 
+use cost::{cost, envelope_cost};
 pub use stream::OutboundStream;

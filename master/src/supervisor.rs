@@ -8,6 +8,7 @@
 
 mod handle;
 mod operations;
+pub mod rollout;
 mod shutdown;
 pub mod slot;
 pub mod spawn;
@@ -15,16 +16,17 @@ pub mod stale;
 mod timers;
 
 use handle::*;
-pub use handle::{SlotView, SupervisorHandle};
+pub use handle::{Report, SlotState, SlotView, SupervisorHandle};
 
 use crate::registry::{Notice, Registry};
 use cohort_process::child;
-use cohort_proto::{Role, pb};
+use cohort_proto::Role;
+use rollout::{Progress, Rollout};
 use slot::{Action, Event, Lifecycle, Outcome, Policy, Slot};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -39,14 +41,10 @@ pub struct SupervisorConfig {
     pub agent_command: Vec<String>,
     /// The workers' command.
     pub worker_command: Vec<String>,
-    /// Restart policy.
+    /// Restart policy, with the drain and start timeouts.
     pub policy: Policy,
-    /// How long a retiring instance may take to finish.
-    pub drain_timeout: Duration,
     /// How long after SIGTERM before SIGKILL at shutdown.
     pub kill_timeout: Duration,
-    /// How long a startup stage or a restart may take.
-    pub start_timeout: Duration,
     /// `http://ADDR` of this master, for `COHORT_MASTER`.
     pub master_url: String,
     /// The bearer token handed to local children (`COHORT_TOKEN`).
@@ -59,17 +57,9 @@ struct Entry {
     role: Role,
     name: String,
     slot: Slot,
-    /// The instance being replaced; retired once the new one is ready.
-    predecessor: Option<u32>,
     last_exit: String,
-}
-
-struct Retiring {
-    pid: u32,
-    name: String,
-    role: Role,
-    deadline: Instant,
-    killed: bool,
+    /// Scaled away: kept only until its retiring instances have ended.
+    removed: bool,
 }
 
 enum Stage {
@@ -78,31 +68,18 @@ enum Stage {
     Running,
 }
 
-struct Restarting {
-    queue: VecDeque<String>,
-    waiting: HashSet<String>,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<(), Status>>,
-}
-
 struct Supervisor {
     cfg: SupervisorConfig,
     registry: Arc<Registry>,
     entries: Vec<Entry>,
-    /// Every child we spawned and have not reaped: pid → role.
-    live: HashMap<u32, Role>,
-    retiring: Vec<Retiring>,
     stage: Stage,
-    restarting: Option<Restarting>,
+    restart: Option<(Rollout, oneshot::Sender<Result<(), Status>>)>,
     tx: mpsc::Sender<Command>,
     views: Arc<Mutex<Vec<SlotView>>>,
 }
 
-fn unix_ms(at: Instant) -> u64 {
-    let wall = SystemTime::now() + at.saturating_duration_since(Instant::now());
-    wall.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+fn wall_clock(at: Instant) -> SystemTime {
+    SystemTime::now() + at.saturating_duration_since(Instant::now())
 }
 
 fn slot_name(role: Role, index: u32) -> String {
@@ -124,12 +101,10 @@ pub fn start(
     let now = Instant::now();
     let mut sup = Supervisor {
         entries: Vec::new(),
-        live: HashMap::new(),
-        retiring: Vec::new(),
         stage: Stage::Agent {
-            deadline: now + cfg.start_timeout,
+            deadline: now + cfg.policy.start_timeout,
         },
-        restarting: None,
+        restart: None,
         tx: tx.clone(),
         views: views.clone(),
         registry,
@@ -181,8 +156,8 @@ impl Supervisor {
             role,
             name: slot_name(role, index),
             slot: Slot::default(),
-            predecessor: None,
             last_exit: String::new(),
+            removed: false,
         });
     }
 
@@ -197,14 +172,17 @@ impl Supervisor {
 
     fn start_workers(&mut self) {
         self.stage = Stage::Workers {
-            deadline: Instant::now() + self.cfg.start_timeout,
+            deadline: Instant::now() + self.cfg.policy.start_timeout,
         };
         self.start_role(Role::Worker);
         self.check_stage();
     }
 
+    /// The slot named `name`, unless it was scaled away.
     fn index_of(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name == name)
+        self.entries
+            .iter()
+            .position(|e| e.name == name && !e.removed)
     }
 
     /// Feeds an event to slot `i` and carries out the resulting actions.
@@ -217,39 +195,50 @@ impl Supervisor {
                 match action {
                     Action::Spawn => events.push_back(self.spawn(i)),
                     Action::Respawned { outcome } => {
-                        let e = &mut self.entries[i];
-                        e.last_exit = outcome.to_string();
-                        tracing::warn!(member.name = %e.name, outcome = %outcome, "member died; respawning");
-                        let info = self.view(i).info();
-                        self.registry.announce(
-                            pb::EventKind::Respawned,
-                            info,
-                            &outcome.to_string(),
-                        );
+                        tracing::warn!(member.name = %self.entries[i].name, %outcome, "member died; respawning");
+                        self.entries[i].last_exit = outcome.to_string();
+                        self.report(i, Report::Respawned, &outcome.to_string());
                     }
                     Action::Backoff { delay, outcome } => {
-                        let e = &mut self.entries[i];
-                        e.last_exit = outcome.to_string();
-                        tracing::warn!(member.name = %e.name, outcome = %outcome, delay_ms = delay.as_millis() as u64, "member died early; backing off");
-                        let info = self.view(i).info();
-                        let reason = format!("{outcome}; next attempt in {} ms", delay.as_millis());
-                        self.registry
-                            .announce(pb::EventKind::Backoff, info, &reason);
+                        let delay_ms = delay.as_millis() as u64;
+                        tracing::warn!(member.name = %self.entries[i].name, %outcome, delay_ms, "member died early; backing off");
+                        self.entries[i].last_exit = outcome.to_string();
+                        let reason = format!("{outcome}; next attempt in {delay_ms} ms");
+                        self.report(i, Report::Backoff, &reason);
+                    }
+                    Action::Failed { reason } => {
+                        tracing::error!(member.name = %self.entries[i].name, reason, "slot failed: too many restarts");
+                        self.entries[i].last_exit = reason.clone();
+                        self.report(i, Report::Failed, &reason);
                     }
                     Action::Kill { pid, reason } => {
                         tracing::warn!(member.name = %self.entries[i].name, pid, reason, "killing the member's process group");
                         child::signal_group(pid, child::SIGKILL);
                     }
-                    Action::Failed { reason } => {
-                        let e = &mut self.entries[i];
-                        e.last_exit = reason.clone();
-                        tracing::error!(member.name = %e.name, reason, "slot failed: too many restarts");
-                        let info = self.view(i).info();
-                        self.registry.announce(pb::EventKind::Failed, info, &reason);
+                    Action::Terminate { pid } => {
+                        tracing::info!(member.name = %self.entries[i].name, pid, "asking the retiring instance to finish");
+                        child::signal_group(pid, child::SIGTERM);
+                    }
+                    Action::Retired { pid, outcome } => {
+                        let e = &self.entries[i];
+                        tracing::info!(member.name = %e.name, pid, %outcome, "replaced instance exited");
+                        let view = SlotView {
+                            state: SlotState::Stopped,
+                            pid,
+                            next_attempt_at: None,
+                            last_exit: outcome.to_string(),
+                            ..self.view(i)
+                        };
+                        let reason = format!("replaced instance exited: {outcome}");
+                        self.registry.announce(Report::Retired, &view, &reason);
                     }
                 }
             }
         }
+    }
+
+    fn report(&self, i: usize, report: Report, reason: &str) {
+        self.registry.announce(report, &self.view(i), reason);
     }
 
     /// Spawns slot `i`'s next instance; returns the event that follows.
@@ -294,7 +283,6 @@ impl Supervisor {
                 };
                 tracing::info!(member.name = %name, pid, "spawned");
                 spawn::capture_output(&mut child, &name);
-                self.live.insert(pid, role);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let outcome = match child.wait().await {
@@ -324,36 +312,7 @@ impl Supervisor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Exited { pid, outcome } => {
-                self.live.remove(&pid);
-                let mut retired = None;
-                if let Some(pos) = self.retiring.iter().position(|r| r.pid == pid) {
-                    let r = self.retiring.remove(pos);
-                    retired = Some((r.name, r.role));
-                }
-                if let Some(e) = self.entries.iter_mut().find(|e| e.predecessor == Some(pid)) {
-                    e.predecessor = None;
-                    retired = Some((e.name.clone(), e.role));
-                }
-                if let Some((name, role)) = retired {
-                    tracing::info!(member.name = %name, pid, outcome = %outcome, "replaced instance exited");
-                    let info = pb::MemberInfo {
-                        name,
-                        role: role.into(),
-                        state: pb::MemberState::Gone as i32,
-                        pid,
-                        local: true,
-                        last_exit: outcome.to_string(),
-                        ..Default::default()
-                    };
-                    let reason = format!("replaced instance exited: {outcome}");
-                    self.registry.announce(pb::EventKind::Left, info, &reason);
-                    return;
-                }
-                if let Some(i) = self.entries.iter().position(|e| e.slot.pid() == Some(pid)) {
-                    self.apply(i, Event::Died { pid, outcome });
-                }
-            }
+            Command::Exited { pid, outcome } => self.exited(pid, outcome),
             Command::Scale { role, count, reply } => {
                 let _ = reply.send(self.scale(role, count));
             }
@@ -369,15 +328,32 @@ impl Supervisor {
         }
     }
 
+    /// A child we spawned ended: its slot decides what follows; a slot
+    /// scaled away goes once its last process has.
+    fn exited(&mut self, pid: u32, outcome: Outcome) {
+        let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.slot.pids().any(|p| p == pid))
+        else {
+            return;
+        };
+        self.apply(i, Event::Died { pid, outcome });
+        let e = &self.entries[i];
+        if e.removed && e.slot.pids().next().is_none() {
+            self.entries.remove(i);
+        }
+    }
+
     fn view(&self, i: usize) -> SlotView {
         let e = &self.entries[i];
         let (state, pid, next) = match &e.slot.lifecycle {
-            Lifecycle::Stopped => (pb::MemberState::Gone, 0, 0),
-            Lifecycle::Spawning => (pb::MemberState::Starting, 0, 0),
-            Lifecycle::Starting { pid, .. } => (pb::MemberState::Starting, *pid, 0),
-            Lifecycle::Ready { pid, .. } => (pb::MemberState::Ready, *pid, 0),
-            Lifecycle::Backoff { until, .. } => (pb::MemberState::Backoff, 0, unix_ms(*until)),
-            Lifecycle::Failed { .. } => (pb::MemberState::Failed, 0, 0),
+            Lifecycle::Stopped => (SlotState::Stopped, 0, None),
+            Lifecycle::Spawning => (SlotState::Starting, 0, None),
+            Lifecycle::Starting { pid, .. } => (SlotState::Starting, *pid, None),
+            Lifecycle::Ready { pid, .. } => (SlotState::Ready, *pid, None),
+            Lifecycle::Backoff { until, .. } => (SlotState::Backoff, 0, Some(wall_clock(*until))),
+            Lifecycle::Failed { .. } => (SlotState::Failed, 0, None),
         };
         SlotView {
             name: e.name.clone(),
@@ -391,7 +367,10 @@ impl Supervisor {
     }
 
     fn publish_views(&self) {
-        let views: Vec<SlotView> = (0..self.entries.len()).map(|i| self.view(i)).collect();
+        let views: Vec<SlotView> = (0..self.entries.len())
+            .filter(|i| !self.entries[*i].removed)
+            .map(|i| self.view(i))
+            .collect();
         *self.views.lock().unwrap_or_else(|p| p.into_inner()) = views;
     }
 }

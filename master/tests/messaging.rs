@@ -373,23 +373,16 @@ async fn suspect_name_can_be_taken_over_by_a_new_instance() {
     cfg.health.suspect_after = Duration::from_millis(300);
     cfg.health.dead_after = Duration::from_secs(60);
     let master = TestMaster::start(cfg).await;
+    let mut control = master.control().await;
+    let mut events = control
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
     let (_tx, r) = raw_join(&master, hello("worker-1")).await;
     let _stream = r.expect("joined");
-    let mut control = master.control().await;
-    let suspect = pb::MemberState::Suspect as i32;
-    for _ in 0..200 {
-        let m = control
-            .get_member(pb::GetMemberRequest {
-                member: "worker-1".into(),
-            })
-            .await
-            .expect("get")
-            .into_inner();
-        if m.state == suspect {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Silent: SUSPECT after 300 ms, not dead for a minute.
+    until_event(&mut events, pb::EventKind::Suspect, "worker-1").await;
     let new = master.join(Role::Worker, "worker-1").await;
     let info = control
         .get_member(pb::GetMemberRequest {
@@ -417,6 +410,13 @@ async fn member_reregisters_after_the_master_restarts_on_the_same_address() {
     let mut cfg = config();
     cfg.listen = addr;
     let master = TestMaster::start(cfg).await;
+    let mut watch = master
+        .control()
+        .await
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
     let reconnected = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
             if let Ok(cohort::Event::Reconnected { instance_id }) = events.recv().await {
@@ -438,22 +438,7 @@ async fn member_reregisters_after_the_master_restarts_on_the_same_address() {
         .into_inner();
     assert_eq!(info.instance_id, reconnected);
     // `ready()` is repeated on reconnect.
-    for _ in 0..100 {
-        let state = master
-            .control()
-            .await
-            .get_member(pb::GetMemberRequest {
-                member: name.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .state;
-        if state == pb::MemberState::Ready as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_event(&mut watch, pb::EventKind::Ready, &name).await;
     member.close().await;
     master.stop().await;
 }

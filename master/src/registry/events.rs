@@ -1,6 +1,7 @@
 //! Cluster events: to `WatchEvents` watchers and to ready members.
 
 use super::*;
+use crate::supervisor::{Report, SlotView};
 
 pub(super) fn now_ms() -> u64 {
     SystemTime::now()
@@ -23,11 +24,17 @@ pub(super) fn event(
 }
 
 impl Registry {
-    /// Publishes an event that happened outside the registry (respawn,
-    /// backoff, failed slot).
-    pub fn announce(&self, kind: pb::EventKind, member: pb::MemberInfo, reason: &str) {
+    /// Publishes what the supervisor reports about a local slot (respawn,
+    /// backoff, failed slot, a retired instance's exit).
+    pub fn announce(&self, report: Report, slot: &SlotView, reason: &str) {
+        let kind = match report {
+            Report::Respawned => pb::EventKind::Respawned,
+            Report::Backoff => pb::EventKind::Backoff,
+            Report::Failed => pb::EventKind::Failed,
+            Report::Retired => pb::EventKind::Left,
+        };
         let mut st = self.lock();
-        self.publish(&mut st, event(kind, Some(member), reason));
+        self.publish(&mut st, event(kind, Some(slot.into()), reason));
     }
 
     /// The current state as events, then a receiver of what follows; taken

@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// Where a slot is, as operators see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Not running: never started, stopped, or an instance that retired.
+    Stopped,
+    /// Spawned, not ready yet.
+    Starting,
+    /// Running and ready.
+    Ready,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// Gave up after too many restarts.
+    Failed,
+}
+
 /// A slot as the Control API shows it.
 #[derive(Clone, Debug)]
 pub struct SlotView {
@@ -10,33 +25,29 @@ pub struct SlotView {
     pub name: String,
     /// Its role.
     pub role: Role,
-    /// Its state as shown to operators.
-    pub state: pb::MemberState,
+    /// Its state.
+    pub state: SlotState,
     /// Pid of the current instance (0 when none).
     pub pid: u32,
     /// Restarts after deaths.
     pub restarts: u32,
-    /// Next attempt (Unix ms) when in BACKOFF.
-    pub next_attempt_at: u64,
+    /// When the next attempt starts, in BACKOFF.
+    pub next_attempt_at: Option<SystemTime>,
     /// How the last instance ended, or why the slot FAILED.
     pub last_exit: String,
 }
 
-impl SlotView {
-    /// The view as a `MemberInfo` (for slots with no registered member).
-    pub fn info(&self) -> pb::MemberInfo {
-        pb::MemberInfo {
-            name: self.name.clone(),
-            role: self.role.into(),
-            state: self.state as i32,
-            pid: self.pid,
-            local: true,
-            restarts: self.restarts,
-            next_attempt_at: self.next_attempt_at,
-            last_exit: self.last_exit.clone(),
-            ..Default::default()
-        }
-    }
+/// What the supervisor reports to the cluster's event stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// A member died and was started again at once.
+    Respawned,
+    /// A member died early; the next attempt waits.
+    Backoff,
+    /// A slot gave up.
+    Failed,
+    /// A replaced or stopped instance ended.
+    Retired,
 }
 
 pub(super) enum Command {

@@ -1,5 +1,5 @@
 //! Operator requests: scale a role, restart a member or a role (rolling
-//! or all at once), replace one instance.
+//! or all at once).
 
 use super::*;
 
@@ -8,11 +8,26 @@ impl Supervisor {
         if role == Role::Agent && count > 1 {
             return Err(Status::invalid_argument("a cluster has 0 or 1 agent"));
         }
-        let have = self.entries.iter().filter(|e| e.role == role).count() as u32;
+        let have = self
+            .entries
+            .iter()
+            .filter(|e| e.role == role && !e.removed)
+            .count() as u32;
         tracing::info!(%role, from = have, to = count, "scaling");
         for index in have + 1..=count {
-            self.add_entry(role, index);
-            let i = self.entries.len() - 1;
+            let name = slot_name(role, index);
+            // A slot scaled away whose old instance is still finishing
+            // comes back as it is.
+            let i = match self.entries.iter().position(|e| e.name == name) {
+                Some(i) => {
+                    self.entries[i].removed = false;
+                    i
+                }
+                None => {
+                    self.add_entry(role, index);
+                    self.entries.len() - 1
+                }
+            };
             self.apply(i, Event::Start);
         }
         for index in (count + 1..=have).rev() {
@@ -20,9 +35,10 @@ impl Supervisor {
             let Some(i) = self.index_of(&name) else {
                 continue;
             };
-            let mut e = self.entries.remove(i);
-            for pid in e.slot.pid().into_iter().chain(e.predecessor.take()) {
-                self.retire(pid, &name, role, true);
+            self.apply(i, Event::Stop);
+            self.entries[i].removed = true;
+            if self.entries[i].slot.pids().next().is_none() {
+                self.entries.remove(i);
             }
             self.registry.release(&name);
         }
@@ -36,7 +52,7 @@ impl Supervisor {
         rolling: bool,
         reply: oneshot::Sender<Result<(), Status>>,
     ) {
-        if self.restarting.is_some() {
+        if self.restart.is_some() {
             let _ = reply.send(Err(Status::failed_precondition(
                 "a restart is already in progress; wait for it to finish",
             )));
@@ -55,7 +71,7 @@ impl Supervisor {
             (None, Some(r)) => self
                 .entries
                 .iter()
-                .filter(|e| e.role == r)
+                .filter(|e| e.role == r && !e.removed)
                 .map(|e| e.name.clone())
                 .collect(),
             (None, None) => {
@@ -65,63 +81,40 @@ impl Supervisor {
                 return;
             }
         };
-        if names.is_empty() {
-            let _ = reply.send(Ok(()));
-            return;
-        }
-        let count = names.len() as u32;
-        self.restarting = Some(Restarting {
-            queue: names.into(),
-            waiting: HashSet::new(),
-            deadline: Instant::now() + self.cfg.start_timeout * count,
-            reply,
-        });
-        if !rolling {
-            // All at once: move the whole queue into `waiting` now.
-            let all: Vec<String> = self
-                .restarting
-                .as_mut()
-                .map(|r| r.queue.drain(..).collect())
-                .unwrap_or_default();
-            for name in all {
-                self.replace(&name);
-            }
-        }
-        self.advance_restart();
+        let deadline = Instant::now() + self.cfg.policy.start_timeout * names.len() as u32;
+        let (rollout, first) = Rollout::begin(names, rolling, deadline);
+        self.restart = Some((rollout, reply));
+        self.advance(first);
     }
 
-    /// Starts a new instance of slot `name`; the old one keeps running
-    /// until the new one is ready.
-    pub(super) fn replace(&mut self, name: &str) {
-        let Some(i) = self.index_of(name) else { return };
-        if let Some(r) = &mut self.restarting {
-            r.waiting.insert(name.to_string());
-        }
-        match self.entries[i].slot.pid() {
-            Some(pid) => {
-                self.entries[i].predecessor = Some(pid);
-                self.apply(i, Event::Replace);
-            }
-            None => {
-                self.apply(i, Event::Replace);
-                self.apply(i, Event::Start);
-            }
-        }
-    }
-
-    pub(super) fn advance_restart(&mut self) {
-        let Some(r) = &mut self.restarting else {
-            return;
-        };
-        if !r.waiting.is_empty() {
-            return;
-        }
-        match r.queue.pop_front() {
-            Some(next) => self.replace(&next),
-            None => {
-                if let Some(r) = self.restarting.take() {
-                    tracing::info!("restart finished");
-                    let _ = r.reply.send(Ok(()));
+    /// Carries out what the restart in progress asks for, until it waits.
+    pub(super) fn advance(&mut self, progress: Progress) {
+        let mut next = VecDeque::from([progress]);
+        while let Some(progress) = next.pop_front() {
+            match progress {
+                Progress::Replace(names) => {
+                    for name in names {
+                        match self.index_of(&name) {
+                            Some(i) => self.apply(i, Event::Replace),
+                            // Scaled away meanwhile: nothing to wait for.
+                            None => next.extend(self.restart.as_mut().map(|(r, _)| r.ready(&name))),
+                        }
+                    }
+                }
+                Progress::Waiting => {}
+                Progress::Finished => {
+                    if let Some((_, reply)) = self.restart.take() {
+                        tracing::info!("restart finished");
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Progress::Expired(pending) => {
+                    if let Some((_, reply)) = self.restart.take() {
+                        let _ = reply.send(Err(Status::deadline_exceeded(format!(
+                            "restart did not finish in time; still waiting for {}",
+                            pending.join(", ")
+                        ))));
+                    }
                 }
             }
         }

@@ -7,27 +7,30 @@ impl Supervisor {
     pub(super) async fn shutdown(&mut self, rx: &mut mpsc::Receiver<Command>) {
         tracing::info!("stopping local members: workers first, then the agent");
         for role in [Role::Worker, Role::Agent] {
-            let idx: Vec<usize> = (0..self.entries.len())
+            let of_role: Vec<usize> = (0..self.entries.len())
                 .filter(|i| self.entries[*i].role == role)
                 .collect();
-            for i in idx {
-                self.apply(i, Event::Stop);
-            }
-            let pids: Vec<u32> = self
-                .live
-                .iter()
-                .filter(|(_, r)| **r == role)
-                .map(|(p, _)| *p)
-                .collect();
-            for pid in &pids {
-                child::signal_group(*pid, child::SIGTERM);
+            // Every instance of the role retires: SIGTERM.
+            for i in &of_role {
+                self.apply(*i, Event::Stop);
             }
             let deadline = tokio::time::Instant::now() + self.cfg.kill_timeout;
             let mut killed = false;
-            while self.live.values().any(|r| *r == role) {
+            loop {
+                let pids: Vec<u32> = of_role
+                    .iter()
+                    .flat_map(|i| self.entries[*i].slot.pids())
+                    .collect();
+                if pids.is_empty() {
+                    break;
+                }
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
-                        Some(Command::Exited { pid, .. }) => { self.live.remove(&pid); }
+                        Some(Command::Exited { pid, outcome }) => {
+                            if let Some(i) = of_role.iter().find(|i| self.entries[**i].slot.pids().any(|p| p == pid)) {
+                                self.apply(*i, Event::Died { pid, outcome });
+                            }
+                        }
                         Some(Command::Scale { reply, .. }) | Some(Command::Restart { reply, .. }) => {
                             let _ = reply.send(Err(gone()));
                         }
@@ -35,11 +38,9 @@ impl Supervisor {
                         None => return,
                     },
                     _ = tokio::time::sleep_until(deadline), if !killed => {
-                        for (pid, r) in &self.live {
-                            if *r == role {
-                                tracing::warn!(pid, "still running after kill_timeout; killing");
-                                child::signal_group(*pid, child::SIGKILL);
-                            }
+                        for pid in pids {
+                            tracing::warn!(pid, "still running after kill_timeout; killing");
+                            child::signal_group(pid, child::SIGKILL);
                         }
                         killed = true;
                     }

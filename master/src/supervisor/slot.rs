@@ -1,6 +1,10 @@
 //! One supervised slot as a state machine: lifecycle states carry their own
 //! data, outcomes are a separate enum, and [`step`] is a pure function of
 //! `(slot, event, policy, now)` returning the actions the executor must take.
+//!
+//! A slot owns its current instance and the instances it is retiring: one
+//! being replaced keeps serving until its successor is ready, then gets
+//! SIGTERM and `drain_timeout` to finish before SIGKILL.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -21,6 +25,9 @@ pub struct Policy {
     /// An instance not ready this long after its spawn is killed, and its
     /// death counts as an early one (backoff).
     pub start_timeout: Duration,
+    /// How long a retiring instance may take to finish after SIGTERM (or
+    /// after it said it is leaving) before SIGKILL.
+    pub drain_timeout: Duration,
 }
 
 /// Where the slot's current instance is.
@@ -104,9 +111,16 @@ pub enum Event {
         /// How.
         outcome: Outcome,
     },
-    /// The current instance is retiring (fatal path, restart): start a
-    /// replacement now, without counting a failure.
+    /// Replace the current instance (operator restart): start a new one
+    /// now, without counting a failure; the old one serves until the new
+    /// one is ready.
     Replace,
+    /// The current instance reported a fatal error and is leaving: replace
+    /// it now; its drain clock starts at once.
+    Fatal {
+        /// Its pid.
+        pid: u32,
+    },
     /// The instance is alive but silent: the registry evicted it.
     Hung {
         /// Its pid.
@@ -116,7 +130,8 @@ pub enum Event {
     },
     /// Time passed (backoff may be over, a start may have timed out).
     Tick,
-    /// Stop the slot for good (shutdown, scale down).
+    /// Stop the slot for good (shutdown, scale down): every instance
+    /// retires.
     Stop,
 }
 
@@ -149,6 +164,31 @@ pub enum Action {
         /// Why, for the log and the event that follows.
         reason: String,
     },
+    /// Ask a retiring instance's process group to finish (SIGTERM).
+    Terminate {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Report that a retiring instance ended.
+    Retired {
+        /// Its pid.
+        pid: u32,
+        /// How.
+        outcome: Outcome,
+    },
+}
+
+/// An instance on its way out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retiree {
+    /// Its pid.
+    pub pid: u32,
+    /// Kept serving until the slot's next instance is ready.
+    waits: bool,
+    /// When it is killed if it has not ended (`None`: no clock yet).
+    until: Option<Instant>,
+    /// SIGKILL sent.
+    killed: bool,
 }
 
 /// A slot's state.
@@ -163,6 +203,8 @@ pub struct Slot {
     /// The current instance was killed on purpose: why, and whether its
     /// death counts as early.
     condemned: Option<(String, bool)>,
+    /// Instances retiring: replaced, stopped, or leaving on a fatal error.
+    pub retiring: Vec<Retiree>,
 }
 
 impl Default for Slot {
@@ -173,6 +215,7 @@ impl Default for Slot {
             early_deaths: 0,
             recent: VecDeque::new(),
             condemned: None,
+            retiring: Vec::new(),
         }
     }
 }
@@ -181,13 +224,22 @@ impl Slot {
     /// When this slot next needs a `Tick`: the end of its backoff, or the
     /// start timeout of an instance not ready yet (`None`: nothing due).
     pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
-        match self.lifecycle {
+        let own = match self.lifecycle {
             Lifecycle::Backoff { until, .. } => Some(until),
             Lifecycle::Starting { since, .. } if self.condemned.is_none() => {
                 Some(since + policy.start_timeout)
             }
             _ => None,
-        }
+        };
+        let drains = self.retiring.iter().filter(|r| !r.killed);
+        own.into_iter().chain(drains.filter_map(|r| r.until)).min()
+    }
+
+    /// Every process of the slot: the current instance and those retiring.
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pid()
+            .into_iter()
+            .chain(self.retiring.iter().map(|r| r.pid))
     }
 
     /// The pid of the current instance, if it runs.
@@ -208,122 +260,8 @@ pub fn backoff_delay(policy: &Policy, attempt: u32) -> Duration {
         .min(policy.backoff_max)
 }
 
-/// Applies `event`; returns the actions to take. An event that makes no
-/// sense in the current state changes nothing and returns no action.
-pub fn step(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Vec<Action> {
-    use Lifecycle as L;
-    match (&slot.lifecycle, event) {
-        (L::Stopped | L::Failed { .. }, Event::Start) => {
-            slot.lifecycle = L::Spawning;
-            vec![Action::Spawn]
-        }
-        (L::Spawning, Event::Spawned { pid }) => {
-            slot.lifecycle = L::Starting { pid, since: now };
-            vec![]
-        }
-        (L::Starting { pid, since }, Event::Ready { pid: p }) if *pid == p => {
-            slot.lifecycle = L::Ready {
-                pid: p,
-                since: *since,
-            };
-            vec![]
-        }
-        (L::Starting { .. } | L::Ready { .. }, Event::Replace) => {
-            slot.lifecycle = L::Spawning;
-            vec![Action::Spawn]
-        }
-        (L::Backoff { until, .. }, Event::Tick) if *until <= now => {
-            slot.lifecycle = L::Spawning;
-            vec![Action::Spawn]
-        }
-        (L::Backoff { .. }, Event::Replace) => {
-            slot.lifecycle = L::Spawning;
-            vec![Action::Spawn]
-        }
-        (L::Spawning, Event::Died { pid: 0, outcome }) => {
-            died(slot, Duration::ZERO, outcome, policy, now)
-        }
-        (L::Starting { pid, since } | L::Ready { pid, since }, Event::Died { pid: p, outcome })
-            if *pid == p =>
-        {
-            let uptime = now.saturating_duration_since(*since);
-            match slot.condemned.take() {
-                Some((why, true)) => died(slot, Duration::ZERO, Outcome::Killed(why), policy, now),
-                Some((why, false)) => died(slot, uptime, Outcome::Killed(why), policy, now),
-                None => died(slot, uptime, outcome, policy, now),
-            }
-        }
-        (L::Starting { pid, .. } | L::Ready { pid, .. }, Event::Hung { pid: p, reason })
-            if *pid == p && slot.condemned.is_none() =>
-        {
-            let reason = format!("alive but silent ({reason})");
-            slot.condemned = Some((reason.clone(), false));
-            vec![Action::Kill { pid: p, reason }]
-        }
-        (L::Starting { pid, since }, Event::Tick)
-            if now.saturating_duration_since(*since) >= policy.start_timeout
-                && slot.condemned.is_none() =>
-        {
-            let reason = format!(
-                "not ready {} ms after it started (start_timeout)",
-                policy.start_timeout.as_millis()
-            );
-            let pid = *pid;
-            slot.condemned = Some((reason.clone(), true));
-            vec![Action::Kill { pid, reason }]
-        }
-        (_, Event::Stop) => {
-            slot.lifecycle = L::Stopped;
-            vec![]
-        }
-        (state, event) => {
-            tracing::debug!(?state, ?event, "slot event ignored in this state");
-            vec![]
-        }
-    }
-}
-
-fn died(
-    slot: &mut Slot,
-    uptime: Duration,
-    outcome: Outcome,
-    policy: &Policy,
-    now: Instant,
-) -> Vec<Action> {
-    slot.restarts += 1;
-    slot.recent.push_back(now);
-    while slot
-        .recent
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) > policy.restart_window)
-    {
-        slot.recent.pop_front();
-    }
-    if policy.max_restarts > 0 && slot.recent.len() > policy.max_restarts as usize {
-        let reason = format!(
-            "{} restarts within {:?} (max_restarts = {}); last {outcome}",
-            slot.recent.len(),
-            policy.restart_window,
-            policy.max_restarts
-        );
-        slot.lifecycle = Lifecycle::Failed {
-            reason: reason.clone(),
-        };
-        return vec![Action::Failed { reason }];
-    }
-    if uptime >= policy.min_uptime {
-        slot.early_deaths = 0;
-        slot.lifecycle = Lifecycle::Spawning;
-        return vec![Action::Respawned { outcome }, Action::Spawn];
-    }
-    slot.early_deaths += 1;
-    let delay = backoff_delay(policy, slot.early_deaths);
-    slot.lifecycle = Lifecycle::Backoff {
-        attempt: slot.early_deaths,
-        until: now + delay,
-    };
-    vec![Action::Backoff { delay, outcome }]
-}
+mod step;
+pub use step::step;
 
 #[cfg(test)]
 mod tests;

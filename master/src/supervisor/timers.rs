@@ -1,5 +1,5 @@
 //! What the registry reports (ready, leaving, evicted) and what comes due
-//! (backoff, start timeouts, drains, the startup stages).
+//! (backoff, start timeouts, drains, the startup stages, a restart).
 
 use super::*;
 
@@ -14,20 +14,9 @@ impl Supervisor {
                     return;
                 }
                 self.apply(i, Event::Ready { pid });
-                if let Some(old) = self.entries[i].predecessor.take() {
-                    if self.retiring.iter().any(|r| r.pid == old) {
-                        // Fatal path: already on its drain clock; now that
-                        // the replacement serves, ask it to finish.
-                        child::signal_group(old, child::SIGTERM);
-                    } else {
-                        let (name, role) = (self.entries[i].name.clone(), self.entries[i].role);
-                        self.retire(old, &name, role, true);
-                    }
-                }
-                if let Some(r) = &mut self.restarting
-                    && r.waiting.remove(&name)
-                {
-                    self.advance_restart();
+                if let Some((r, _)) = &mut self.restart {
+                    let progress = r.ready(&name);
+                    self.advance(progress);
                 }
                 self.check_stage();
             }
@@ -43,29 +32,13 @@ impl Supervisor {
                 if !replace || self.entries[i].slot.pid() != Some(pid) {
                     return;
                 }
-                tracing::info!(member.name = %name, pid, "fatal error reported; starting a replacement now");
-                // The old instance stops taking work by itself and gets
-                // SIGTERM once the replacement is ready; it is killed if it
+                // The old instance stops taking work by itself, gets
+                // SIGTERM once the replacement is ready, and SIGKILL if it
                 // outlives drain_timeout.
-                let role = self.entries[i].role;
-                self.retire(pid, &name, role, false);
-                self.entries[i].predecessor = Some(pid);
-                self.apply(i, Event::Replace);
+                tracing::info!(member.name = %name, pid, "fatal error reported; starting a replacement now");
+                self.apply(i, Event::Fatal { pid });
             }
         }
-    }
-
-    pub(super) fn retire(&mut self, pid: u32, name: &str, role: Role, sigterm: bool) {
-        if sigterm {
-            child::signal_group(pid, child::SIGTERM);
-        }
-        self.retiring.push(Retiring {
-            pid,
-            name: name.to_string(),
-            role,
-            deadline: Instant::now() + self.cfg.drain_timeout,
-            killed: false,
-        });
     }
 
     /// The earliest moment something is due.
@@ -74,40 +47,24 @@ impl Supervisor {
             .entries
             .iter()
             .filter_map(|e| e.slot.deadline(&self.cfg.policy));
-        let retiring = self
-            .retiring
-            .iter()
-            .filter(|r| !r.killed)
-            .map(|r| r.deadline);
         let stage = match self.stage {
             Stage::Agent { deadline } | Stage::Workers { deadline } => Some(deadline),
-            _ => None,
+            Stage::Running => None,
         };
-        let restart = self.restarting.as_ref().map(|r| r.deadline);
-        slots.chain(retiring).chain(stage).chain(restart).min()
+        let restart = self.restart.as_ref().map(|(r, _)| r.deadline());
+        slots.chain(stage).chain(restart).min()
     }
 
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
         for i in 0..self.entries.len() {
-            if matches!(
-                self.entries[i].slot.lifecycle,
-                Lifecycle::Backoff { .. } | Lifecycle::Starting { .. }
-            ) {
+            if self.entries[i]
+                .slot
+                .deadline(&self.cfg.policy)
+                .is_some_and(|t| t <= now)
+            {
                 self.apply(i, Event::Tick);
             }
-        }
-        for r in self
-            .retiring
-            .iter_mut()
-            .filter(|r| !r.killed && r.deadline <= now)
-        {
-            tracing::warn!(
-                pid = r.pid,
-                "retiring instance outlived drain_timeout; killing it"
-            );
-            child::signal_group(r.pid, child::SIGKILL);
-            r.killed = true;
         }
         match self.stage {
             Stage::Agent { deadline } | Stage::Workers { deadline } if deadline <= now => {
@@ -117,7 +74,7 @@ impl Supervisor {
                     "the workers"
                 };
                 tracing::error!(
-                    timeout_ms = self.cfg.start_timeout.as_millis() as u64,
+                    timeout_ms = self.cfg.policy.start_timeout.as_millis() as u64,
                     "startup: {which} did not become ready in time; see the members' logs and ListMembers"
                 );
                 if matches!(self.stage, Stage::Agent { .. }) {
@@ -128,15 +85,9 @@ impl Supervisor {
             }
             _ => {}
         }
-        if let Some(r) = &self.restarting
-            && r.deadline <= now
-            && let Some(r) = self.restarting.take()
-        {
-            let pending: Vec<_> = r.waiting.iter().chain(r.queue.iter()).cloned().collect();
-            let _ = r.reply.send(Err(Status::deadline_exceeded(format!(
-                "restart did not finish in time; still waiting for {}",
-                pending.join(", ")
-            ))));
+        if let Some((r, _)) = &self.restart {
+            let progress = r.tick(now);
+            self.advance(progress);
         }
     }
 
@@ -144,7 +95,7 @@ impl Supervisor {
         let all_ready = |role| {
             self.entries
                 .iter()
-                .filter(|e| e.role == role)
+                .filter(|e| e.role == role && !e.removed)
                 .all(|e| matches!(e.slot.lifecycle, Lifecycle::Ready { .. }))
         };
         match self.stage {

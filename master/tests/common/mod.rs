@@ -137,3 +137,27 @@ pub async fn members(master: &TestMaster) -> Vec<pb::MemberInfo> {
 pub async fn names(master: &TestMaster) -> Vec<String> {
     members(master).await.into_iter().map(|m| m.name).collect()
 }
+
+/// Watches the cluster's events until `member` has one of `kind`; panics
+/// after 30 s.
+pub async fn until_event(
+    events: &mut tonic::Streaming<pb::ClusterEvent>,
+    kind: pb::EventKind,
+    member: &str,
+) -> pb::ClusterEvent {
+    let wanted = async {
+        loop {
+            let ev = events
+                .message()
+                .await
+                .expect("event stream healthy")
+                .expect("event stream open");
+            if ev.kind == kind as i32 && ev.member.as_ref().is_some_and(|m| m.name == member) {
+                return ev;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wanted)
+        .await
+        .unwrap_or_else(|_| panic!("no {kind:?} event for {member} within 30 s"))
+}

@@ -10,6 +10,7 @@ fn policy(max_restarts: u32) -> Policy {
         max_restarts,
         restart_window: Duration::from_secs(60),
         start_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(30),
     }
 }
 
@@ -88,19 +89,96 @@ fn transitions_follow_the_table() {
             "Starting",
         ), // not ours
         (Event::Replace, 2600, vec![Action::Spawn], "Spawning"),
-        (Event::Stop, 2700, vec![], "Stopped"),
+        (
+            Event::Stop,
+            2700,
+            vec![Action::Terminate { pid: 12 }],
+            "Stopped",
+        ),
         (
             Event::Died {
                 pid: 12,
                 outcome: exit(),
             },
             2800,
-            vec![],
+            vec![Action::Retired {
+                pid: 12,
+                outcome: exit(),
+            }],
             "Stopped",
         ),
     ];
     let slot = run(table, &p, t0);
     assert_eq!(slot.restarts, 3);
+}
+
+#[test]
+fn replaced_instances_serve_until_the_successor_is_ready_then_drain() {
+    let t0 = Instant::now();
+    let p = policy(0);
+    let drained = "still running 30000 ms after it was asked to finish (drain_timeout)";
+    let kill = |pid| Action::Kill {
+        pid,
+        reason: drained.into(),
+    };
+    let died = |pid| Event::Died {
+        pid,
+        outcome: Outcome::Signaled(9),
+    };
+    let retired = |pid| Action::Retired {
+        pid,
+        outcome: Outcome::Signaled(9),
+    };
+    type Row = (Event, u64, Vec<Action>, &'static str);
+    let table: Vec<Row> = vec![
+        (Event::Start, 0, vec![Action::Spawn], "Spawning"),
+        (Event::Spawned { pid: 10 }, 0, vec![], "Starting"),
+        (Event::Ready { pid: 10 }, 100, vec![], "Ready"),
+        // Operator restart: the new instance starts, the old one serves on
+        // with no clock running, however long its successor takes.
+        (Event::Replace, 1_000, vec![Action::Spawn], "Spawning"),
+        (Event::Spawned { pid: 11 }, 1_000, vec![], "Starting"),
+        (Event::Tick, 29_000, vec![], "Starting"),
+        (
+            Event::Ready { pid: 11 },
+            29_500,
+            vec![Action::Terminate { pid: 10 }],
+            "Ready",
+        ),
+        (Event::Tick, 59_499, vec![], "Ready"),
+        (Event::Tick, 59_500, vec![kill(10)], "Ready"),
+        (Event::Tick, 59_600, vec![], "Ready"), // killed once
+        (died(10), 59_700, vec![retired(10)], "Ready"),
+        // Fatal error: replaced at once, its drain clock starts now.
+        (Event::Fatal { pid: 99 }, 60_000, vec![], "Ready"), // not ours
+        (
+            Event::Fatal { pid: 11 },
+            60_000,
+            vec![Action::Spawn],
+            "Spawning",
+        ),
+        (Event::Spawned { pid: 12 }, 60_000, vec![], "Starting"),
+        (
+            Event::Ready { pid: 12 },
+            61_000,
+            vec![Action::Terminate { pid: 11 }],
+            "Ready",
+        ),
+        (Event::Tick, 90_000, vec![kill(11)], "Ready"),
+        (died(11), 90_100, vec![retired(11)], "Ready"),
+        // Scale down: the current instance retires with its drain clock.
+        (
+            Event::Stop,
+            91_000,
+            vec![Action::Terminate { pid: 12 }],
+            "Stopped",
+        ),
+        (Event::Tick, 121_000, vec![kill(12)], "Stopped"),
+        (died(12), 121_100, vec![retired(12)], "Stopped"),
+    ];
+    let slot = run(table, &p, t0);
+    assert_eq!(slot.restarts, 0, "replacements are not restarts");
+    assert!(slot.retiring.is_empty());
 }
 
 #[test]
@@ -186,6 +264,14 @@ fn a_slot_says_when_it_needs_the_next_tick() {
     };
     step(&mut slot, exit, &p, t0 + p.start_timeout);
     assert_eq!(slot.deadline(&p), Some(t0 + p.start_timeout + ms(200)));
+    // A retiring instance's drain is due even when the slot is stopped.
+    let mut slot = Slot::default();
+    step(&mut slot, Event::Start, &p, t0);
+    step(&mut slot, Event::Spawned { pid: 4 }, &p, t0);
+    step(&mut slot, Event::Ready { pid: 4 }, &p, t0);
+    assert_eq!(slot.deadline(&p), None);
+    step(&mut slot, Event::Stop, &p, t0);
+    assert_eq!(slot.deadline(&p), Some(t0 + p.drain_timeout));
 }
 
 #[test]
