@@ -3,8 +3,9 @@
 
 use crate::flow;
 use crate::json;
+use crate::model::MemberSnapshot;
 use crate::registry::Registry;
-use crate::supervisor::{SlotState, SlotView, SupervisorHandle};
+use crate::supervisor::SupervisorHandle;
 use cohort_proto::Role;
 use cohort_proto::pb;
 use std::net::SocketAddr;
@@ -59,7 +60,7 @@ impl ControlService {
 
     /// Registered members, with local slots' restart counts, plus local
     /// slots that have no registered instance (starting, BACKOFF, FAILED).
-    fn members(&self) -> Vec<pb::MemberInfo> {
+    fn members(&self) -> Vec<MemberSnapshot> {
         let mut members = self.registry.list();
         for view in self.supervisor.views() {
             match members.iter().position(|m| m.name == view.name) {
@@ -68,7 +69,7 @@ impl ControlService {
                     members[i].last_exit = view.last_exit.clone();
                 }
                 Some(_) => {}
-                None => members.push((&view).into()),
+                None => members.push(view.snapshot()),
             }
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -87,7 +88,7 @@ impl pb::control_server::Control for ControlService {
         _: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         Ok(Response::new(pb::ListMembersResponse {
-            members: self.members(),
+            members: self.members().iter().map(Into::into).collect(),
         }))
     }
 
@@ -103,16 +104,18 @@ impl pb::control_server::Control for ControlService {
         }
         match self.registry.get(&member) {
             Ok(m) => Ok(Response::new(
-                self.members()
+                (&self
+                    .members()
                     .into_iter()
                     .find(|x| x.instance_id == m.instance_id)
-                    .unwrap_or(m),
+                    .unwrap_or(m))
+                    .into(),
             )),
             Err(e) => self
                 .members()
-                .into_iter()
+                .iter()
                 .find(|x| x.name == member)
-                .map(Response::new)
+                .map(|m| Response::new(m.into()))
                 .ok_or(e),
         }
     }
@@ -244,7 +247,7 @@ impl pb::control_server::Control for ControlService {
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
             for ev in current {
-                if tx.send(Ok(ev)).await.is_err() {
+                if tx.send(Ok((&ev).into())).await.is_err() {
                     return;
                 }
             }
@@ -255,7 +258,7 @@ impl pb::control_server::Control for ControlService {
                     ev = events.recv() => ev,
                 };
                 let item = match ev {
-                    Ok(ev) => Ok(ev),
+                    Ok(ev) => Ok((&ev).into()),
                     Err(broadcast::error::RecvError::Lagged(n)) => Err(Status::resource_exhausted(
                         format!("this watcher fell {n} events behind; call WatchEvents again"),
                     )),
@@ -284,7 +287,7 @@ impl pb::control_server::Control for ControlService {
                 .into_iter()
                 .map(|(role, state, count)| pb::StateCount {
                     role: role.into(),
-                    state: state as i32,
+                    state: pb::MemberState::from(state) as i32,
                     count,
                 })
                 .collect(),
@@ -293,34 +296,5 @@ impl pb::control_server::Control for ControlService {
             expected_agents: self.expect.0,
             expected_workers: self.expect.1,
         }))
-    }
-}
-
-impl From<&SlotView> for pb::MemberInfo {
-    /// A local slot with no registered instance, as `ListMembers` and the
-    /// supervisor's events show it.
-    fn from(view: &SlotView) -> Self {
-        let state = match view.state {
-            SlotState::Stopped => pb::MemberState::Gone,
-            SlotState::Starting => pb::MemberState::Starting,
-            SlotState::Ready => pb::MemberState::Ready,
-            SlotState::Backoff => pb::MemberState::Backoff,
-            SlotState::Failed => pb::MemberState::Failed,
-        };
-        let next_attempt_at = view
-            .next_attempt_at
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        pb::MemberInfo {
-            name: view.name.clone(),
-            role: view.role.into(),
-            state: state as i32,
-            pid: view.pid,
-            local: true,
-            restarts: view.restarts,
-            next_attempt_at,
-            last_exit: view.last_exit.clone(),
-            ..Default::default()
-        }
     }
 }

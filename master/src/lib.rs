@@ -26,11 +26,13 @@ pub mod json;
 pub mod listen;
 pub mod local;
 pub mod membership;
+pub mod model;
 pub mod outbound;
 pub mod readiness;
 pub mod registry;
 pub mod server;
 pub mod supervisor;
+pub mod wire;
 
 use anyhow::Context;
 use cohort_proto::pb;

@@ -14,12 +14,13 @@
 
 use crate::config::{Expect, HealthConfig, MessagingConfig, Overflow};
 use crate::flow::{Outcome, Stall, Then, Wait};
+use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState};
 use crate::outbound::{self, Outbound, OutboundStream, PushError, Refused};
 use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
 use cohort_proto::{MemberName, Role, Target};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -140,7 +141,7 @@ pub struct Joined {
 /// Counts by role and state, for `ClusterInfo`.
 pub struct Summary {
     /// `(role, state, count)`.
-    pub counts: Vec<(Role, pb::MemberState, u32)>,
+    pub counts: Vec<(Role, MemberState, u32)>,
     /// Whether ClusterReady was announced.
     pub cluster_ready: bool,
 }
@@ -148,7 +149,7 @@ pub struct Summary {
 /// The cluster's membership and router. Cheap to share behind an `Arc`.
 pub struct Registry {
     state: Mutex<State>,
-    events: broadcast::Sender<pb::ClusterEvent>,
+    events: broadcast::Sender<ClusterEvent>,
     ready_tx: watch::Sender<bool>,
     cfg: RegistryConfig,
     notices: Option<tokio::sync::mpsc::Sender<Notice>>,
@@ -259,7 +260,7 @@ impl Registry {
                             pid: info.pid,
                         });
                     }
-                    self.publish(&mut st, event(pb::EventKind::Ready, Some(info), ""));
+                    self.publish(&mut st, event(EventKind::Ready, Some(info), ""));
                     self.check_cluster_ready(&mut st, now);
                 }
             }
@@ -275,10 +276,7 @@ impl Registry {
                             replace: l.replace,
                         });
                     }
-                    self.publish(
-                        &mut st,
-                        event(pb::EventKind::Draining, Some(info), &l.reason),
-                    );
+                    self.publish(&mut st, event(EventKind::Draining, Some(info), &l.reason));
                 }
             }
             In::Send(env) => return Ok(self.accept(&mut st, &name, env, false, now)),
@@ -313,16 +311,12 @@ impl Registry {
         st.by_instance.remove(&m.instance_id);
         m.cancel.cancel();
         let mut info = m.info();
-        info.state = pb::MemberState::Gone as i32;
+        info.state = MemberState::Gone;
         let reason = status.message().to_string();
         tracing::info!(member.name = %name, instance = %m.instance_id, reason, "member left");
         m.outbound.close(status);
         let was_ready = m.presence != Presence::Joined;
-        self.publish_to(
-            st,
-            event(pb::EventKind::Left, Some(info), &reason),
-            was_ready,
-        );
+        self.publish_to(st, event(EventKind::Left, Some(info), &reason), was_ready);
     }
 
     /// Asks a member to drain.
@@ -340,7 +334,7 @@ impl Registry {
         })));
         self.publish(
             &mut st,
-            event(pb::EventKind::Draining, Some(info), "operator drain"),
+            event(EventKind::Draining, Some(info), "operator drain"),
         );
         Ok(())
     }
@@ -364,12 +358,12 @@ impl Registry {
     }
 
     /// Every member, ordered by name.
-    pub fn list(&self) -> Vec<pb::MemberInfo> {
+    pub fn list(&self) -> Vec<MemberSnapshot> {
         self.lock().members.values().map(Member::info).collect()
     }
 
     /// One member by name, instance id or `pid@host`.
-    pub fn get(&self, member: &str) -> Result<pb::MemberInfo, Status> {
+    pub fn get(&self, member: &str) -> Result<MemberSnapshot, Status> {
         let st = self.lock();
         let name = resolve_member(&st, member)?;
         st.members
@@ -381,15 +375,12 @@ impl Registry {
     /// Counts by role and state.
     pub fn summary(&self) -> Summary {
         let st = self.lock();
-        let mut counts: BTreeMap<(Role, i32), u32> = BTreeMap::new();
+        let mut counts: BTreeMap<(Role, MemberState), u32> = BTreeMap::new();
         for m in st.members.values() {
-            *counts.entry((m.role, m.info().state)).or_default() += 1;
+            *counts.entry((m.role, m.state())).or_default() += 1;
         }
         Summary {
-            counts: counts
-                .into_iter()
-                .map(|((r, s), n)| (r, pb::MemberState::try_from(s).unwrap_or_default(), n))
-                .collect(),
+            counts: counts.into_iter().map(|((r, s), n)| (r, s, n)).collect(),
             cluster_ready: st.cluster_ready,
         }
     }

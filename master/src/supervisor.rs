@@ -16,8 +16,9 @@ pub mod stale;
 mod timers;
 
 use handle::*;
-pub use handle::{Report, SlotState, SlotView, SupervisorHandle};
+pub use handle::{SlotView, SupervisorHandle};
 
+use crate::model::{EventKind, MemberSnapshot, MemberState};
 use crate::registry::{Notice, Registry};
 use cohort_process::child;
 use cohort_proto::Role;
@@ -197,19 +198,19 @@ impl Supervisor {
                     Action::Respawned { outcome } => {
                         tracing::warn!(member.name = %self.entries[i].name, %outcome, "member died; respawning");
                         self.entries[i].last_exit = outcome.to_string();
-                        self.report(i, Report::Respawned, &outcome.to_string());
+                        self.report(i, EventKind::Respawned, &outcome.to_string());
                     }
                     Action::Backoff { delay, outcome } => {
                         let delay_ms = delay.as_millis() as u64;
                         tracing::warn!(member.name = %self.entries[i].name, %outcome, delay_ms, "member died early; backing off");
                         self.entries[i].last_exit = outcome.to_string();
                         let reason = format!("{outcome}; next attempt in {delay_ms} ms");
-                        self.report(i, Report::Backoff, &reason);
+                        self.report(i, EventKind::Backoff, &reason);
                     }
                     Action::Failed { reason } => {
                         tracing::error!(member.name = %self.entries[i].name, reason, "slot failed: too many restarts");
                         self.entries[i].last_exit = reason.clone();
-                        self.report(i, Report::Failed, &reason);
+                        self.report(i, EventKind::Failed, &reason);
                     }
                     Action::Kill { pid, reason } => {
                         tracing::warn!(member.name = %self.entries[i].name, pid, reason, "killing the member's process group");
@@ -222,23 +223,24 @@ impl Supervisor {
                     Action::Retired { pid, outcome } => {
                         let e = &self.entries[i];
                         tracing::info!(member.name = %e.name, pid, %outcome, "replaced instance exited");
-                        let view = SlotView {
-                            state: SlotState::Stopped,
+                        let gone = MemberSnapshot {
+                            state: MemberState::Gone,
                             pid,
                             next_attempt_at: None,
                             last_exit: outcome.to_string(),
-                            ..self.view(i)
+                            ..self.view(i).snapshot()
                         };
                         let reason = format!("replaced instance exited: {outcome}");
-                        self.registry.announce(Report::Retired, &view, &reason);
+                        self.registry.announce(EventKind::Left, gone, &reason);
                     }
                 }
             }
         }
     }
 
-    fn report(&self, i: usize, report: Report, reason: &str) {
-        self.registry.announce(report, &self.view(i), reason);
+    fn report(&self, i: usize, kind: EventKind, reason: &str) {
+        self.registry
+            .announce(kind, self.view(i).snapshot(), reason);
     }
 
     /// Spawns slot `i`'s next instance; returns the event that follows.
@@ -348,12 +350,12 @@ impl Supervisor {
     fn view(&self, i: usize) -> SlotView {
         let e = &self.entries[i];
         let (state, pid, next) = match &e.slot.lifecycle {
-            Lifecycle::Stopped => (SlotState::Stopped, 0, None),
-            Lifecycle::Spawning => (SlotState::Starting, 0, None),
-            Lifecycle::Starting { pid, .. } => (SlotState::Starting, *pid, None),
-            Lifecycle::Ready { pid, .. } => (SlotState::Ready, *pid, None),
-            Lifecycle::Backoff { until, .. } => (SlotState::Backoff, 0, Some(wall_clock(*until))),
-            Lifecycle::Failed { .. } => (SlotState::Failed, 0, None),
+            Lifecycle::Stopped => (MemberState::Gone, 0, None),
+            Lifecycle::Spawning => (MemberState::Starting, 0, None),
+            Lifecycle::Starting { pid, .. } => (MemberState::Starting, *pid, None),
+            Lifecycle::Ready { pid, .. } => (MemberState::Ready, *pid, None),
+            Lifecycle::Backoff { until, .. } => (MemberState::Backoff, 0, Some(wall_clock(*until))),
+            Lifecycle::Failed { .. } => (MemberState::Failed, 0, None),
         };
         SlotView {
             name: e.name.clone(),

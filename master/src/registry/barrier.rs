@@ -65,7 +65,7 @@ impl Registry {
         for m in st.members.values_mut() {
             let _ = m.push(frame(Out::ClusterReady(pb::ClusterReady {})));
         }
-        self.publish(st, event(pb::EventKind::ClusterReady, None, ""));
+        self.publish(st, event(EventKind::ClusterReady, None, ""));
         self.ready_tx.send_replace(true);
         // Held messages go out at once, ahead of anything sent after this,
         // without waiting: they are bounded by `held_messages`.

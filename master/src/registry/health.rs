@@ -78,7 +78,7 @@ impl Registry {
             tracing::warn!(member.name = %info.name, "member suspect: heartbeats missing");
             self.publish(
                 &mut st,
-                event(pb::EventKind::Suspect, Some(info), "heartbeats missing"),
+                event(EventKind::Suspect, Some(info), "heartbeats missing"),
             );
         }
         for (name, reason) in evict {

@@ -175,7 +175,7 @@ impl Registry {
             local,
             labels: hello.labels,
             version: hello.version,
-            started_at_ms: now_ms(),
+            started_at: SystemTime::now(),
             cpu_percent: 0.0,
             rss_bytes: 0,
             last_seen: now,
@@ -198,13 +198,13 @@ impl Registry {
                 .members
                 .values()
                 .take(WELCOME_MEMBERS)
-                .map(Member::info)
+                .map(|m| (&m.info()).into())
                 .collect(),
             cluster_ready: st.cluster_ready,
         };
         // The queue is empty: the welcome always fits.
         let _ = member.outbound.push(frame(Out::Welcome(welcome)));
-        self.publish_to(&mut st, event(pb::EventKind::Joined, Some(info), ""), false);
+        self.publish_to(&mut st, event(EventKind::Joined, Some(info), ""), false);
         st.by_instance.insert(instance_id.clone(), name.clone());
         if local {
             st.secret_holders
@@ -235,7 +235,7 @@ impl Registry {
         if std::mem::replace(&mut m.suspect, false) {
             let info = m.info();
             tracing::info!(member.name = %name, "suspect member heard from again");
-            self.publish(st, event(pb::EventKind::Recovered, Some(info), ""));
+            self.publish(st, event(EventKind::Recovered, Some(info), ""));
         }
         Ok(name)
     }

@@ -26,7 +26,7 @@ pub(super) struct Member {
     pub(super) local: bool,
     pub(super) labels: HashMap<String, String>,
     pub(super) version: String,
-    pub(super) started_at_ms: u64,
+    pub(super) started_at: SystemTime,
     pub(super) cpu_percent: f32,
     pub(super) rss_bytes: u64,
     pub(super) last_seen: Instant,
@@ -43,29 +43,28 @@ pub(super) struct Member {
 }
 
 impl Member {
-    pub(super) fn info(&self) -> pb::MemberInfo {
-        let state = match (self.suspect, self.presence) {
-            (true, _) => pb::MemberState::Suspect,
-            (false, Presence::Joined) => pb::MemberState::Joined,
-            (false, Presence::Ready) => pb::MemberState::Ready,
-            (false, Presence::Draining) => pb::MemberState::Draining,
-        };
-        pb::MemberInfo {
-            name: self.name.to_string(),
+    pub(super) fn state(&self) -> MemberState {
+        match (self.suspect, self.presence) {
+            (true, _) => MemberState::Suspect,
+            (false, Presence::Joined) => MemberState::Joined,
+            (false, Presence::Ready) => MemberState::Ready,
+            (false, Presence::Draining) => MemberState::Draining,
+        }
+    }
+
+    pub(super) fn info(&self) -> MemberSnapshot {
+        MemberSnapshot {
             instance_id: self.instance_id.to_string(),
-            role: self.role.into(),
-            state: state as i32,
             pid: self.pid,
             host: self.host.clone(),
             local: self.local,
-            restarts: 0,
-            started_at: self.started_at_ms,
+            started_at: Some(self.started_at),
             cpu_percent: self.cpu_percent,
             rss_bytes: self.rss_bytes,
             labels: self.labels.clone(),
             version: self.version.clone(),
             dropped_messages: self.dropped,
-            ..Default::default()
+            ..MemberSnapshot::new(self.name.to_string(), self.role, self.state())
         }
     }
 

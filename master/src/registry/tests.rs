@@ -176,14 +176,12 @@ async fn health_sweeps_by_the_injected_clock() {
     ready(&r, &local, t0);
     let never_ready = join(&r, "slow-starter", t0);
     let state = |name: &str| {
-        r.get(name)
-            .ok()
-            .and_then(|m| pb::MemberState::try_from(m.state).ok())
+        r.get(name).ok().map(|m| m.state)
     };
     r.sweep(t0 + h.suspect_after - MS);
-    assert_eq!(state("local"), Some(pb::MemberState::Ready));
+    assert_eq!(state("local"), Some(MemberState::Ready));
     r.sweep(t0 + h.suspect_after);
-    assert_eq!(state("local"), Some(pb::MemberState::Suspect));
+    assert_eq!(state("local"), Some(MemberState::Suspect));
     // Heard from again: ready, and the clock restarts from then.
     let t1 = t0 + h.suspect_after + MS;
     r.on_frame(
@@ -192,7 +190,7 @@ async fn health_sweeps_by_the_injected_clock() {
         t1,
     )
     .expect("heartbeat");
-    assert_eq!(state("local"), Some(pb::MemberState::Ready));
+    assert_eq!(state("local"), Some(MemberState::Ready));
     r.sweep(t1 + h.dead_after);
     assert_eq!(state("local"), None, "evicted");
     match notices.try_recv() {

@@ -3,21 +3,6 @@
 
 use super::*;
 
-/// Where a slot is, as operators see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlotState {
-    /// Not running: never started, stopped, or an instance that retired.
-    Stopped,
-    /// Spawned, not ready yet.
-    Starting,
-    /// Running and ready.
-    Ready,
-    /// Waiting before the next attempt.
-    Backoff,
-    /// Gave up after too many restarts.
-    Failed,
-}
-
 /// A slot as the Control API shows it.
 #[derive(Clone, Debug)]
 pub struct SlotView {
@@ -25,8 +10,8 @@ pub struct SlotView {
     pub name: String,
     /// Its role.
     pub role: Role,
-    /// Its state.
-    pub state: SlotState,
+    /// Its state: STARTING, READY, BACKOFF, FAILED, or GONE when stopped.
+    pub state: MemberState,
     /// Pid of the current instance (0 when none).
     pub pid: u32,
     /// Restarts after deaths.
@@ -37,17 +22,19 @@ pub struct SlotView {
     pub last_exit: String,
 }
 
-/// What the supervisor reports to the cluster's event stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Report {
-    /// A member died and was started again at once.
-    Respawned,
-    /// A member died early; the next attempt waits.
-    Backoff,
-    /// A slot gave up.
-    Failed,
-    /// A replaced or stopped instance ended.
-    Retired,
+impl SlotView {
+    /// The slot as a member snapshot (for slots with no registered
+    /// instance, and for the supervisor's events).
+    pub fn snapshot(&self) -> MemberSnapshot {
+        MemberSnapshot {
+            pid: self.pid,
+            local: true,
+            restarts: self.restarts,
+            next_attempt_at: self.next_attempt_at,
+            last_exit: self.last_exit.clone(),
+            ..MemberSnapshot::new(self.name.clone(), self.role, self.state)
+        }
+    }
 }
 
 pub(super) enum Command {

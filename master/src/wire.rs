@@ -1,0 +1,79 @@
+//! The model's wire forms: [`crate::model`] to protobuf, for the Join
+//! stream and the Control API.
+
+use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState};
+use cohort_proto::pb;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 for none or before it).
+pub fn unix_ms(t: Option<SystemTime>) -> u64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl From<MemberState> for pb::MemberState {
+    fn from(s: MemberState) -> Self {
+        match s {
+            MemberState::Starting => pb::MemberState::Starting,
+            MemberState::Joined => pb::MemberState::Joined,
+            MemberState::Ready => pb::MemberState::Ready,
+            MemberState::Suspect => pb::MemberState::Suspect,
+            MemberState::Draining => pb::MemberState::Draining,
+            MemberState::Gone => pb::MemberState::Gone,
+            MemberState::Backoff => pb::MemberState::Backoff,
+            MemberState::Failed => pb::MemberState::Failed,
+        }
+    }
+}
+
+impl From<EventKind> for pb::EventKind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::Current => pb::EventKind::Current,
+            EventKind::Joined => pb::EventKind::Joined,
+            EventKind::Ready => pb::EventKind::Ready,
+            EventKind::Suspect => pb::EventKind::Suspect,
+            EventKind::Recovered => pb::EventKind::Recovered,
+            EventKind::Draining => pb::EventKind::Draining,
+            EventKind::Left => pb::EventKind::Left,
+            EventKind::Respawned => pb::EventKind::Respawned,
+            EventKind::Backoff => pb::EventKind::Backoff,
+            EventKind::Failed => pb::EventKind::Failed,
+            EventKind::ClusterReady => pb::EventKind::ClusterReady,
+        }
+    }
+}
+
+impl From<&MemberSnapshot> for pb::MemberInfo {
+    fn from(m: &MemberSnapshot) -> Self {
+        pb::MemberInfo {
+            name: m.name.clone(),
+            instance_id: m.instance_id.clone(),
+            role: m.role.into(),
+            state: pb::MemberState::from(m.state) as i32,
+            pid: m.pid,
+            host: m.host.clone(),
+            local: m.local,
+            restarts: m.restarts,
+            started_at: unix_ms(m.started_at),
+            cpu_percent: m.cpu_percent,
+            rss_bytes: m.rss_bytes,
+            labels: m.labels.clone(),
+            version: m.version.clone(),
+            dropped_messages: m.dropped_messages,
+            next_attempt_at: unix_ms(m.next_attempt_at),
+            last_exit: m.last_exit.clone(),
+        }
+    }
+}
+
+impl From<&ClusterEvent> for pb::ClusterEvent {
+    fn from(e: &ClusterEvent) -> Self {
+        pb::ClusterEvent {
+            kind: pb::EventKind::from(e.kind) as i32,
+            member: e.member.as_ref().map(Into::into),
+            at: unix_ms(Some(e.at)),
+            reason: e.reason.clone(),
+        }
+    }
+}
