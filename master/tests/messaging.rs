@@ -319,17 +319,8 @@ async fn bad_input_gets_clear_statuses_and_disturbs_nobody() {
 
 #[tokio::test]
 async fn silent_member_turns_suspect_then_is_evicted_and_its_name_freed() {
-    let mut cfg = config();
-    cfg.health.heartbeat_interval = Duration::from_millis(100);
-    cfg.health.suspect_after = Duration::from_millis(300);
-    cfg.health.dead_after = Duration::from_millis(900);
-    let master = TestMaster::start(cfg).await;
-    let mut control = master.control().await;
-    let mut events = control
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let master = TestMaster::start(quick_health(Duration::from_millis(900))).await;
+    let mut events = watch(&master).await;
     // A raw client that says hello and then nothing, like a hung process.
     let (_tx, r) = raw_join(&master, hello("mute")).await;
     let _stream = r.expect("joined");
@@ -368,17 +359,9 @@ async fn silent_member_turns_suspect_then_is_evicted_and_its_name_freed() {
 
 #[tokio::test]
 async fn suspect_name_can_be_taken_over_by_a_new_instance() {
-    let mut cfg = config();
-    cfg.health.heartbeat_interval = Duration::from_millis(100);
-    cfg.health.suspect_after = Duration::from_millis(300);
-    cfg.health.dead_after = Duration::from_secs(60);
-    let master = TestMaster::start(cfg).await;
+    let master = TestMaster::start(quick_health(Duration::from_secs(60))).await;
     let mut control = master.control().await;
-    let mut events = control
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&master).await;
     let (_tx, r) = raw_join(&master, hello("worker-1")).await;
     let _stream = r.expect("joined");
     // Silent: SUSPECT after 300 ms, not dead for a minute.
@@ -410,13 +393,7 @@ async fn member_reregisters_after_the_master_restarts_on_the_same_address() {
     let mut cfg = config();
     cfg.listen = addr;
     let master = TestMaster::start(cfg).await;
-    let mut watch = master
-        .control()
-        .await
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events_after = watch(&master).await;
     let reconnected = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
             if let Ok(cohort::Event::Reconnected { instance_id }) = events.recv().await {
@@ -438,7 +415,7 @@ async fn member_reregisters_after_the_master_restarts_on_the_same_address() {
         .into_inner();
     assert_eq!(info.instance_id, reconnected);
     // `ready()` is repeated on reconnect.
-    until_event(&mut watch, pb::EventKind::Ready, &name).await;
+    until_event(&mut events_after, pb::EventKind::Ready, &name).await;
     member.close().await;
     master.stop().await;
 }

@@ -161,3 +161,24 @@ pub async fn until_event(
         .await
         .unwrap_or_else(|_| panic!("no {kind:?} event for {member} within 30 s"))
 }
+
+/// The cluster's events from now on (after the current state).
+pub async fn watch(master: &TestMaster) -> tonic::Streaming<pb::ClusterEvent> {
+    master
+        .control()
+        .await
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("WatchEvents")
+        .into_inner()
+}
+
+/// The test config with heartbeats every 100 ms, SUSPECT after 300 ms and
+/// eviction after `dead_after`.
+pub fn quick_health(dead_after: Duration) -> Config {
+    let mut cfg = config();
+    cfg.health.heartbeat_interval = Duration::from_millis(100);
+    cfg.health.suspect_after = Duration::from_millis(300);
+    cfg.health.dead_after = dead_after;
+    cfg
+}
