@@ -504,28 +504,37 @@ async fn agent_pushes_file_changes_and_schedules_to_the_workers_caches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tells_systemd_ready_once_the_cluster_is_ready() {
+async fn tells_systemd_ready_as_soon_as_it_serves_then_watchdog_and_stopping() {
     let dir = tempfile::tempdir().expect("dir");
     let socket_path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
     socket
         .set_read_timeout(Some(cohort_e2e::WAIT))
         .expect("timeout");
-    let mut cmd = std::process::Command::new(bin("cohort-master"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--listener",
-        "http=127.0.0.1:0",
-        "--worker-count",
-        "1",
-    ])
-    .env("NOTIFY_SOCKET", &socket_path);
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // A remote worker is expected and never comes: `systemctl start` must
+    // return all the same (READY=1 as soon as the master serves), with the
+    // progress in STATUS=.
+    // systemd names the pid the watchdog is for: `exec` keeps the shell's.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+        .arg(bin("cohort-master"))
+        .args(["--listen", "127.0.0.1:0", "--agent-count", "0"])
+        .args(["--worker-count", "0", "--expect-workers", "1"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000");
     let mut proc = cohort_e2e::Proc::spawn("cohort-master", cmd);
     let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
-    let mut buf = [0u8; 64];
-    let n = socket.recv(&mut buf).expect("READY=1 within the deadline");
-    assert_eq!(&buf[..n], b"READY=1");
+    let first = recv();
+    assert!(first.contains("READY=1"), "{first:?}");
+    assert!(
+        first.contains("STATUS=serving; waiting for 0 agents and 1 worker"),
+        "{first:?}"
+    );
     let mut master = Master {
         addr: line.trim_start_matches("READY master ").to_string(),
         proc,
@@ -536,7 +545,47 @@ async fn tells_systemd_ready_once_the_cluster_is_ready() {
         .await
         .expect("info")
         .into_inner();
-    assert!(info.cluster_ready, "READY=1 only after ClusterReady");
-    let pids: Vec<u32> = members(&master.addr).await.iter().map(|m| m.pid).collect();
-    stop_cleanly(&mut master, &pids);
+    assert!(!info.cluster_ready, "the expected worker never joined");
+    // WatchdogSec=200ms: pings at half the interval.
+    for _ in 0..3 {
+        let ping = recv();
+        assert_eq!(ping.trim_end(), "WATCHDOG=1");
+    }
+    stop_cleanly(&mut master, &[]);
+    let mut last = recv();
+    while last.trim_end() == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert!(last.contains("STOPPING=1"), "{last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_only_master_writes_nothing_and_binds_only_its_grpc_port() {
+    // As on Kubernetes: a read-only root (no usable temp directory) and a
+    // shared-listener address it must not take when it runs no workers.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let mut cmd = std::process::Command::new(bin("cohort-master"));
+    cmd.args(["--listen", "127.0.0.1:0", "--agent-count", "0"])
+        .args(["--worker-count", "0", "--expect-workers", "1"])
+        .args(["--listener", &format!("http={taken_addr}")])
+        .env("TMPDIR", "/nonexistent/read-only-root");
+    let mut proc = cohort_e2e::Proc::spawn("cohort-master", cmd);
+    let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
+    let mut master = Master {
+        addr: line.trim_start_matches("READY master ").to_string(),
+        proc,
+    };
+    let err = control(&master.addr)
+        .await
+        .scale(pb::ScaleRequest {
+            role: pb::Role::Worker as i32,
+            count: 1,
+        })
+        .await
+        .expect_err("no local members on this master");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("no local members"), "{err:?}");
+    stop_cleanly(&mut master, &[]);
+    drop(taken);
 }

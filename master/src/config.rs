@@ -84,8 +84,6 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Allow a non-loopback listen address without auth.
     pub insecure: bool,
-    /// systemd's `NOTIFY_SOCKET`: where to send `READY=1` at ClusterReady.
-    pub notify_socket: Option<String>,
     /// `[tls]`: serve gRPC over TLS (and require client certificates).
     pub tls: TlsConfig,
 }
@@ -138,7 +136,6 @@ impl Default for Config {
             tokens: Vec::new(),
             warnings: Vec::new(),
             insecure: false,
-            notify_socket: None,
             tls: TlsConfig::default(),
         }
     }
@@ -199,7 +196,6 @@ impl Config {
             }
             cfg.tokens = all;
         }
-        cfg.notify_socket = env("NOTIFY_SOCKET").filter(|s| !s.is_empty());
         cfg.validate()?;
         Ok(cfg)
     }

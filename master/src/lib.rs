@@ -12,8 +12,8 @@
 //! - [`json`]: JSON ⇄ `google.protobuf.Value` for `Control/Send`.
 //! - [`supervisor`]: the local agent and workers: spawn, respawn, replace, stop.
 //! - [`server`]: the gRPC services and server settings; [`local`]: the
-//!   private socket of local children; [`readiness`]: health `""` and
-//!   systemd `READY=1` at ClusterReady.
+//!   private socket of local children; [`readiness`]: gRPC health and
+//!   systemd notifications.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! pass port 0 and their own shutdown.
@@ -60,8 +60,13 @@ pub struct SharedListener {
     pub listener: std::net::TcpListener,
 }
 
-/// Binds every `[[listener]]` of the config (parse first, bind second).
+/// Binds every `[[listener]]` of the config (parse first, bind second),
+/// or none when the master runs no local workers: a coordinator-only
+/// master holds no port it does not serve.
 pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<SharedListener>> {
+    if config.worker_count(cpus()) == 0 {
+        return Ok(Vec::new());
+    }
     config
         .listeners
         .iter()
@@ -104,8 +109,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (agents, workers) = (config.agent.count, config.worker_count(cpus));
+    let (agents, workers) = (config.agent.count, config.worker_count(cpus()));
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(256);
     let registry = Arc::new(Registry::new(
         registry_config(&config, agents, workers),
@@ -113,21 +117,21 @@ pub async fn run(
     ));
     let (listeners, fds) = describe(&shared)?;
     // Local children reach the master over a private Unix socket: no TLS
-    // or client certificate to hand out, and no loopback TCP hop.
-    let mut local = LocalSocket::bind().context("creating the local members' socket")?;
-    let supervisor_config = supervisor_config(&config, agents, workers, &local, fds);
+    // or client certificate to hand out, and no loopback TCP hop. A master
+    // with no local members writes nothing (a read-only root is fine).
+    let mut local = match agents + workers {
+        0 => None,
+        _ => Some(LocalSocket::bind().context("creating the local members' socket")?),
+    };
+    let supervisor_config = supervisor_config(&config, agents, workers, local.as_ref(), fds);
     let (supervisor, supervisor_task) =
         supervisor::start(supervisor_config, registry.clone(), notice_rx);
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (reporter, health) = tonic_health::server::health_reporter();
-    let readiness = Readiness::new(
-        reporter,
-        registry.ready_watch(),
-        config.notify_socket.clone(),
-    );
-    tasks.spawn(readiness.await.run(stop.clone()));
+    let readiness = Readiness::new(reporter, registry.clone()).await;
+    tasks.spawn(readiness.run(stop.clone()));
     tasks.spawn(registry.clone().sweep_every(stop.clone()));
     let parts = server::Parts {
         registry: &registry,
@@ -142,14 +146,17 @@ pub async fn run(
     tokio::spawn(cancel_on(shutdown, stop.clone()));
 
     let streams_closed = CancellationToken::new();
-    let local_served = tokio::spawn(
-        server::builder(None)?
-            .add_routes(services.local)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(local.listener()?),
-                streams_closed.clone().cancelled_owned(),
-            ),
-    );
+    let local_served = match local.as_mut() {
+        Some(local) => Some(tokio::spawn(
+            server::builder(None)?
+                .add_routes(services.local)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(local.listener()?),
+                    streams_closed.clone().cancelled_owned(),
+                ),
+        )),
+        None => None,
+    };
     // At `stop`: the supervisor drains its children, then every member
     // stream ends, then the server waits for its connections.
     let drained = {
@@ -187,7 +194,9 @@ pub async fn run(
     supervisor.shutdown().await;
     within("the supervisor", supervisor_task).await;
     streams_closed.cancel();
-    within("the local members' socket", local_served).await;
+    if let Some(local_served) = local_served {
+        within("the local members' socket", local_served).await;
+    }
     drop((local, shared));
     match result {
         Some(r) => r
@@ -201,6 +210,10 @@ pub async fn run(
     within("background tasks", tasks.wait()).await;
     tracing::info!("master stopped");
     Ok(())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The registry's settings: the expected members include the local ones.
@@ -223,7 +236,7 @@ fn supervisor_config(
     config: &Config,
     agents: u32,
     workers: u32,
-    local: &LocalSocket,
+    local: Option<&LocalSocket>,
     listeners: Vec<(String, std::os::fd::RawFd)>,
 ) -> supervisor::SupervisorConfig {
     let r = &config.restart;
@@ -242,7 +255,7 @@ fn supervisor_config(
             drain_timeout: r.drain_timeout,
         },
         kill_timeout: r.kill_timeout,
-        master_url: format!("unix://{}", local.path.display()),
+        master_url: local.map(|l| format!("unix://{}", l.path.display())),
         token: config.tokens.first().map(|t| t.expose().to_string()),
         listeners,
     }

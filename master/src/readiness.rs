@@ -1,25 +1,36 @@
-//! Telling the world the cluster is ready: gRPC health `""` turns SERVING
-//! and systemd gets `READY=1` at ClusterReady (the per-service statuses are
-//! SERVING as soon as the master serves).
+//! Telling the world how the master is: gRPC health and systemd.
+//!
+//! - The per-service statuses (`cohort.v1.Membership`, `cohort.v1.Control`)
+//!   are SERVING as soon as the master serves: that is what a readiness or
+//!   liveness probe asks. The whole-server status `""` turns SERVING at
+//!   ClusterReady, for whoever waits for the cluster.
+//! - systemd (`Type=notify`) gets `READY=1` as soon as the master serves,
+//!   whether or not any member has joined yet, so `systemctl start` returns
+//!   and a restarted master is up at once; progress goes in `STATUS=`.
+//!   With `WatchdogSec=`, `WATCHDOG=1` follows at half the interval from the
+//!   same thread that routes (a master stuck under its lock stops pinging);
+//!   `STOPPING=1` at shutdown.
 
+use crate::registry::Registry;
 use crate::{control, membership};
 use cohort_proto::pb;
-use tokio::sync::watch;
+use sd_notify::NotifyState;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Waits for ClusterReady and reports it.
+/// Reports the master's state to health checkers and systemd.
 pub struct Readiness {
     reporter: tonic_health::server::HealthReporter,
-    ready: watch::Receiver<bool>,
-    notify_socket: Option<String>,
+    registry: Arc<Registry>,
 }
 
 impl Readiness {
-    /// Sets the initial statuses: the services SERVING, the whole server not.
+    /// Sets the initial statuses: the services SERVING, the whole server not
+    /// until ClusterReady; tells systemd the master serves.
     pub async fn new(
         reporter: tonic_health::server::HealthReporter,
-        ready: watch::Receiver<bool>,
-        notify_socket: Option<String>,
+        registry: Arc<Registry>,
     ) -> Readiness {
         reporter
             .set_serving::<pb::membership_server::MembershipServer<membership::MembershipService>>()
@@ -30,45 +41,59 @@ impl Readiness {
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        Readiness {
-            reporter,
-            ready,
-            notify_socket,
-        }
+        let summary = registry.summary();
+        let status = match summary.cluster_ready {
+            true => "serving; cluster ready".to_string(),
+            false => format!("serving; waiting for {}", registry.expected()),
+        };
+        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        Readiness { reporter, registry }
     }
 
-    /// Reports ClusterReady when it comes, unless `stop` comes first.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let became_ready = tokio::select! {
-            _ = stop.cancelled() => false,
-            r = self.ready.wait_for(|r| *r) => r.is_ok(),
-        };
-        if became_ready {
-            self.reporter
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
-            if let Some(socket) = &self.notify_socket {
-                notify_systemd(socket);
+    /// Reports ClusterReady when it comes and pings systemd's watchdog when
+    /// it asks for it, until `stop`; then tells systemd the master stops.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut ready = self.registry.ready_watch();
+        let mut usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
+            .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)));
+        let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                ok = async { ready.wait_for(|r| *r).await.is_ok() }, if !announced => {
+                    announced = true;
+                    if !ok {
+                        continue;
+                    }
+                    self.reporter
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                    let status = format!("serving; cluster ready: {} members", self.registry.len());
+                    systemd(&[NotifyState::Status(&status)]);
+                }
+                _ = ping.tick(), if watchdog.is_some() => {
+                    // Takes the registry's lock: a master wedged under it
+                    // misses its pings and systemd restarts it.
+                    let _ = self.registry.len();
+                    systemd(&[NotifyState::Watchdog]);
+                }
             }
         }
+        systemd(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: draining local members, closing member streams"),
+        ]);
     }
 }
 
-/// Sends `READY=1` to systemd's notify socket (a path, or `@name` for the
-/// abstract namespace).
-fn notify_systemd(socket: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let addr = match socket.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(socket),
-    };
-    let sent = addr.and_then(|addr| {
-        let sock = UnixDatagram::unbound()?;
-        sock.send_to_addr(b"READY=1", &addr)
-    });
-    match sent {
-        Ok(_) => tracing::info!("told systemd READY=1"),
-        Err(e) => tracing::warn!(error = %e, socket, "cannot notify systemd"),
+/// Sends `states` to systemd if it asked for them (`NOTIFY_SOCKET`).
+fn systemd(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }

@@ -372,6 +372,11 @@ impl Registry {
             .ok_or_else(|| not_found(member).into())
     }
 
+    /// How many members are registered.
+    pub fn len(&self) -> usize {
+        self.lock().members.len()
+    }
+
     /// Counts by role and state.
     pub fn summary(&self) -> Summary {
         let st = self.lock();

@@ -46,8 +46,9 @@ pub struct SupervisorConfig {
     pub policy: Policy,
     /// How long after SIGTERM before SIGKILL at shutdown.
     pub kill_timeout: Duration,
-    /// `http://ADDR` of this master, for `COHORT_MASTER`.
-    pub master_url: String,
+    /// `unix://PATH` of the master's private socket, for `COHORT_MASTER`;
+    /// `None` when it was started with no local members (then it runs none).
+    pub master_url: Option<String>,
     /// The bearer token handed to local children (`COHORT_TOKEN`).
     pub token: Option<String>,
     /// Shared listeners handed to workers.
@@ -246,6 +247,10 @@ impl Supervisor {
     /// Spawns slot `i`'s next instance; returns the event that follows.
     fn spawn(&mut self, i: usize) -> Event {
         let (role, name) = (self.entries[i].role, self.entries[i].name.clone());
+        let Some(url) = self.cfg.master_url.clone() else {
+            let outcome = Outcome::SpawnFailed("this master has no local members' socket".into());
+            return Event::Died { pid: 0, outcome };
+        };
         let secret = uuid::Uuid::new_v4().simple().to_string();
         self.registry.reserve(&name, &secret);
         let command = match role {
@@ -259,7 +264,7 @@ impl Supervisor {
         let spec = spawn::SpawnSpec {
             command: &command,
             env: vec![
-                ("COHORT_MASTER".into(), self.cfg.master_url.clone()),
+                ("COHORT_MASTER".into(), url),
                 ("COHORT_NAME".into(), name.clone()),
                 ("COHORT_ROLE".into(), role.to_string()),
                 ("COHORT_SECRET".into(), secret),

@@ -10,6 +10,20 @@ pub(super) struct Held {
 }
 
 impl Registry {
+    /// The members ClusterReady waits for, in words ("1 agent and 3 workers").
+    pub fn expected(&self) -> String {
+        let plural = |n: u32, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        let e = &self.cfg.expect;
+        format!(
+            "{} and {}",
+            plural(e.agents, "agent"),
+            plural(e.workers, "worker")
+        )
+    }
+
     /// Takes a send or request from a member: held before ClusterReady,
     /// routed after it.
     pub(super) fn accept(

@@ -175,9 +175,7 @@ async fn health_sweeps_by_the_injected_clock() {
         .expect("local joins");
     ready(&r, &local, t0);
     let never_ready = join(&r, "slow-starter", t0);
-    let state = |name: &str| {
-        r.get(name).ok().map(|m| m.state)
-    };
+    let state = |name: &str| r.get(name).ok().map(|m| m.state);
     r.sweep(t0 + h.suspect_after - MS);
     assert_eq!(state("local"), Some(MemberState::Ready));
     r.sweep(t0 + h.suspect_after);

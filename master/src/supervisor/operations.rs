@@ -8,6 +8,11 @@ impl Supervisor {
         if role == Role::Agent && count > 1 {
             return Err(Status::invalid_argument("a cluster has 0 or 1 agent"));
         }
+        if count > 0 && self.cfg.master_url.is_none() {
+            return Err(Status::failed_precondition(
+                "this master was started with no local members ([agent] count = 0 and [worker] count = 0), so it has no socket for children; start it with a count above 0 to run local members",
+            ));
+        }
         let have = self
             .entries
             .iter()

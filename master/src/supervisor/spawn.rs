@@ -51,7 +51,11 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Child> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .process_group(0);
+        .process_group(0)
+        // systemd's notify socket and watchdog are the master's, not theirs.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     if !spec.listeners.is_empty() {
         let names: Vec<&str> = spec.listeners.iter().map(|(n, _)| n.as_str()).collect();
         cmd.env("LISTEN_FDS", spec.listeners.len().to_string())
