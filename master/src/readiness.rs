@@ -70,13 +70,13 @@ impl Readiness {
                     self.reporter
                         .set_service_status("", tonic_health::ServingStatus::Serving)
                         .await;
-                    let status = format!("serving; cluster ready: {} members", self.registry.len());
+                    let status = format!("serving; cluster ready: {} members", self.registry.member_count());
                     systemd(&[NotifyState::Status(&status)]);
                 }
                 _ = ping.tick(), if watchdog.is_some() => {
                     // Takes the registry's lock: a master wedged under it
                     // misses its pings and systemd restarts it.
-                    let _ = self.registry.len();
+                    let _ = self.registry.member_count();
                     systemd(&[NotifyState::Watchdog]);
                 }
             }

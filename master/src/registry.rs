@@ -373,7 +373,7 @@ impl Registry {
     }
 
     /// How many members are registered.
-    pub fn len(&self) -> usize {
+    pub fn member_count(&self) -> usize {
         self.lock().members.len()
     }
 
