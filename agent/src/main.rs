@@ -64,7 +64,16 @@ async fn main() -> ExitCode {
     };
     let shutdown = cohort_process::shutdown_signal();
     let result = async {
-        let member = builder.join().await?;
+        // SIGTERM while still joining ends the agent at once (as PID 1 in a
+        // container nothing else would).
+        let mut shutdown = std::pin::pin!(shutdown);
+        let member = tokio::select! {
+            m = builder.join() => m?,
+            _ = &mut shutdown => {
+                tracing::info!("stopped before joining the master");
+                return Ok(());
+            }
+        };
         cohort_agent::run(member, config, shutdown).await
     };
     match result.await {

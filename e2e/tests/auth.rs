@@ -135,3 +135,66 @@ fn a_non_loopback_listen_without_auth_is_refused_with_the_fix() {
         "{err}"
     );
 }
+
+/// Rotation with one token file shared by the master and its members (one
+/// Kubernetes Secret key, one file copied to every host): the master
+/// accepts every line, members send the first and read the file again
+/// before every reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotates_through_one_shared_file_without_losing_a_member() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("token");
+    let path = file.to_str().expect("path").to_string();
+    let start = |listen: &str| {
+        let mut cmd = std::process::Command::new(bin("cohort-master"));
+        cmd.args([
+            "--listen",
+            listen,
+            "--agent-count",
+            "0",
+            "--worker-count",
+            "0",
+        ])
+        .args(["--expect-workers", "1", "--token-file", &path]);
+        let mut proc = cohort_e2e::Proc::spawn("cohort-master", cmd);
+        let line = proc.wait_line("READY master", |l| l.starts_with("READY master "));
+        let addr = line.trim_start_matches("READY master ").to_string();
+        Master { proc, addr }
+    };
+    let restart = |master: &mut Master| {
+        master.proc.signal("TERM");
+        master
+            .proc
+            .wait_exit(std::time::Duration::from_secs(15))
+            .expect("master exits");
+        start(&master.addr.clone())
+    };
+    // Step 1: the next token is added below the current one.
+    std::fs::write(&file, format!("{TOKEN}\n{NEXT}\n")).expect("write");
+    let mut master = start("127.0.0.1:0");
+    let mut worker = {
+        let mut cmd = std::process::Command::new(bin("cohort-worker"));
+        cmd.env("COHORT_MASTER", master.url())
+            .env("COHORT_NAME", "remote-1")
+            .env("COHORT_TOKEN_FILE", &path)
+            .env("COHORT_HTTP_ADDR", "127.0.0.1:0");
+        cohort_e2e::Proc::spawn("remote-1", cmd)
+    };
+    let first = wait_ready_with(&master.addr, &["remote-1"], Some(TOKEN)).await;
+    // Step 2: the next token goes first; the member sends it from its next
+    // reconnect on (here: the master restarts).
+    std::fs::write(&file, format!("{NEXT}\n{TOKEN}\n")).expect("write");
+    master = restart(&mut master);
+    wait_ready_with(&master.addr, &["remote-1"], Some(NEXT)).await;
+    // Step 3: the old token is gone; the member still holds on.
+    std::fs::write(&file, format!("{NEXT}\n")).expect("write");
+    master = restart(&mut master);
+    let last = wait_ready_with(&master.addr, &["remote-1"], Some(NEXT)).await;
+    assert_eq!(first[0].pid, last[0].pid, "the same process throughout");
+    worker.signal("TERM");
+    worker
+        .wait_exit(std::time::Duration::from_secs(15))
+        .expect("worker exits");
+    master.proc.signal("TERM");
+    let _ = master.proc.wait_exit(std::time::Duration::from_secs(15));
+}

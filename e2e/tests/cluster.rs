@@ -589,3 +589,22 @@ async fn a_coordinator_only_master_writes_nothing_and_binds_only_its_grpc_port()
     stop_cleanly(&mut master, &[]);
     drop(taken);
 }
+
+#[test]
+fn members_stop_at_sigterm_even_before_they_joined() {
+    // Nothing listens on port 1: the members keep retrying their join. As
+    // PID 1 in a container a SIGTERM they ignored would mean waiting for
+    // SIGKILL (`podman stop`, a pod's grace period).
+    for binary in ["cohort-worker", "cohort-agent"] {
+        let mut cmd = std::process::Command::new(bin(binary));
+        cmd.env("COHORT_MASTER", "http://127.0.0.1:1")
+            .env("COHORT_HTTP_ADDR", "127.0.0.1:0");
+        let mut proc = cohort_e2e::Proc::spawn(binary, cmd);
+        std::thread::sleep(Duration::from_millis(500));
+        proc.signal("TERM");
+        let status = proc
+            .wait_exit(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{binary} ignored SIGTERM while joining"));
+        assert_eq!(status.code(), Some(0), "{binary}: {}", proc.stderr());
+    }
+}

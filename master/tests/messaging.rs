@@ -255,8 +255,11 @@ async fn bad_input_gets_clear_statuses_and_disturbs_nobody() {
         .expect_err("invalid name");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
+    // A name held by a live member is retried until the join timeout
+    // (the holder may be on its way out), then refused.
     let err = MemberBuilder::new(master.url(), Role::Worker)
         .name("bystander")
+        .join_timeout(Duration::from_millis(500))
         .join()
         .await
         .expect_err("duplicate");
@@ -464,5 +467,28 @@ async fn control_send_takes_json_and_returns_the_reply_as_json() {
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn a_replacement_waits_for_its_name_while_the_old_instance_leaves() {
+    // A fixed name (the agent, a StatefulSet pod) whose old instance is
+    // still terminating when the new one starts.
+    let master = TestMaster::start(config()).await;
+    let old = master.join(Role::Worker, "fixed").await;
+    let new = tokio::spawn(
+        MemberBuilder::new(master.url(), Role::Worker)
+            .name("fixed")
+            .join(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!new.is_finished(), "joined while the name was held");
+    old.close().await;
+    let new = tokio::time::timeout(Duration::from_secs(20), new)
+        .await
+        .expect("joined once the name was free")
+        .expect("task")
+        .expect("join");
+    assert_eq!(new.name(), "fixed");
     master.stop().await;
 }

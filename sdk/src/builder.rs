@@ -14,6 +14,8 @@ pub struct MemberBuilder {
     pub(crate) name: Option<String>,
     pub(crate) secret: String,
     pub(crate) token: Option<String>,
+    /// Read again before every connect, so a rotated token is picked up.
+    pub(crate) token_file: Option<std::path::PathBuf>,
     pub(crate) labels: HashMap<String, String>,
     pub(crate) version: String,
     pub(crate) join_timeout: Duration,
@@ -36,6 +38,7 @@ impl MemberBuilder {
             name: None,
             secret: String::new(),
             token: None,
+            token_file: None,
             labels: HashMap::new(),
             version: String::new(),
             join_timeout: Duration::from_secs(30),
@@ -61,16 +64,13 @@ impl MemberBuilder {
         let mut b = MemberBuilder::new(master, role);
         b.name = env(NAME).filter(|n| !n.is_empty());
         b.secret = env(SECRET).unwrap_or_default();
-        b.token = match (env(TOKEN), env(TOKEN_FILE)) {
-            (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| Error::Config(format!("{TOKEN_FILE} {path}: {e}")))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        match (env(TOKEN), env(TOKEN_FILE)) {
+            (Some(t), _) => b.token = first_token(&t),
+            (None, Some(path)) => {
+                b = b.token_file(&path)?;
+            }
+            (None, None) => {}
+        }
         let read = |var: &str| -> Result<Option<Vec<u8>>, Error> {
             env(var)
                 .filter(|p| !p.is_empty())
@@ -114,6 +114,32 @@ impl MemberBuilder {
         self
     }
 
+    /// Sends the token in `path`: its first non-empty line (a master's
+    /// token file may list the next token too, while rotating). The file is
+    /// read again before every reconnect, so a rotated token is picked up
+    /// without a restart.
+    pub fn token_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        self.token = Some(read_token(path)?);
+        self.token_file = Some(path.to_path_buf());
+        Ok(self)
+    }
+
+    /// The token to send now: the token file's, read again, or the last
+    /// one known if it cannot be read.
+    pub(crate) fn current_token(&self) -> Option<String> {
+        let Some(path) = &self.token_file else {
+            return self.token.clone();
+        };
+        match read_token(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the token file again; sending the last token read");
+                self.token.clone()
+            }
+        }
+    }
+
     /// The bearer token sent to the master.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -131,4 +157,20 @@ impl MemberBuilder {
         self.join_timeout = t;
         self
     }
+}
+
+/// The first non-empty line, trimmed.
+fn first_token(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, Error> {
+    let file = crate::env::TOKEN_FILE;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{file} {}: {e}", path.display())))?;
+    first_token(&text)
+        .ok_or_else(|| Error::Config(format!("{file} {}: the file is empty", path.display())))
 }

@@ -52,9 +52,16 @@ pub(crate) async fn run(
             });
         }
         if let (Some(_), Err(e)) = (&first, &result) {
-            // A refusal will not change by retrying; an unreachable master may.
-            let retry =
-                e.code() == tonic::Code::Unavailable && started.elapsed() < cfg.join_timeout;
+            // A refusal will not change by retrying; an unreachable master
+            // or a name still held may.
+            // ALREADY_EXISTS: the name is held by a live instance, usually
+            // the one this replaces, still on its way out (a terminating
+            // pod); it frees the name when it goes.
+            let transient = matches!(
+                e.code(),
+                tonic::Code::Unavailable | tonic::Code::AlreadyExists
+            );
+            let retry = transient && started.elapsed() < cfg.join_timeout;
             if !retry {
                 if let Some(tx) = first.take() {
                     let _ = tx.send(result);
@@ -111,7 +118,7 @@ async fn session(
         kind: Some(Out::Hello(hello)),
     });
     let mut request = tonic::Request::new(Outgoing { rx, stash: None });
-    if let Some(token) = &cfg.token {
+    if let Some(token) = cfg.current_token() {
         match format!("Bearer {token}").parse() {
             Ok(v) => {
                 request.metadata_mut().insert("authorization", v);

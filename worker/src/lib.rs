@@ -43,7 +43,17 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<i32> {
-    let member = builder.join().await?;
+    // SIGTERM while still joining (an unreachable master, a name still
+    // held) ends the worker at once: as PID 1 in a container nothing else
+    // would.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let member = tokio::select! {
+        m = builder.join() => m?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped before joining the master");
+            return Ok(0);
+        }
+    };
     member.answer_pings();
     if !settings.exec.is_empty() {
         let code = exec::run(
