@@ -608,3 +608,32 @@ fn members_stop_at_sigterm_even_before_they_joined() {
         assert_eq!(status.code(), Some(0), "{binary}: {}", proc.stderr());
     }
 }
+
+#[test]
+fn shutdown_gives_local_members_their_drain_before_sigkill() {
+    // A member that needs 2 s to finish after SIGTERM: within
+    // drain_timeout (3 s), so it must not be killed at kill_timeout (1 s).
+    let dir = tempfile::tempdir().expect("dir");
+    let done = dir.path().join("drained");
+    let script = format!(
+        "trap 'sleep 2; echo drained > {}; exit 0' TERM; while :; do sleep 0.1; done",
+        done.display()
+    );
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [\"sh\", \"-c\", {}]\n[restart]\ndrain_timeout = \"3s\"\nkill_timeout = \"1s\"\n",
+            toml_str(std::path::Path::new(&script))
+        ),
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    std::thread::sleep(Duration::from_millis(500));
+    master.proc.signal("TERM");
+    let status = master
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("master exits");
+    assert_eq!(status.code(), Some(0), "{}", master.proc.stderr());
+    let text = std::fs::read_to_string(&done).unwrap_or_default();
+    assert_eq!(text.trim(), "drained", "the member was killed mid-drain");
+}

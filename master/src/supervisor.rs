@@ -44,7 +44,7 @@ pub struct SupervisorConfig {
     pub worker_command: Vec<String>,
     /// Restart policy, with the drain and start timeouts.
     pub policy: Policy,
-    /// How long after SIGTERM before SIGKILL at shutdown.
+    /// At shutdown, how long after `drain_timeout` before SIGKILL.
     pub kill_timeout: Duration,
     /// `unix://PATH` of the master's private socket, for `COHORT_MASTER`;
     /// `None` when it was started with no local members (then it runs none).

@@ -151,7 +151,7 @@ pub(super) struct RestartLayer {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub drain_timeout: Option<Duration>,
-    /// SIGTERM → SIGKILL at shutdown [default: 5s].
+    /// At shutdown, time to exit after --drain-timeout before SIGKILL [default: 5s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub kill_timeout: Option<Duration>,

@@ -85,7 +85,8 @@ pub struct RestartConfig {
     pub backoff_max: Duration,
     /// How long a draining member may take to finish.
     pub drain_timeout: Duration,
-    /// How long after SIGTERM before SIGKILL.
+    /// At shutdown: how long a member may take to exit after its
+    /// `drain_timeout`, before SIGKILL.
     pub kill_timeout: Duration,
     /// Restarts allowed within `restart_window` before a slot is FAILED
     /// (0 = no limit).

@@ -1,5 +1,6 @@
-//! Stopping every local member: workers first, then the agent, SIGKILL
-//! after `kill_timeout`.
+//! Stopping every local member: workers first, then the agent; each gets
+//! SIGTERM, `drain_timeout` to finish its work and `kill_timeout` more to
+//! exit, then SIGKILL.
 
 use super::*;
 
@@ -14,7 +15,10 @@ impl Supervisor {
             for i in &of_role {
                 self.apply(*i, Event::Stop);
             }
-            let deadline = tokio::time::Instant::now() + self.cfg.kill_timeout;
+            // drain_timeout to finish in-flight work, kill_timeout more to
+            // exit, as the docs and the units' TimeoutStopSec promise.
+            let grace = self.cfg.policy.drain_timeout + self.cfg.kill_timeout;
+            let deadline = tokio::time::Instant::now() + grace;
             let mut killed = false;
             loop {
                 let pids: Vec<u32> = of_role
@@ -39,7 +43,7 @@ impl Supervisor {
                     },
                     _ = tokio::time::sleep_until(deadline), if !killed => {
                         for pid in pids {
-                            tracing::warn!(pid, "still running after kill_timeout; killing");
+                            tracing::warn!(pid, "still running after drain_timeout + kill_timeout; killing");
                             child::signal_group(pid, child::SIGKILL);
                         }
                         killed = true;
