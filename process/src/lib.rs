@@ -1,14 +1,16 @@
 //! What `cohort-master`, `cohort-agent` and `cohort-worker` share:
 //!
 //! - [`init`]: one tracing setup, a `RUST_LOG`-style filter (default
-//!   `info`), output on stderr, human-readable by default and JSON lines
-//!   when `COHORT_LOG_FORMAT=json`;
+//!   `info`), output on stderr, human-readable by default, JSON lines
+//!   when `COHORT_LOG_FORMAT=json`, and lines with syslog priority prefixes
+//!   for journald (`journal`, the default under systemd);
 //! - [`shutdown_signal`]: completes on SIGTERM, SIGINT or SIGQUIT;
 //! - [`parse_duration`]: `500ms`, `1s`, `2m` as config files and flags write them;
 //! - [`child`]: parent-death signal, fd placement and group signals for the
 //!   processes the master and `cohort-worker --exec` start.
 
 pub mod child;
+mod journal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -24,19 +26,24 @@ pub fn init(log_format: Option<&str>, filter: Option<&str>) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(false)
         .with_writer(std::io::stderr);
     // A second init (tests that run several binaries' mains) is harmless.
-    let _ = if log_format == Some("json") {
-        builder.json().try_init()
-    } else {
-        builder.with_ansi(false).try_init()
+    let _ = match log_format {
+        Some("json") => builder.json().try_init(),
+        Some("journal") => builder.event_format(journal::Journal).try_init(),
+        _ => builder.try_init(),
     };
 }
 
 /// Reads `COHORT_LOG_FORMAT` and `RUST_LOG` from the process environment and
 /// calls [`init`]; for binaries' `main`.
 pub fn init_from_env() {
-    let format = std::env::var(ENV_LOG_FORMAT).ok();
+    // Under systemd, stderr goes to journald (`JOURNAL_STREAM`): lines with
+    // syslog priorities, so `journalctl -p err` shows the errors.
+    let format = std::env::var(ENV_LOG_FORMAT)
+        .ok()
+        .or_else(|| std::env::var_os("JOURNAL_STREAM").map(|_| "journal".to_string()));
     let filter = std::env::var("RUST_LOG").ok();
     init(format.as_deref(), filter.as_deref());
 }

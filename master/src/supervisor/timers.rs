@@ -101,7 +101,9 @@ impl Supervisor {
         match self.stage {
             Stage::Agent { .. } if all_ready(Role::Agent) => self.start_workers(),
             Stage::Workers { .. } if all_ready(Role::Worker) => {
-                tracing::info!("all local members ready");
+                if !self.entries.is_empty() {
+                    tracing::info!("all local members ready");
+                }
                 self.stage = Stage::Running;
             }
             _ => {}
