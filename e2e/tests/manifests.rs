@@ -1,0 +1,273 @@
+//! The Kubernetes semantics no engine on this machine reproduces (podman
+//! ignores Services, probes, grace periods and StatefulSets), checked on
+//! what each overlay of deploy/k8s renders: the Service the members dial
+//! publishes the master whenever it serves, whatever must write has a
+//! volume, probes ask for something the real master serves, grace periods
+//! cover the drains, and the pods pass the "restricted" Pod Security
+//! Standard the namespace enforces.
+
+use cohort_e2e::{Master, grpcurl, venv_tool, workspace};
+use serde_json::Value;
+use std::process::Command;
+
+/// What `kubectl kustomize` renders for `overlay`, as JSON objects. It
+/// renders a copy of deploy/k8s with a throwaway token (the real one is
+/// git-ignored, and tests run in parallel).
+fn render(overlay: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().expect("dir");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(workspace().join("deploy/k8s"))
+        .arg(tmp.path())
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    let dir = tmp.path().join("k8s/overlays").join(overlay);
+    std::fs::write(dir.join("token"), "throwaway\n").expect("token");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl kustomize (kubectl is needed)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python = venv_tool("python").expect("the test venv's python (PyYAML)");
+    let mut to_json = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    to_json
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&out.stdout)
+        .expect("write");
+    let json = to_json.wait_with_output().expect("python output");
+    serde_json::from_slice(&json.stdout).expect("json")
+}
+
+/// The object of `kind` named `name` (or, for generated ones, `name-HASH`).
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let named = |d: &Value| {
+        d["metadata"]["name"].as_str().is_some_and(|n| {
+            n == name
+                || n.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+    };
+    docs.iter()
+        .find(|d| d["kind"] == kind && named(d))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn workloads(docs: &[Value]) -> impl Iterator<Item = &Value> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// Every `key: value` of `selector` is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels[k] == *v))
+}
+
+fn seconds(text: &str) -> u64 {
+    text.trim_end_matches('s').parse().expect("whole seconds")
+}
+
+const OVERLAYS: [&str; 2] = ["dev", "prod"];
+
+#[test]
+fn members_reach_the_master_through_a_service_that_publishes_it_while_not_ready() {
+    for overlay in OVERLAYS {
+        let docs = render(overlay);
+        let master = find(&docs, "StatefulSet", "cohort-master");
+        // Never two masters: a StatefulSet of one, not a Deployment.
+        assert_eq!(master["spec"]["replicas"], 1, "{overlay}");
+        let pod_labels = &master["spec"]["template"]["metadata"]["labels"];
+        for w in workloads(&docs).filter(|w| w["metadata"]["name"] != "cohort-master") {
+            let c = &w["spec"]["template"]["spec"]["containers"][0];
+            let url = env(c, "COHORT_MASTER").expect("COHORT_MASTER");
+            let rest = url.strip_prefix("http://").expect("http:// URL");
+            let (host, port) = rest.split_once(':').expect("host:port");
+            let svc = find(&docs, "Service", host);
+            assert_eq!(
+                svc["spec"]["publishNotReadyAddresses"], true,
+                "{overlay}: Service {host} must publish the master before ClusterReady"
+            );
+            assert!(
+                selects(&svc["spec"]["selector"], pod_labels),
+                "{overlay}: Service {host} does not select the master pod"
+            );
+            let port: u64 = port.parse().expect("port");
+            assert!(
+                svc["spec"]["ports"]
+                    .as_array()
+                    .expect("ports")
+                    .iter()
+                    .any(|p| p["port"] == port),
+                "{overlay}: Service {host} has no port {port}"
+            );
+        }
+    }
+}
+
+#[test]
+fn whatever_writes_has_a_volume_and_grace_periods_cover_the_drains() {
+    for overlay in OVERLAYS {
+        let docs = render(overlay);
+        let config = find(&docs, "ConfigMap", "cohort-config")["data"]["cohort.toml"]
+            .as_str()
+            .expect("cohort.toml")
+            .to_string();
+        let runs_children = |section: &str| {
+            let after = config.split(&format!("[{section}]")).nth(1).unwrap_or("");
+            !after
+                .lines()
+                .take_while(|l| !l.starts_with('['))
+                .any(|l| l.replace(' ', "") == "count=0")
+        };
+        let drain = config
+            .lines()
+            .find_map(|l| l.strip_prefix("drain_timeout = "))
+            .map_or(30, |v| seconds(v.trim_matches('"')));
+        for w in workloads(&docs) {
+            let spec = &w["spec"]["template"]["spec"];
+            let name = w["metadata"]["name"].as_str().expect("name");
+            let c = &spec["containers"][0];
+            // The master writes its children's socket directory in /tmp,
+            // and only when it runs children.
+            if name == "cohort-master"
+                && (runs_children("agent") || runs_children("worker"))
+                && c["securityContext"]["readOnlyRootFilesystem"] == true
+            {
+                let tmp = c["volumeMounts"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["mountPath"] == "/tmp"));
+                assert!(tmp, "{overlay}: the master runs children: it needs /tmp");
+            }
+            let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+            let pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+                .as_array()
+                .filter(|cmd| cmd.first().is_some_and(|p| p == "sleep"))
+                .and_then(|cmd| cmd.get(1)?.as_str().map(seconds))
+                .unwrap_or(0);
+            let needed = match name {
+                // SIGTERM after preStop, then the worker's drain (30 s).
+                "cohort-worker" => pre_stop + drain.max(30),
+                // Ends the member streams: a few seconds.
+                _ => 10,
+            };
+            assert!(
+                grace > needed,
+                "{overlay}: {name} grace {grace} s does not cover {needed} s"
+            );
+        }
+        let workers = find(&docs, "Deployment", "cohort-worker")["spec"]["replicas"].clone();
+        let master = &find(&docs, "StatefulSet", "cohort-master")["spec"]["template"]["spec"];
+        let expected = env(&master["containers"][0], "COHORT_EXPECT_WORKERS").expect("expect");
+        assert_eq!(
+            expected,
+            workers.to_string(),
+            "{overlay}: the master expects another worker count than runs"
+        );
+    }
+}
+
+#[test]
+fn pods_meet_the_restricted_standard_and_keep_tini_as_pid_1() {
+    for overlay in OVERLAYS {
+        let docs = render(overlay);
+        let ns = find(&docs, "Namespace", "cohort");
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        for w in workloads(&docs) {
+            let name = &w["metadata"]["name"];
+            let spec = &w["spec"]["template"]["spec"];
+            assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+            assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+            for c in spec["containers"].as_array().expect("containers") {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{name}");
+                assert!(c["command"].is_null(), "{name}: `command` replaces tini");
+                let image = c["image"].as_str().expect("image");
+                assert!(image.contains('/'), "{name}: image {image} has no registry");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probes_ask_for_what_the_master_serves_before_any_member() {
+    let docs = render("dev");
+    let master = &find(&docs, "StatefulSet", "cohort-master")["spec"]["template"]["spec"];
+    let c = &master["containers"][0];
+    let Some(grpcurl_bin) = venv_tool("grpcurl") else {
+        return;
+    };
+    // The real master, as configured there: members expected, none joined.
+    let running = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--expect-workers",
+        "3",
+    ]);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = &c[probe]["grpc"];
+        assert_eq!(p["port"], 7420, "{probe}");
+        let service = p["service"].as_str().unwrap_or("");
+        let request = format!("{{\"service\":\"{service}\"}}");
+        let out = grpcurl(
+            &grpcurl_bin,
+            &[
+                "-plaintext",
+                "-d",
+                &request,
+                &running.addr,
+                "grpc.health.v1.Health/Check",
+            ],
+        );
+        assert!(
+            out.contains("\"SERVING\""),
+            "{probe} asks for {service:?}, which is {out} before the members come"
+        );
+    }
+    // The workers' HTTP probe names a port the container has.
+    let worker =
+        &find(&docs, "Deployment", "cohort-worker")["spec"]["template"]["spec"]["containers"][0];
+    let port = &worker["readinessProbe"]["httpGet"]["port"];
+    let ports = worker["ports"].as_array().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == *port || p["containerPort"] == *port),
+        "the worker probe's port {port} is not the container's"
+    );
+}
