@@ -181,6 +181,15 @@ fn whatever_writes_has_a_volume_and_grace_periods_cover_the_drains() {
                 "{overlay}: {name} grace {grace} s does not cover {needed} s"
             );
         }
+        // Node drains and rollouts take workers one at a time.
+        let pdb = find(&docs, "PodDisruptionBudget", "cohort-worker");
+        let worker_labels =
+            &find(&docs, "Deployment", "cohort-worker")["spec"]["template"]["metadata"]["labels"];
+        assert!(selects(
+            &pdb["spec"]["selector"]["matchLabels"],
+            worker_labels
+        ));
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{overlay}");
         let workers = find(&docs, "Deployment", "cohort-worker")["spec"]["replicas"].clone();
         let master = &find(&docs, "StatefulSet", "cohort-master")["spec"]["template"]["spec"];
         let expected = env(&master["containers"][0], "COHORT_EXPECT_WORKERS").expect("expect");
