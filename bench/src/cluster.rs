@@ -107,7 +107,7 @@ type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
 
 async fn worker_pid(control: &mut Control) -> anyhow::Result<Option<u32>> {
     let m = control
-        .list_members(pb::ListMembersRequest {})
+        .list_members(pb::ListMembersRequest::default())
         .await?
         .into_inner()
         .members;
@@ -224,7 +224,7 @@ pub fn run(options: &crate::Options) -> anyhow::Result<()> {
             rss = rt.block_on(async {
                 let mut control = Control::connect(format!("http://{}", master.addr)).await?;
                 let m = control
-                    .list_members(pb::ListMembersRequest {})
+                    .list_members(pb::ListMembersRequest::default())
                     .await?
                     .into_inner()
                     .members;

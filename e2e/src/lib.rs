@@ -346,7 +346,7 @@ pub async fn members(addr: &str) -> Vec<cohort_proto::pb::MemberInfo> {
 
 /// Every member the master lists, asking with a bearer token.
 pub async fn members_with(addr: &str, token: Option<&str>) -> Vec<cohort_proto::pb::MemberInfo> {
-    let mut request = tonic::Request::new(cohort_proto::pb::ListMembersRequest {});
+    let mut request = tonic::Request::new(cohort_proto::pb::ListMembersRequest::default());
     if let Some(t) = token {
         let value = format!("Bearer {t}").parse().expect("token fits a header");
         request.metadata_mut().insert("authorization", value);
@@ -434,7 +434,7 @@ pub async fn wait_ready_tls(
             let channel = endpoint.connect().await.ok()?;
             let mut client = cohort_proto::pb::control_client::ControlClient::new(channel);
             let m = client
-                .list_members(cohort_proto::pb::ListMembersRequest {})
+                .list_members(cohort_proto::pb::ListMembersRequest::default())
                 .await
                 .ok()?
                 .into_inner()

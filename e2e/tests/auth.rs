@@ -10,7 +10,7 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 const NEXT: &str = "next-token-0123456789abcdef";
 
 fn with_token(token: Option<&str>) -> tonic::Request<pb::ListMembersRequest> {
-    let mut r = tonic::Request::new(pb::ListMembersRequest {});
+    let mut r = tonic::Request::new(pb::ListMembersRequest::default());
     if let Some(t) = token {
         r.metadata_mut().insert(
             "authorization",

@@ -3,11 +3,11 @@
 
 use crate::flow;
 use crate::json;
-use crate::model::MemberSnapshot;
+use crate::model::{MemberSnapshot, MemberState};
 use crate::registry::Registry;
 use crate::supervisor::SupervisorHandle;
-use cohort_proto::Role;
 use cohort_proto::pb;
+use cohort_proto::{MemberName, Role};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,6 +77,74 @@ impl ControlService {
     }
 }
 
+/// Most members in one `ListMembers` page (and the default page size).
+pub const MAX_PAGE: usize = 1000;
+
+impl ControlService {
+    /// One page of `ListMembers`: registered members and the local slots
+    /// with no registered instance, filtered, in name order; and the token
+    /// of the next page if there is one.
+    fn page(
+        &self,
+        req: &pb::ListMembersRequest,
+    ) -> Result<(Vec<MemberSnapshot>, Option<String>), Status> {
+        let size = match req.page_size {
+            0 => MAX_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(MemberName::parse(t).map_err(|_| {
+                Status::invalid_argument(
+                    "page_token is not one ListMembers gave: start again with an empty page_token",
+                )
+            })?),
+        };
+        let role = match req.role {
+            0 => None,
+            r => Some(role_of(r, "role")?),
+        };
+        let state = match pb::MemberState::try_from(req.state) {
+            Ok(s) => MemberState::from_wire(s),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "state: {} is not a MemberState",
+                    req.state
+                )));
+            }
+        };
+        let keep = |m: &MemberSnapshot| {
+            role.is_none_or(|r| m.role == r)
+                && state.is_none_or(|s| m.state == s)
+                && (req.host.is_empty() || m.host == req.host)
+        };
+        // One more than a page says whether another page follows.
+        let mut page = self.registry.page(after.as_ref(), size + 1, &keep);
+        let views = self.supervisor.views();
+        for m in page.iter_mut().filter(|m| m.local) {
+            if let Some(v) = views.iter().find(|v| v.name == m.name) {
+                m.restarts = v.restarts;
+                m.last_exit = v.last_exit.clone();
+            }
+        }
+        // Local slots with no registered instance, within this page's range.
+        let until = (page.len() > size).then(|| page[size - 1].name.clone());
+        let registered = |name: &str| page.iter().any(|m| m.name == name);
+        let slots: Vec<MemberSnapshot> = views
+            .iter()
+            .filter(|v| after.as_ref().is_none_or(|a| v.name.as_str() > a.as_str()))
+            .filter(|v| until.as_ref().is_none_or(|u| v.name <= *u))
+            .map(|v| v.snapshot())
+            .filter(|s| !registered(&s.name) && !self.registry.is_registered(&s.name) && keep(s))
+            .collect();
+        page.extend(slots);
+        page.sort_by(|a, b| a.name.cmp(&b.name));
+        let next = (page.len() > size).then(|| page[size - 1].name.clone());
+        page.truncate(size);
+        Ok((page, next))
+    }
+}
+
 fn role_of(value: i32, what: &str) -> Result<Role, Status> {
     Role::try_from(value).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
@@ -85,10 +153,12 @@ fn role_of(value: i32, what: &str) -> Result<Role, Status> {
 impl pb::control_server::Control for ControlService {
     async fn list_members(
         &self,
-        _: Request<pb::ListMembersRequest>,
+        request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let (page, next) = self.page(&request.into_inner())?;
         Ok(Response::new(pb::ListMembersResponse {
-            members: self.members().iter().map(Into::into).collect(),
+            members: page.iter().map(Into::into).collect(),
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 

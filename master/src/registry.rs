@@ -30,17 +30,20 @@ mod error;
 mod events;
 mod health;
 mod join;
+mod listing;
 mod members;
 mod requests;
 mod router;
 #[cfg(test)]
 mod tests;
+mod watching;
 
 use barrier::*;
 use events::*;
 use members::*;
 use requests::*;
 use router::*;
+use watching::Watch;
 
 pub use error::RouteError;
 pub use join::{
@@ -122,6 +125,9 @@ struct State {
     /// Names of the master's own slots and the one-time secret of each
     /// slot's newest instance.
     secrets: HashMap<String, String>,
+    /// While a sweep runs: its events, sent to members as one frame each
+    /// at its end (`bool`: members may hear it).
+    coalesce: Option<Vec<(ClusterEvent, bool)>>,
 }
 
 /// A registered member's stream: what the Join handler needs.
@@ -179,6 +185,7 @@ impl Registry {
                 pending: HashMap::new(),
                 secret_holders: HashMap::new(),
                 secrets: HashMap::new(),
+                coalesce: None,
             }),
             events,
             ready_tx,
@@ -354,39 +361,6 @@ impl Registry {
         for (_, m) in std::mem::take(&mut st.members) {
             m.cancel.cancel();
             m.outbound.finish(Status::unavailable(reason.to_string()));
-        }
-    }
-
-    /// Every member, ordered by name.
-    pub fn list(&self) -> Vec<MemberSnapshot> {
-        self.lock().members.values().map(Member::info).collect()
-    }
-
-    /// One member by name, instance id or `pid@host`.
-    pub fn get(&self, member: &str) -> Result<MemberSnapshot, Status> {
-        let st = self.lock();
-        let name = resolve_member(&st, member)?;
-        st.members
-            .get(&name)
-            .map(Member::info)
-            .ok_or_else(|| not_found(member).into())
-    }
-
-    /// How many members are registered.
-    pub fn member_count(&self) -> usize {
-        self.lock().members.len()
-    }
-
-    /// Counts by role and state.
-    pub fn summary(&self) -> Summary {
-        let st = self.lock();
-        let mut counts: BTreeMap<(Role, MemberState), u32> = BTreeMap::new();
-        for m in st.members.values() {
-            *counts.entry((m.role, m.state())).or_default() += 1;
-        }
-        Summary {
-            counts: counts.into_iter().map(|((r, s), n)| (r, s, n)).collect(),
-            cluster_ready: st.cluster_ready,
         }
     }
 }

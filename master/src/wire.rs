@@ -26,6 +26,23 @@ impl From<MemberState> for pb::MemberState {
     }
 }
 
+impl MemberState {
+    /// The model's state for a wire state (`None` for UNSPECIFIED).
+    pub fn from_wire(s: pb::MemberState) -> Option<MemberState> {
+        Some(match s {
+            pb::MemberState::Unspecified => return None,
+            pb::MemberState::Starting => MemberState::Starting,
+            pb::MemberState::Joined => MemberState::Joined,
+            pb::MemberState::Ready => MemberState::Ready,
+            pb::MemberState::Suspect => MemberState::Suspect,
+            pb::MemberState::Draining => MemberState::Draining,
+            pb::MemberState::Gone => MemberState::Gone,
+            pb::MemberState::Backoff => MemberState::Backoff,
+            pb::MemberState::Failed => MemberState::Failed,
+        })
+    }
+}
+
 impl From<EventKind> for pb::EventKind {
     fn from(k: EventKind) -> Self {
         match k {

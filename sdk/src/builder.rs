@@ -17,6 +17,9 @@ pub struct MemberBuilder {
     /// Read again before every connect, so a rotated token is picked up.
     pub(crate) token_file: Option<std::path::PathBuf>,
     pub(crate) labels: HashMap<String, String>,
+    /// Whose membership events this member hears (`Hello.watch`); `None`:
+    /// the role's default ([`MemberBuilder::watching`]).
+    pub(crate) watch: Option<Option<cohort_proto::pb::EventFilter>>,
     pub(crate) version: String,
     pub(crate) join_timeout: Duration,
     pub(crate) tls: crate::TlsFiles,
@@ -40,6 +43,7 @@ impl MemberBuilder {
             token: None,
             token_file: None,
             labels: HashMap::new(),
+            watch: None,
             version: String::new(),
             join_timeout: Duration::from_secs(30),
             tls: crate::TlsFiles::default(),
@@ -100,6 +104,54 @@ impl MemberBuilder {
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// Hears every member's events ([`crate::Event::Member`]: READY,
+    /// SUSPECT, LEFT, ...). The default for agents.
+    pub fn watch_all(mut self) -> Self {
+        self.watch = Some(Some(cohort_proto::pb::EventFilter {
+            all: true,
+            ..Default::default()
+        }));
+        self
+    }
+
+    /// Hears the events of every member of `role` (adds to what is watched).
+    pub fn watch_role(mut self, role: Role) -> Self {
+        self.explicit_watch().roles.push(role.into());
+        self
+    }
+
+    /// Hears the events of the member named `name` (adds to what is watched).
+    pub fn watch_member(mut self, name: impl Into<String>) -> Self {
+        self.explicit_watch().names.push(name.into());
+        self
+    }
+
+    /// Hears no member's events (the default for workers). ClusterReady
+    /// and this member's own drain still come.
+    pub fn watch_none(mut self) -> Self {
+        self.watch = Some(None);
+        self
+    }
+
+    fn explicit_watch(&mut self) -> &mut cohort_proto::pb::EventFilter {
+        let filter = self.watch.get_or_insert(None);
+        filter.get_or_insert_with(Default::default)
+    }
+
+    /// What this member watches: what was asked, or its role's default. An
+    /// agent does the cluster's shared duties and hears about every member;
+    /// a worker hears about none unless it asks (N workers hearing about
+    /// each other would be N² frames).
+    pub(crate) fn watching(&self) -> Option<cohort_proto::pb::EventFilter> {
+        match &self.watch {
+            Some(explicit) => explicit.clone(),
+            None => (self.role == Role::Agent).then(|| cohort_proto::pb::EventFilter {
+                all: true,
+                ..Default::default()
+            }),
+        }
     }
 
     /// Adds a label shown in `ListMembers`.

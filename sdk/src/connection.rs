@@ -112,6 +112,7 @@ async fn session(
         version: cfg.version.clone(),
         secret: cfg.secret.clone(),
         accepts_batches: true,
+        watch: cfg.watching(),
     };
     // The queue is new and empty: this cannot block.
     let _ = tx.try_send(pb::MemberFrame {
@@ -323,6 +324,11 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
         In::MemberEvent(ev) => {
             // ClusterReady also comes as its own frame; this one is the event.
             if ev.kind != pb::EventKind::ClusterReady as i32 {
+                let _ = inner.events.send(Event::from(ev));
+            }
+        }
+        In::MemberEvents(batch) => {
+            for ev in batch.events {
                 let _ = inner.events.send(Event::from(ev));
             }
         }

@@ -33,6 +33,10 @@ impl Registry {
     /// and expires requests nobody answered.
     pub fn sweep(&self, now: Instant) {
         let mut st = self.lock();
+        self.coalesced(&mut st, |st| self.sweep_locked(st, now));
+    }
+
+    fn sweep_locked(&self, st: &mut State, now: Instant) {
         let h = self.cfg.health;
         let mut evict = Vec::new();
         let mut suspects = Vec::new();
@@ -77,7 +81,7 @@ impl Registry {
         for info in suspects {
             tracing::warn!(member.name = %info.name, "member suspect: heartbeats missing");
             self.publish(
-                &mut st,
+                st,
                 event(EventKind::Suspect, Some(info), "heartbeats missing"),
             );
         }
@@ -91,9 +95,9 @@ impl Registry {
                     reason: reason.clone(),
                 });
             }
-            self.evict(&mut st, &name, &reason);
+            self.evict(st, &name, &reason);
         }
-        expire_requests(&mut st, now);
+        expire_requests(st, now);
     }
 }
 
@@ -105,11 +109,39 @@ impl Registry {
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = interval.tick() => self.sweep(Instant::now()),
+                _ = interval.tick() => {
+                    let now = Instant::now();
+                    // A sweep this late means the master's thread was busy
+                    // (a join storm): it did not read the members either.
+                    let late = now.saturating_duration_since(last).saturating_sub(tick);
+                    last = now;
+                    if late > tick {
+                        self.forgive(late, now);
+                    }
+                    self.sweep(now);
+                }
             }
+        }
+    }
+
+    /// Time the master spent not looking does not count against the
+    /// members: their heartbeats may be sitting unread in its sockets. A
+    /// member is judged on what it sent, not on when a busy master got round
+    /// to reading it.
+    pub fn forgive(&self, late: Duration, now: Instant) {
+        let mut st = self.lock();
+        tracing::warn!(
+            late_ms = late.as_millis() as u64,
+            members = st.members.len(),
+            "the master was too busy to look at its members; that time is not counted against them"
+        );
+        for m in st.members.values_mut() {
+            m.last_seen = (m.last_seen + late).min(now);
+            m.joined_at = (m.joined_at + late).min(now);
         }
     }
 }

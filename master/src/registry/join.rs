@@ -155,6 +155,7 @@ impl Registry {
                 agent.name
             )));
         }
+        let watch = Watch::from_hello(hello.watch.as_ref()).map_err(Status::invalid_argument)?;
         let instance_id = InstanceId::new();
         let m_cfg = self.cfg.messaging;
         let bounds = outbound::Bounds {
@@ -186,6 +187,8 @@ impl Registry {
             held_back: false,
             outbound,
             cancel: cancel.clone(),
+            watch,
+            batches: hello.accepts_batches,
         };
         let info = member.info();
         let welcome = pb::Welcome {
@@ -197,8 +200,11 @@ impl Registry {
             members: st
                 .members
                 .values()
+                .filter(|m| m.presence != Presence::Joined)
+                .map(Member::info)
+                .filter(|m| member.watch.covers(m))
                 .take(WELCOME_MEMBERS)
-                .map(|m| (&m.info()).into())
+                .map(|m| (&m).into())
                 .collect(),
             cluster_ready: st.cluster_ready,
         };

@@ -40,6 +40,10 @@ pub(super) struct Member {
     pub(super) held_back: bool,
     pub(super) outbound: Outbound,
     pub(super) cancel: CancellationToken,
+    /// Whose membership events it hears.
+    pub(super) watch: Watch,
+    /// It understands batch frames.
+    pub(super) batches: bool,
 }
 
 impl Member {
