@@ -56,8 +56,17 @@ pub(crate) fn start_master(
     args: &[&str],
     notify: Option<&std::path::Path>,
 ) -> anyhow::Result<Master> {
+    start_master_on("127.0.0.1:0", args, notify)
+}
+
+/// [`start_master`] on a given address (a restart on the same one).
+pub(crate) fn start_master_on(
+    listen: &str,
+    args: &[&str],
+    notify: Option<&std::path::Path>,
+) -> anyhow::Result<Master> {
     let mut cmd = Command::new(binary("cohort-master")?);
-    cmd.args(["--listen", "127.0.0.1:0", "--listener", "http=127.0.0.1:0"])
+    cmd.args(["--listen", listen, "--listener", "http=127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

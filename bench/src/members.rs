@@ -5,13 +5,12 @@
 //! streams that send a hello and never read or report ready (CPU-s, peak
 //! RSS, what is left after they are dropped at `start_timeout`).
 
-use crate::cluster::{Master, rss_kib, start_master};
+use crate::cluster::{Master, rss_kib, start_master, start_master_on};
 use crate::{cpu_seconds, percentile, runtime, us};
+use cohort_e2e::light::{Light, PER_CONNECTION, ready_count, state_count};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-const PER_CONNECTION: usize = 100;
 
 /// N raw members; dropping it ends their streams.
 struct Members {
@@ -31,9 +30,9 @@ fn frame(kind: Frame) -> pb::MemberFrame {
     pb::MemberFrame { kind: Some(kind) }
 }
 
-/// Joins `n` members named `{prefix}-i`; with `ready`, each reports ready
-/// and heartbeats every second, and its stream is read.
-async fn join(addr: &str, n: usize, prefix: &str, ready: bool) -> anyhow::Result<Members> {
+/// Joins `n` members named `{prefix}-i` that say hello and nothing else,
+/// and never read their stream.
+async fn join_silent(addr: &str, n: usize, prefix: &str) -> anyhow::Result<Members> {
     let mut members = Members {
         senders: Vec::with_capacity(n),
         tasks: Vec::new(),
@@ -57,45 +56,17 @@ async fn join(addr: &str, n: usize, prefix: &str, ready: bool) -> anyhow::Result
             ..Default::default()
         })))
         .await?;
-        if ready {
-            tx.send(frame(Frame::Ready(pb::Ready {}))).await?;
-        }
         let task = tokio::spawn(async move {
             let mut client = pb::membership_client::MembershipClient::new(ch);
-            let Ok(response) = client
+            let response = client
                 .join(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            else {
-                return;
-            };
-            if ready {
-                let mut inbound = response.into_inner();
-                while let Ok(Some(_)) = inbound.message().await {}
-            } else {
-                // Never read.
-                let _keep = response;
-                std::future::pending::<()>().await;
-            }
+                .await;
+            // Never read.
+            let _keep = response;
+            std::future::pending::<()>().await;
         });
         members.tasks.push(task);
         members.senders.push(tx);
-    }
-    if ready {
-        let senders = members.senders.clone();
-        members.tasks.push(tokio::spawn(async move {
-            let mut seq = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                seq += 1;
-                for tx in &senders {
-                    let hb = pb::Heartbeat {
-                        seq,
-                        ..Default::default()
-                    };
-                    let _ = tx.try_send(frame(Frame::Heartbeat(hb)));
-                }
-            }
-        }));
     }
     Ok(members)
 }
@@ -120,60 +91,105 @@ async fn list(addr: &str) -> anyhow::Result<(usize, usize, Vec<Duration>)> {
     Ok((n, bytes, times))
 }
 
-async fn ready_count(addr: &str) -> anyhow::Result<usize> {
-    let info = pb::control_client::ControlClient::connect(format!("http://{addr}"))
-        .await?
-        .cluster_info(pb::ClusterInfoRequest {})
-        .await?
-        .into_inner();
-    Ok(info
-        .counts
-        .iter()
-        .filter(|c| c.state == pb::MemberState::Ready as i32)
-        .map(|c| c.count as usize)
-        .sum())
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// One row per N: join time, RSS, ListMembers.
+/// Waits until `n` members are READY (or 120 s): how long it took.
+async fn all_ready(addr: &str, n: usize) -> Result<Duration, usize> {
+    let t = Instant::now();
+    let mut ready = 0;
+    while t.elapsed() < Duration::from_secs(120) {
+        ready = ready_count(addr).await;
+        if ready >= n {
+            return Ok(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ready)
+}
+
+fn took(r: Result<Duration, usize>, n: usize) -> String {
+    match r {
+        Ok(d) => format!("{:.2} s", d.as_secs_f64()),
+        Err(ready) => format!("**only {ready} of {n} after 120 s**"),
+    }
+}
+
+/// One row per N: join, evictions, RSS, idle CPU, ListMembers, broadcast
+/// to all, and the reconnect storm after `kill -9` of the master.
 async fn scale(n: usize) -> anyhow::Result<String> {
-    let master = start_master(&["--agent-count", "0", "--worker-count", "0"], None)?;
+    let mut master = start_master(&["--agent-count", "0", "--worker-count", "0"], None)?;
+    let addr = master.addr.clone();
     let pid = master.child.id();
     let before = rss_kib(pid);
     let cpu0 = cpu_seconds(pid);
-    let t = Instant::now();
-    let members = join(&master.addr, n, "m", true).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut ready = 0;
-    while ready < n && Instant::now() < deadline {
-        ready = ready_count(&master.addr).await?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let joined = t.elapsed();
-    let joined_text = if ready < n {
-        format!("**only {ready} of {n} ready after 60 s**")
-    } else {
-        format!("{:.2} s", joined.as_secs_f64())
-    };
+    let mut events = pb::control_client::ControlClient::connect(format!("http://{addr}"))
+        .await?
+        .watch_events(pb::WatchEventsRequest {})
+        .await?
+        .into_inner();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = left.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(Some(ev)) = events.message().await {
+            if ev.kind == pb::EventKind::Left as i32 {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let members = Light::start(&addr, n, "m", "to-all");
+    let joined = all_ready(&addr, n).await;
     let cpu = cpu_seconds(pid) - cpu0;
-    // Idle with heartbeats for a few seconds.
+    // Idle with heartbeats.
     let cpu1 = cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = (cpu_seconds(pid) - cpu1) / 5.0 * 100.0;
     let after = rss_kib(pid);
-    let (listed, bytes, times) = list(&master.addr).await?;
+    let evicted = left.load(std::sync::atomic::Ordering::Relaxed);
+    let (listed, bytes, times) = list(&addr).await?;
+    // Broadcast to all: time until the last member has it.
+    let mut control = pb::control_client::ControlClient::connect(format!("http://{addr}")).await?;
+    let mut rounds = Vec::new();
+    for k in 1..=20 {
+        let t = Instant::now();
+        control
+            .send(pb::SendRequest {
+                action: "to-all".into(),
+                data: b"x".to_vec().into(),
+                target: Some(pb::Target {
+                    kind: Some(pb::target::Kind::All(pb::All {})),
+                }),
+                ..Default::default()
+            })
+            .await?;
+        while members.received() < n * k && t.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        anyhow::ensure!(members.received() >= n * k, "broadcast {k} lost");
+        rounds.push(t.elapsed());
+    }
+    rounds.sort();
+    // kill -9, a new master on the same address: until all are back.
+    master.child.kill()?;
+    master.child.wait()?;
+    watcher.abort();
+    let restarted = start_master_on(&addr, &["--agent-count", "0", "--worker-count", "0"], None)?;
+    let back = all_ready(&addr, n).await;
+    let suspect = state_count(&addr, pb::MemberState::Suspect).await;
     drop(members);
-    drop(master);
+    drop(restarted);
     Ok(format!(
-        "| {n} members ready | {joined_text} ({cpu:.2} CPU-s) | {} → {} ({:.1} KiB per member) | {idle:.1} % of a core | {} (p50 of 5; {listed} listed, {} KiB) |\n",
+        "| {n} | {} ({cpu:.1} CPU-s) | {evicted} | {} → {} ({:.1} KiB per member) | {idle:.1} % | {} ({listed} listed, {} KiB) | {} / {} | {} ({suspect} SUSPECT) |\n",
+        took(joined, n),
         mib(before),
         mib(after),
         (after.saturating_sub(before)) as f64 / n as f64,
         us(percentile(&times, 0.5)),
         bytes / 1024,
+        us(percentile(&rounds, 0.5)),
+        us(percentile(&rounds, 0.99)),
+        took(back, n),
     ))
 }
 
@@ -199,7 +215,7 @@ async fn storm(n: usize) -> anyhow::Result<String> {
     let before = rss_kib(pid);
     let cpu0 = cpu_seconds(pid);
     let t = Instant::now();
-    let silent = join(&master.addr, n, "s", false).await?;
+    let silent = join_silent(&master.addr, n, "s").await?;
     let mut peak = before;
     let deadline = Instant::now() + Duration::from_secs(60);
     // Until the master has dropped them all (not ready within 5 s).
@@ -229,7 +245,11 @@ async fn storm(n: usize) -> anyhow::Result<String> {
 /// Runs the scenarios; `quick` uses fewer members.
 pub fn run(options: &crate::Options) -> anyhow::Result<()> {
     let (quick, out) = options.resolve("members");
-    let sizes: &[usize] = if quick { &[200, 1000] } else { &[1000, 5000] };
+    let sizes: &[usize] = if quick {
+        &[200, 1000]
+    } else {
+        &[1000, 5000, 10_000]
+    };
     let storm_n = if quick { 500 } else { 2000 };
     let rows = runtime()?.block_on(async {
         let mut rows = String::new();
@@ -243,7 +263,7 @@ pub fn run(options: &crate::Options) -> anyhow::Result<()> {
         "# Membership benchmark\n\nCommand: `cargo build --release --bins && cargo run --release -p cohort-bench -- members{}`\n\
          Machine: {}; the real cohort-master with its default configuration; members are raw gRPC streams from one\n\
          driver process, {PER_CONNECTION} per connection, heartbeating every second.\n\n\
-         | members | join + ready | master RSS before → after | master CPU idle with heartbeats | ListMembers |\n|---|---|---|---|---|\n{}\n\
+         | members | all joined and READY | evicted | master RSS before → after | master CPU idle with heartbeats | ListMembers (first page, p50 of 5) | broadcast to all, last receiver p50 / p99 (20) | all back after kill -9 + restart |\n|---|---|---|---|---|---|---|---|\n{}\n\
          | storm | cost | memory |\n|---|---|---|\n{}",
         if quick { " --quick" } else { "" },
         crate::machine(),

@@ -6,6 +6,8 @@
 //! Tools from `scripts/venv` (grpcurl, Python with grpcio) are found through
 //! `COHORT_TEST_VENV` or the workspace's `.venv`.
 
+pub mod light;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

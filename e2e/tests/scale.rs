@@ -5,98 +5,12 @@
 //! the master is killed and restarted on the same address all register
 //! again.
 
+use cohort_e2e::light::{Light, ready_count};
 use cohort_e2e::{Master, bin, control};
-use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use cohort_proto::pb;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 const MEMBERS: usize = 2_000;
-const PER_CONNECTION: usize = 100;
-
-fn frame(kind: Out) -> pb::MemberFrame {
-    pb::MemberFrame { kind: Some(kind) }
-}
-
-/// One light member: hello + ready, a heartbeat a second, counts the
-/// deliveries of `action`; joins again after its stream ends.
-async fn member(channel: tonic::transport::Channel, name: String, got: Arc<AtomicUsize>) {
-    let mut attempt = 0u32;
-    loop {
-        let (tx, rx) = mpsc::channel(8);
-        let hello = pb::Hello {
-            role: pb::Role::Worker as i32,
-            name: name.clone(),
-            accepts_batches: true,
-            ..Default::default()
-        };
-        let _ = tx.send(frame(Out::Hello(hello))).await;
-        let _ = tx.send(frame(Out::Ready(pb::Ready {}))).await;
-        let mut client = pb::membership_client::MembershipClient::new(channel.clone());
-        if let Ok(response) = client
-            .join(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-        {
-            attempt = 0;
-            let beat = tokio::spawn(async move {
-                let mut seq = 0;
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    seq += 1;
-                    let hb = pb::Heartbeat {
-                        seq,
-                        ..Default::default()
-                    };
-                    if tx.send(frame(Out::Heartbeat(hb))).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut inbound = response.into_inner();
-            while let Ok(Some(f)) = inbound.message().await {
-                let n = match f.kind {
-                    Some(In::Deliver(e)) => usize::from(e.action == "to-all"),
-                    Some(In::DeliverBatch(b)) => {
-                        b.envelopes.iter().filter(|e| e.action == "to-all").count()
-                    }
-                    _ => 0,
-                };
-                got.fetch_add(n, Ordering::Relaxed);
-            }
-            beat.abort();
-        }
-        // The SDK's backoff: 1 s growing ×1.6, ±20 % jitter (shortened).
-        attempt += 1;
-        let base = 200.0 * 1.6f64.powi(attempt.min(6) as i32);
-        let jitter = 0.8 + 0.4 * (rand_unit(&name, attempt));
-        tokio::time::sleep(Duration::from_millis((base * jitter) as u64)).await;
-    }
-}
-
-/// A deterministic spread in [0, 1) per member and attempt.
-fn rand_unit(name: &str, attempt: u32) -> f64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (name, attempt).hash(&mut h);
-    (h.finish() % 10_000) as f64 / 10_000.0
-}
-
-async fn ready_count(addr: &str) -> usize {
-    let Ok(mut c) = pb::control_client::ControlClient::connect(format!("http://{addr}")).await
-    else {
-        return 0;
-    };
-    let Ok(info) = c.cluster_info(pb::ClusterInfoRequest {}).await else {
-        return 0;
-    };
-    info.into_inner()
-        .counts
-        .iter()
-        .filter(|c| c.state == pb::MemberState::Ready as i32)
-        .map(|c| c.count as usize)
-        .sum()
-}
 
 async fn wait_ready(addr: &str, what: &str) -> Duration {
     let t = Instant::now();
@@ -144,20 +58,7 @@ async fn two_thousand_members_join_at_once_hear_a_broadcast_and_survive_a_master
         .await
         .expect("watch")
         .into_inner();
-    let got = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    let mut channel = None;
-    for i in 0..MEMBERS {
-        if i % PER_CONNECTION == 0 {
-            channel = Some(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
-                    .connect_lazy(),
-            );
-        }
-        let ch = channel.clone().expect("channel");
-        tasks.push(tokio::spawn(member(ch, format!("m-{i}"), got.clone())));
-    }
+    let members = Light::start(&addr, MEMBERS, "m", "to-all");
     let joined = wait_ready(&addr, "joining at once").await;
     eprintln!("{MEMBERS} members READY in {joined:?}");
     // Nobody was evicted, then or in the next seconds of heartbeats.
@@ -188,14 +89,10 @@ async fn two_thousand_members_join_at_once_hear_a_broadcast_and_survive_a_master
         .into_inner();
     assert_eq!(sent.delivered as usize, MEMBERS);
     let t = Instant::now();
-    while got.load(Ordering::Relaxed) < MEMBERS && t.elapsed() < Duration::from_secs(30) {
+    while members.received() < MEMBERS && t.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        got.load(Ordering::Relaxed),
-        MEMBERS,
-        "the broadcast reached all"
-    );
+    assert_eq!(members.received(), MEMBERS, "the broadcast reached all");
     let (listed, dropped) = list_all(&addr).await;
     assert_eq!((listed, dropped), (MEMBERS, 0));
 
@@ -209,9 +106,7 @@ async fn two_thousand_members_join_at_once_hear_a_broadcast_and_survive_a_master
     proc.wait_line("READY master", |l| l.starts_with("READY master "));
     let back = wait_ready(&addr, "after the master restarted").await;
     eprintln!("{MEMBERS} members back in {back:?}");
-    for t in tasks {
-        t.abort();
-    }
+    drop(members);
     proc.signal("TERM");
     let _ = proc.wait_exit(Duration::from_secs(15));
 }

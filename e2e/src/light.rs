@@ -1,0 +1,147 @@
+//! Light members for scale tests and benchmarks: raw Join streams, many
+//! per connection, that say hello and ready, heartbeat every second, count
+//! the deliveries of one action, and join again with the SDK's jittered
+//! backoff (shortened) when their stream ends.
+
+use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Streams per connection, as many members behind one host would share.
+pub const PER_CONNECTION: usize = 100;
+
+/// `n` light members; dropping this ends them.
+pub struct Light {
+    received: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Light {
+    /// Starts `n` members named `{prefix}-{i}` against the master at
+    /// `addr`, counting deliveries of `action`. Must run in a tokio runtime.
+    pub fn start(addr: &str, n: usize, prefix: &str, action: &'static str) -> Light {
+        let received = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::with_capacity(n);
+        let mut channel = None;
+        for i in 0..n {
+            if i % PER_CONNECTION == 0 {
+                channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .ok()
+                    .map(|e| e.connect_lazy());
+            }
+            let Some(ch) = channel.clone() else {
+                continue;
+            };
+            let name = format!("{prefix}-{i}");
+            tasks.push(tokio::spawn(member(ch, name, action, received.clone())));
+        }
+        Light { received, tasks }
+    }
+
+    /// Deliveries of the action so far, over all members.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Light {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn frame(kind: Out) -> pb::MemberFrame {
+    pb::MemberFrame { kind: Some(kind) }
+}
+
+async fn member(
+    channel: tonic::transport::Channel,
+    name: String,
+    action: &'static str,
+    got: Arc<AtomicUsize>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let (tx, rx) = mpsc::channel(8);
+        let hello = pb::Hello {
+            role: pb::Role::Worker as i32,
+            name: name.clone(),
+            accepts_batches: true,
+            ..Default::default()
+        };
+        let _ = tx.send(frame(Out::Hello(hello))).await;
+        let _ = tx.send(frame(Out::Ready(pb::Ready {}))).await;
+        let mut client = pb::membership_client::MembershipClient::new(channel.clone());
+        if let Ok(response) = client
+            .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            attempt = 0;
+            let beat = tokio::spawn(async move {
+                let mut seq = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    seq += 1;
+                    let hb = pb::Heartbeat {
+                        seq,
+                        ..Default::default()
+                    };
+                    if tx.send(frame(Out::Heartbeat(hb))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut inbound = response.into_inner();
+            while let Ok(Some(f)) = inbound.message().await {
+                let n = match f.kind {
+                    Some(In::Deliver(e)) => usize::from(e.action == action),
+                    Some(In::DeliverBatch(b)) => {
+                        b.envelopes.iter().filter(|e| e.action == action).count()
+                    }
+                    _ => 0,
+                };
+                got.fetch_add(n, Ordering::Relaxed);
+            }
+            beat.abort();
+        }
+        // The SDK's backoff, from 200 ms instead of 1 s: ×1.6, ±20 %.
+        attempt += 1;
+        let base = 200.0 * 1.6f64.powi(attempt.min(6) as i32);
+        let jitter = 0.8 + 0.4 * spread(&name, attempt);
+        tokio::time::sleep(Duration::from_millis((base * jitter) as u64)).await;
+    }
+}
+
+/// A deterministic spread in [0, 1) per member and attempt.
+fn spread(name: &str, attempt: u32) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (name, attempt).hash(&mut h);
+    (h.finish() % 10_000) as f64 / 10_000.0
+}
+
+/// How many members the master counts READY (0 if it does not answer).
+pub async fn ready_count(addr: &str) -> usize {
+    state_count(addr, pb::MemberState::Ready).await
+}
+
+/// How many members the master counts in `state` (0 if it does not answer).
+pub async fn state_count(addr: &str, state: pb::MemberState) -> usize {
+    let Ok(mut c) = pb::control_client::ControlClient::connect(format!("http://{addr}")).await
+    else {
+        return 0;
+    };
+    let Ok(info) = c.cluster_info(pb::ClusterInfoRequest {}).await else {
+        return 0;
+    };
+    info.into_inner()
+        .counts
+        .iter()
+        .filter(|c| c.state == state as i32)
+        .map(|c| c.count as usize)
+        .sum()
+}
