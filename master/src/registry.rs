@@ -40,6 +40,7 @@ mod watching;
 
 use barrier::*;
 use events::*;
+use listing::Counts;
 use members::*;
 use requests::*;
 use router::*;
@@ -128,6 +129,8 @@ struct State {
     /// While a sweep runs: its events, sent to members as one frame each
     /// at its end (`bool`: members may hear it).
     coalesce: Option<Vec<(ClusterEvent, bool)>>,
+    /// Members by role and state, kept as they change: ClusterInfo in O(1).
+    counts: Counts,
 }
 
 /// A registered member's stream: what the Join handler needs.
@@ -186,6 +189,7 @@ impl Registry {
                 secret_holders: HashMap::new(),
                 secrets: HashMap::new(),
                 coalesce: None,
+                counts: Counts::default(),
             }),
             events,
             ready_tx,
@@ -246,20 +250,33 @@ impl Registry {
                 ));
             }
             In::Heartbeat(hb) => {
+                // Acked at least every quarter of dead_after, not each one:
+                // the member's one-way-partition watchdog waits dead_after
+                // for an ack, and 10,000 members' acks every second would
+                // be most of an idle master's work.
+                let every = self.cfg.health.dead_after / 4;
                 if let Some(m) = st.members.get_mut(&name) {
                     m.cpu_percent = hb.cpu_percent;
                     m.rss_bytes = hb.rss_bytes;
-                    let _ = m.push(frame(Out::HeartbeatAck(pb::HeartbeatAck { seq: hb.seq })));
+                    if m.acked_at
+                        .is_none_or(|t| now.saturating_duration_since(t) >= every)
+                    {
+                        m.acked_at = Some(now);
+                        let ack = pb::HeartbeatAck { seq: hb.seq };
+                        let _ = m.push(frame(Out::HeartbeatAck(ack)));
+                    }
                 }
             }
             In::Ready(_) => {
-                let info = st.members.get_mut(&name).and_then(|m| {
+                let changed = st.members.get_mut(&name).and_then(|m| {
                     (m.presence == Presence::Joined).then(|| {
+                        let before = m.state();
                         m.presence = Presence::Ready;
-                        m.info()
+                        (m.role, before, m.state(), m.info())
                     })
                 });
-                if let Some(info) = info {
+                if let Some((role, before, after, info)) = changed {
+                    st.counts.moved(role, before, after);
                     tracing::info!(member.name = %name, "member ready");
                     if info.local {
                         self.notify(Notice::Ready {
@@ -273,8 +290,10 @@ impl Registry {
             }
             In::Leaving(l) => {
                 if let Some(m) = st.members.get_mut(&name) {
+                    let before = m.state();
                     m.presence = Presence::Draining;
-                    let info = m.info();
+                    let (role, after, info) = (m.role, m.state(), m.info());
+                    st.counts.moved(role, before, after);
                     tracing::info!(member.name = %name, replace = l.replace, reason = %l.reason, "member leaving");
                     if info.local {
                         self.notify(Notice::Leaving {
@@ -316,6 +335,7 @@ impl Registry {
             return;
         };
         st.by_instance.remove(&m.instance_id);
+        st.counts.remove(m.role, m.state());
         m.cancel.cancel();
         let mut info = m.info();
         info.state = MemberState::Gone;
@@ -333,12 +353,14 @@ impl Registry {
         let Some(m) = st.members.get_mut(&name) else {
             return Err(not_found(member).into());
         };
+        let before = m.state();
         m.presence = Presence::Draining;
-        let info = m.info();
+        let (role, after, info) = (m.role, m.state(), m.info());
         let _ = m.push(frame(Out::Drain(pb::Drain {
             reason: "drain requested by an operator".into(),
             deadline_ms: ms(self.cfg.drain_timeout),
         })));
+        st.counts.moved(role, before, after);
         self.publish(
             &mut st,
             event(EventKind::Draining, Some(info), "operator drain"),
@@ -358,6 +380,7 @@ impl Registry {
     pub fn close_all(&self, reason: &str) {
         let mut st = self.lock();
         st.by_instance.clear();
+        st.counts = Counts::default();
         for (_, m) in std::mem::take(&mut st.members) {
             m.cancel.cancel();
             m.outbound.finish(Status::unavailable(reason.to_string()));

@@ -63,7 +63,9 @@ impl Registry {
                     ),
                 ));
             } else if silent >= h.suspect_after && !m.suspect {
+                let before = m.state();
                 m.suspect = true;
+                st.counts.moved(m.role, before, m.state());
                 suspects.push(m.info());
             } else if let Some(stalled) = m.stalled(now)
                 && stalled >= self.cfg.messaging.slow_consumer_timeout

@@ -180,6 +180,7 @@ impl Registry {
             cpu_percent: 0.0,
             rss_bytes: 0,
             last_seen: now,
+            acked_at: None,
             joined_at: now,
             dropped: 0,
             seen_taken: 0,
@@ -197,15 +198,19 @@ impl Registry {
             settings: Some(self.settings()),
             // Bounded: a welcome must fit in a frame however large the
             // cluster; Control/ListMembers lists them all.
-            members: st
-                .members
-                .values()
-                .filter(|m| m.presence != Presence::Joined)
-                .map(Member::info)
-                .filter(|m| member.watch.covers(m))
-                .take(WELCOME_MEMBERS)
-                .map(|m| (&m).into())
-                .collect(),
+            // Costs what it lists: a member that watches nobody (most
+            // workers) costs the others nothing.
+            members: match member.watch {
+                Watch::Nothing => Vec::new(),
+                _ => st
+                    .members
+                    .values()
+                    .filter(|m| m.presence != Presence::Joined)
+                    .filter(|m| member.watch.covers_named(m.role, m.name.as_str()))
+                    .take(WELCOME_MEMBERS)
+                    .map(|m| (&m.info()).into())
+                    .collect(),
+            },
             cluster_ready: st.cluster_ready,
         };
         // The queue is empty: the welcome always fits.
@@ -216,6 +221,7 @@ impl Registry {
             st.secret_holders
                 .insert(name.to_string(), instance_id.clone());
         }
+        st.counts.add(role, MemberState::Joined);
         st.members.insert(name.clone(), member);
         tracing::info!(member.name = %name, member.role = %role, instance = %instance_id, "member joined");
         Ok(Joined {
@@ -239,6 +245,7 @@ impl Registry {
         let m = st.members.get_mut(&name).ok_or_else(gone)?;
         m.last_seen = now;
         if std::mem::replace(&mut m.suspect, false) {
+            st.counts.moved(m.role, MemberState::Suspect, m.state());
             let info = m.info();
             tracing::info!(member.name = %name, "suspect member heard from again");
             self.publish(st, event(EventKind::Recovered, Some(info), ""));

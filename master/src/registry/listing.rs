@@ -48,16 +48,49 @@ impl Registry {
         self.lock().members.len()
     }
 
-    /// Counts by role and state.
+    /// Counts by role and state, kept as members change: O(1) in the
+    /// cluster's size.
     pub fn summary(&self) -> Summary {
         let st = self.lock();
-        let mut counts: BTreeMap<(Role, MemberState), u32> = BTreeMap::new();
-        for m in st.members.values() {
-            *counts.entry((m.role, m.state())).or_default() += 1;
-        }
         Summary {
-            counts: counts.into_iter().map(|((r, s), n)| (r, s, n)).collect(),
+            counts: st.counts.0.iter().map(|((r, s), n)| (*r, *s, *n)).collect(),
             cluster_ready: st.cluster_ready,
         }
+    }
+}
+
+/// Members by role and state.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Counts(pub(super) BTreeMap<(Role, MemberState), u32>);
+
+impl Counts {
+    pub(super) fn add(&mut self, role: Role, state: MemberState) {
+        *self.0.entry((role, state)).or_default() += 1;
+    }
+
+    pub(super) fn remove(&mut self, role: Role, state: MemberState) {
+        if let Some(n) = self.0.get_mut(&(role, state)) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.0.remove(&(role, state));
+            }
+        }
+    }
+
+    pub(super) fn moved(&mut self, role: Role, from: MemberState, to: MemberState) {
+        if from != to {
+            self.remove(role, from);
+            self.add(role, to);
+        }
+    }
+
+    /// The counts recomputed from scratch (tests compare).
+    #[cfg(test)]
+    pub(super) fn of(members: &BTreeMap<MemberName, Member>) -> Counts {
+        let mut c = Counts::default();
+        for m in members.values() {
+            c.add(m.role, m.state());
+        }
+        c
     }
 }

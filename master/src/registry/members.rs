@@ -30,6 +30,8 @@ pub(super) struct Member {
     pub(super) cpu_percent: f32,
     pub(super) rss_bytes: u64,
     pub(super) last_seen: Instant,
+    /// When its last heartbeat was acked (`None`: never).
+    pub(super) acked_at: Option<Instant>,
     pub(super) joined_at: Instant,
     pub(super) dropped: u64,
     /// Frames the member had taken when the sweep last looked.

@@ -42,6 +42,12 @@ fn ready(r: &Registry, j: &Joined, now: Instant) {
         .expect("ready");
 }
 
+/// The counts kept as members change agree with a recount.
+fn counts_agree(r: &Registry) {
+    let st = r.lock();
+    assert_eq!(st.counts, Counts::of(&st.members));
+}
+
 fn envelope(action: &str, target: Target) -> pb::Envelope {
     pb::Envelope {
         id: format!("id-{action}"),
@@ -219,6 +225,7 @@ async fn health_sweeps_by_the_injected_clock() {
     }
     assert_eq!(state("slow-starter"), None, "never ready in 30 s");
     drop(never_ready);
+    counts_agree(&r);
 }
 
 #[tokio::test]
@@ -279,6 +286,7 @@ async fn a_drain_says_how_long_and_an_eviction_says_why() {
         "{end:?}"
     );
     assert_eq!(end[1], "end Unavailable");
+    counts_agree(&r);
 }
 
 #[tokio::test]
@@ -345,6 +353,7 @@ async fn members_hear_only_whom_they_watch_and_a_sweep_is_one_frame() {
     );
     assert_eq!(acks(frames(&mut by_name).await), ["event Suspect w-1"]);
     assert!(acks(frames(&mut nothing).await).is_empty());
+    counts_agree(&r);
 }
 
 #[test]
@@ -389,4 +398,5 @@ fn time_the_master_was_too_busy_to_look_is_not_counted() {
     assert_eq!(r.get("w").map(|m| m.state).ok(), Some(MemberState::Ready));
     r.sweep(t1 + h.dead_after);
     assert!(r.get("w").is_err(), "evicted once it is silent on its own");
+    counts_agree(&r);
 }

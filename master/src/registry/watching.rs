@@ -64,12 +64,15 @@ impl Watch {
 
     /// Whether an event about `member` is for this subscriber.
     pub fn covers(&self, member: &MemberSnapshot) -> bool {
+        self.covers_named(member.role, &member.name)
+    }
+
+    /// Whether the member of `role` named `name` is watched.
+    pub fn covers_named(&self, role: Role, name: &str) -> bool {
         match self {
             Watch::Nothing => false,
             Watch::All => true,
-            Watch::Some { roles, names } => {
-                roles.contains(&member.role) || names.contains(&member.name)
-            }
+            Watch::Some { roles, names } => roles.contains(&role) || names.contains(name),
         }
     }
 }
