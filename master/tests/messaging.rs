@@ -492,3 +492,67 @@ async fn a_replacement_waits_for_its_name_while_the_old_instance_leaves() {
     assert_eq!(new.name(), "fixed");
     master.stop().await;
 }
+
+#[tokio::test]
+async fn members_hear_the_events_of_whom_they_watch_and_workers_none_by_default() {
+    use cohort::{Event, MemberEventKind};
+    let master = TestMaster::start(config()).await;
+    let quiet = master.join(Role::Worker, "quiet").await;
+    let watcher = MemberBuilder::new(master.url(), Role::Worker)
+        .name("watcher")
+        .watch_member("target")
+        .join()
+        .await
+        .expect("join");
+    let agent = master.join(Role::Agent, "agent").await;
+    let (mut quiet_events, mut watched, mut all) =
+        (quiet.events(), watcher.events(), agent.events());
+    for m in [&quiet, &watcher, &agent] {
+        m.ready().await.expect("ready");
+    }
+    let target = master.join(Role::Worker, "target").await;
+    target.ready().await.expect("ready");
+    let other = master.join(Role::Worker, "other").await;
+    other.ready().await.expect("ready");
+    target.close().await;
+    // An event about `name` of `kind` comes within 10 s; with `only`, no
+    // event about another member comes before it.
+    async fn expect(
+        events: &mut tokio::sync::broadcast::Receiver<Event>,
+        name: &str,
+        kind: MemberEventKind,
+        only: bool,
+    ) {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(Event::Member(e)) = events.recv().await {
+                    assert!(!only || e.name == name, "heard of {}", e.name);
+                    if e.name == name && e.kind == kind {
+                        return;
+                    }
+                }
+            }
+        });
+        found
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} event about {name}"));
+    }
+    expect(&mut watched, "target", MemberEventKind::Ready, true).await;
+    expect(&mut watched, "target", MemberEventKind::Left, true).await;
+    // The agent watches everyone by default.
+    expect(&mut all, "other", MemberEventKind::Ready, false).await;
+    expect(&mut all, "target", MemberEventKind::Left, false).await;
+    // What the watcher heard was only about its target; the default worker
+    // heard of nobody.
+    let about = |events: &mut tokio::sync::broadcast::Receiver<Event>| {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .filter_map(|e| match e {
+                Event::Member(m) => Some(m.name),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(about(&mut watched).iter().all(|n| n == "target"));
+    assert_eq!(about(&mut quiet_events), Vec::<String>::new());
+    master.stop().await;
+}
