@@ -76,6 +76,8 @@ pub struct Config {
     pub messaging: MessagingConfig,
     /// Bounds on connections to the gRPC address.
     pub limits: crate::listen::ConnectionLimits,
+    /// `[metrics] listen`: where Prometheus metrics are served, if at all.
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token file (one token per line, two while rotating).
     pub token_file: Option<PathBuf>,
     /// Accepted bearer tokens, from `token_file` and `COHORT_TOKEN`.
@@ -120,6 +122,7 @@ impl Default for Config {
                 restart_window: Duration::from_secs(60),
                 start_timeout: Duration::from_secs(30),
             },
+            metrics_listen: None,
             limits: crate::listen::ConnectionLimits {
                 max_connections: 10_000,
                 handshake_timeout: Duration::from_secs(10),
@@ -241,6 +244,9 @@ impl Config {
         set(&mut m.held_messages, l.messaging.held_messages);
         set(&mut m.pending_requests, l.messaging.pending_requests);
         set(&mut m.overflow, l.messaging.overflow);
+        if l.metrics.listen.is_some() {
+            self.metrics_listen = l.metrics.listen;
+        }
         set(&mut self.limits.max_connections, l.limits.max_connections);
         set(
             &mut self.limits.handshake_timeout,

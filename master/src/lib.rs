@@ -26,6 +26,7 @@ pub mod json;
 pub mod listen;
 pub mod local;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod outbound;
 pub mod readiness;
@@ -133,6 +134,21 @@ pub async fn run(
     let readiness = Readiness::new(reporter, registry.clone()).await;
     tasks.spawn(readiness.run(stop.clone()));
     tasks.spawn(registry.clone().sweep_every(stop.clone()));
+    if let Some(at) = config.metrics_listen {
+        let listener = TcpListener::bind(at).await.map_err(|source| BindError {
+            what: "metrics ([metrics] listen)".into(),
+            addr: at,
+            source,
+        })?;
+        let bound = listener
+            .local_addr()
+            .context("reading the metrics address")?;
+        let metrics = metrics::registry(&registry.metrics, registry.clone(), supervisor.clone());
+        tasks.spawn(metrics::serve(listener, Arc::new(metrics), stop.clone()));
+        tracing::info!(metrics.addr = %bound, "serving Prometheus metrics at GET /metrics");
+        // After `READY master`: where to scrape (port 0 is resolved here).
+        println!("READY metrics {bound}");
+    }
     let parts = server::Parts {
         registry: &registry,
         config: &config,

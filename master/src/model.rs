@@ -85,6 +85,10 @@ pub struct MemberSnapshot {
     pub version: String,
     /// Messages dropped for it.
     pub dropped_messages: u64,
+    /// Frames waiting in the master's queue towards it.
+    pub queued: u64,
+    /// Frames its stream has taken from that queue.
+    pub frames_sent: u64,
     /// A local slot's next attempt, in BACKOFF.
     pub next_attempt_at: Option<SystemTime>,
     /// How its last local instance ended, or why the slot FAILED.
@@ -109,6 +113,8 @@ impl MemberSnapshot {
             labels: HashMap::new(),
             version: String::new(),
             dropped_messages: 0,
+            queued: 0,
+            frames_sent: 0,
             next_attempt_at: None,
             last_exit: String::new(),
         }

@@ -162,6 +162,8 @@ pub struct Registry {
     ready_tx: watch::Sender<bool>,
     cfg: RegistryConfig,
     notices: Option<tokio::sync::mpsc::Sender<Notice>>,
+    /// What routing counts, for `[metrics]`.
+    pub metrics: crate::metrics::RoutingMetrics,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -195,6 +197,7 @@ impl Registry {
             ready_tx,
             cfg,
             notices,
+            metrics: Default::default(),
         }
     }
 

@@ -71,10 +71,23 @@ pub(super) struct Layer {
     pub limits: LimitsLayer,
     #[command(flatten)]
     #[serde(default)]
+    pub metrics: MetricsLayer,
+    #[command(flatten)]
+    #[serde(default)]
     pub auth: AuthLayer,
     #[command(flatten)]
     #[serde(default)]
     pub tls: TlsLayer,
+}
+
+/// `[metrics]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MetricsLayer {
+    /// Serve Prometheus metrics over HTTP here (GET /metrics; port 0 =
+    /// ephemeral); off unless set.
+    #[arg(id = "metrics-listen", long = "metrics-listen", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[agent]`.

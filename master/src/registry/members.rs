@@ -70,6 +70,8 @@ impl Member {
             labels: self.labels.clone(),
             version: self.version.clone(),
             dropped_messages: self.dropped,
+            queued: self.outbound.depth() as u64,
+            frames_sent: self.outbound.taken(),
             ..MemberSnapshot::new(self.name.to_string(), self.role, self.state())
         }
     }

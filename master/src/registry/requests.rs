@@ -18,6 +18,8 @@ pub(super) struct Pending {
     /// is accepted.
     pub(super) responder: Option<InstanceId>,
     pub(super) deadline: Instant,
+    /// When it was sent on.
+    pub(super) sent: Instant,
 }
 
 impl Registry {
@@ -53,6 +55,7 @@ impl Registry {
                 original_id,
                 responder: routed.to.take(),
                 deadline: now + timeout,
+                sent: now,
             },
         );
         routed.request = Some(rid);
@@ -84,6 +87,9 @@ impl Registry {
             }
             return None;
         };
+        self.metrics
+            .request_seconds
+            .observe(p.sent.elapsed().as_secs_f64());
         let id = std::mem::take(&mut env.id);
         env.from = replier.to_string();
         env.reply_to = p.original_id;

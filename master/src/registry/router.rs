@@ -238,6 +238,9 @@ impl Registry {
         } else {
             route(st, sender.as_str(), env, mode)
         };
+        if let Ok(routed) = &outcome {
+            self.metrics.note_routed(routed);
+        }
         match outcome {
             Ok(routed) if !routed.waits.is_empty() => Some(Stall {
                 waits: routed.waits,
@@ -284,12 +287,14 @@ impl Registry {
             let (tx, rx) = oneshot::channel();
             let requester = Requester::Control(tx);
             let routed = self.route_request(&mut st, CONTROL_SENDER, requester, env, mode, now)?;
+            self.metrics.note_routed(&routed);
             Ok(ControlSend {
                 routed,
                 reply: Some(rx),
             })
         } else {
             let routed = route(&mut st, CONTROL_SENDER, env, mode)?;
+            self.metrics.note_routed(&routed);
             Ok(ControlSend {
                 routed,
                 reply: None,
