@@ -91,12 +91,10 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
         ))
         .arg(format!("--web.listen-address={web_addr}"));
     let _server = cohort_e2e::Proc::spawn("prometheus", cmd);
-    let query = format!(
-        "/api/v1/query?query=cohort_members%7Brole%3D%22worker%22%2Cstate%3D%22ready%22%7D"
-    );
+    let query = "/api/v1/query?query=cohort_members%7Brole%3D%22worker%22%2Cstate%3D%22ready%22%7D";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok((200, body)) = http(&web_addr, "GET", &query)
+        if let Ok((200, body)) = http(&web_addr, "GET", query)
             && body.contains("\"value\"")
         {
             assert!(body.contains("\"2\""), "{body}");
