@@ -192,6 +192,16 @@ impl MemberBuilder {
         }
     }
 
+    /// A channel to the master with this builder's address and TLS, and the
+    /// bearer token to send on it: for Control API clients (`cohortctl`)
+    /// that reach the master the way members do.
+    pub async fn control_channel(
+        &self,
+    ) -> Result<(tonic::transport::Channel, Option<String>), Error> {
+        let channel = crate::transport::connect(&self.master, &self.tls).await?;
+        Ok((channel, self.current_token()))
+    }
+
     /// The bearer token sent to the master.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());

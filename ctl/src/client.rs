@@ -1,0 +1,188 @@
+//! The Control API as `cohortctl` uses it: connected like a member (the
+//! SDK's address, token and TLS from the environment), the token on every
+//! call, and errors turned into exit codes and words.
+
+use cohort::{Code, MemberBuilder, Role, Target, pb};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// A connected Control client.
+pub struct Ctl {
+    control: pb::control_client::ControlClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    token: Option<String>,
+}
+
+impl Ctl {
+    /// Connects to `master` (or `COHORT_MASTER`) with the environment's
+    /// token and TLS settings.
+    pub async fn connect(master: Option<&str>) -> anyhow::Result<Ctl> {
+        let builder = MemberBuilder::from_lookup(|k| match (k, master) {
+            (cohort::env::MASTER, Some(m)) => Some(m.to_string()),
+            _ => std::env::var(k).ok(),
+        })?;
+        let (channel, token) = builder.control_channel().await?;
+        let max = cohort_proto::MAX_MESSAGE_BYTES;
+        Ok(Ctl {
+            control: pb::control_client::ControlClient::new(channel.clone())
+                .max_decoding_message_size(max),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            token,
+        })
+    }
+
+    fn req<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(t) = &self.token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
+    /// Every member, page by page.
+    pub async fn members(&mut self) -> anyhow::Result<Vec<pb::MemberInfo>> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = pb::ListMembersRequest {
+                page_token: token,
+                ..Default::default()
+            };
+            let page = self
+                .control
+                .list_members(self.req(page))
+                .await?
+                .into_inner();
+            all.extend(page.members);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    pub async fn info(&mut self) -> anyhow::Result<pb::ClusterInfoResponse> {
+        let r = self.req(pb::ClusterInfoRequest {});
+        Ok(self.control.cluster_info(r).await?.into_inner())
+    }
+
+    /// Whether the master serves members, and whether the cluster is ready.
+    pub async fn health(&mut self) -> anyhow::Result<(bool, bool)> {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+        let mut check = async |service: &str| -> anyhow::Result<bool> {
+            let r = HealthCheckRequest {
+                service: service.into(),
+            };
+            let status = self.health.check(r).await?.into_inner().status;
+            Ok(status == ServingStatus::Serving as i32)
+        };
+        let serving = check("cohort.v1.Membership").await?;
+        let ready = check("").await?;
+        Ok((serving, ready))
+    }
+
+    /// Prints the cluster's events; without `follow`, only the current
+    /// state.
+    pub async fn events(&mut self, follow: bool, json: bool) -> anyhow::Result<()> {
+        let r = self.req(pb::WatchEventsRequest {});
+        let mut events = self.control.watch_events(r).await?.into_inner();
+        loop {
+            // The current state comes at once; a pause means it is over.
+            let next = match follow {
+                true => events.message().await?,
+                false => {
+                    match tokio::time::timeout(Duration::from_millis(300), events.message()).await {
+                        Ok(m) => m?,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            };
+            let Some(ev) = next else { return Ok(()) };
+            if !follow && ev.kind != pb::EventKind::Current as i32 {
+                return Ok(());
+            }
+            println!("{}", crate::show::event(&ev, json));
+        }
+    }
+
+    /// Sends (with `timeout`, as a request) and returns the master's answer.
+    pub async fn send(
+        &mut self,
+        target: Target,
+        action: String,
+        data: Option<String>,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<pb::SendResponse> {
+        let msg = pb::SendRequest {
+            action,
+            data: data.unwrap_or_default().into_bytes().into(),
+            target: Some(target.into()),
+            timeout_ms: timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
+            expect_reply: timeout.is_some(),
+            ..Default::default()
+        };
+        let r = self.req(msg);
+        Ok(self.control.send(r).await?.into_inner())
+    }
+
+    pub async fn scale(&mut self, role: Role, count: u32) -> anyhow::Result<()> {
+        let r = self.req(pb::ScaleRequest {
+            role: role.into(),
+            count,
+        });
+        self.control.scale(r).await?;
+        Ok(())
+    }
+
+    /// Restarts a member, or a role when `which` names one.
+    pub async fn restart(&mut self, which: &str, rolling: bool) -> anyhow::Result<()> {
+        use pb::restart_request::Which;
+        let which = match crate::target::role(which) {
+            Ok(role) => Which::Role(role.into()),
+            Err(_) => Which::Member(which.to_string()),
+        };
+        let r = self.req(pb::RestartRequest {
+            which: Some(which),
+            rolling,
+        });
+        self.control.restart(r).await?;
+        Ok(())
+    }
+
+    pub async fn drain(&mut self, member: String) -> anyhow::Result<()> {
+        let r = self.req(pb::DrainRequest { member });
+        self.control.drain(r).await?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        let r = self.req(pb::ShutdownRequest {});
+        self.control.shutdown(r).await?;
+        Ok(())
+    }
+}
+
+/// The exit code and the words for an error.
+pub fn explain(e: &anyhow::Error) -> (u8, String) {
+    let (code, text) = if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        (s.code(), format!("{:?}: {}", s.code(), s.message()))
+    } else if let Some(c) = e.downcast_ref::<cohort::Error>() {
+        (c.code(), format!("{e:#}"))
+    } else {
+        // Our own words (a bad target, a bad role).
+        return (2, format!("{e:#}"));
+    };
+    match code {
+        Code::Unauthenticated | Code::PermissionDenied => (
+            77,
+            format!(
+                "not allowed: {text} (set COHORT_TOKEN, or COHORT_TOKEN_FILE, to the master's token)"
+            ),
+        ),
+        Code::Unavailable => (69, format!("the master cannot be reached: {text}")),
+        Code::InvalidArgument if e.downcast_ref::<cohort::Error>().is_some() => (2, text),
+        _ => (1, text),
+    }
+}

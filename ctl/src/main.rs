@@ -1,0 +1,221 @@
+//! `cohortctl`: operate a Cohort cluster like PM2, across hosts. It reaches
+//! the master the way members do (`COHORT_MASTER`, `COHORT_TOKEN` or
+//! `COHORT_TOKEN_FILE`, `COHORT_TLS_*`) and speaks the Control API.
+//!
+//! Exit codes a script can use: 0 done; 1 the master refused or failed
+//! (its message is printed); 2 bad usage; 69 the master cannot be reached;
+//! 77 not authenticated or not allowed.
+
+mod client;
+mod show;
+mod target;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use client::Ctl;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cohortctl",
+    version,
+    about = "Operate a Cohort cluster: list, inspect, message, scale, restart, drain, stop.",
+    after_help = "The master is COHORT_MASTER (or --master); the token COHORT_TOKEN or the \
+first line of COHORT_TOKEN_FILE; TLS COHORT_TLS_CA / COHORT_TLS_CERT / COHORT_TLS_KEY.\n\
+Targets: all, agents, workers, random:ROLE, or a member (name, instance id, pid@host).\n\
+Exit codes: 0 done, 1 refused by the master, 2 bad usage, 69 master unreachable, 77 not authenticated."
+)]
+struct Cli {
+    /// The master (`http://HOST:7420`, `https://…`) [env: COHORT_MASTER; default: http://127.0.0.1:7420].
+    #[arg(long, global = true, value_name = "URL")]
+    master: Option<String>,
+    /// Print JSON instead of tables (read commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Every member: name, role, state, pid@host, restarts, uptime, CPU, memory.
+    #[command(visible_alias = "ps")]
+    Ls {
+        /// Redraw every second until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// The cluster: version, uptime, counts by state, listeners.
+    Info,
+    /// Whether the master serves, and whether the cluster is ready (exit 1 if not serving).
+    Health,
+    /// The cluster's events: the current state, then (with -f) what follows.
+    Events {
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Sends a message; prints how many members it reached.
+    Send {
+        /// all, agents, workers, random:ROLE, or a member.
+        target: String,
+        /// What the message is about.
+        action: String,
+        /// Its data (UTF-8 text; JSON is passed as its text).
+        data: Option<String>,
+    },
+    /// Sends a request to one member and prints its reply.
+    Request {
+        /// A member or random:ROLE.
+        target: String,
+        /// What the request is about.
+        action: String,
+        /// Its data.
+        data: Option<String>,
+        /// How long to wait for the reply.
+        #[arg(long, default_value = "5s", value_parser = cohort_process::parse_duration)]
+        timeout: Duration,
+    },
+    /// Sets how many local members of a role the master runs.
+    Scale {
+        /// agent or worker.
+        role: String,
+        /// How many.
+        count: u32,
+    },
+    /// Restarts a local member, or every local member of a role, without a gap.
+    Restart {
+        /// A member name, or agent / worker for the whole role.
+        which: String,
+        /// One at a time, each replacement ready before the next starts.
+        #[arg(long)]
+        rolling: bool,
+    },
+    /// Asks a member to finish its work and leave.
+    Drain {
+        /// The member.
+        member: String,
+    },
+    /// Stops the master and its local members.
+    Shutdown,
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "cohortctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cohortctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let (code, text) = client::explain(&e);
+            eprintln!("cohortctl: {text}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    let mut ctl = Ctl::connect(cli.master.as_deref()).await?;
+    match cli.command {
+        Command::Ls { watch } => loop {
+            let members = ctl.members().await?;
+            let text = if json {
+                show::members_json(&members)
+            } else {
+                show::table(&members, show::colour())
+            };
+            if !watch {
+                println!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Clear the screen and redraw in place.
+            println!("\x1b[2J\x1b[H{text}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        },
+        Command::Info => {
+            let info = ctl.info().await?;
+            println!("{}", show::info(&info, json));
+        }
+        Command::Health => {
+            let (serving, ready) = ctl.health().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"serving": serving, "cluster_ready": ready})
+                );
+            } else {
+                println!(
+                    "{}; cluster {}",
+                    if serving { "SERVING" } else { "NOT_SERVING" },
+                    if ready { "ready" } else { "not ready yet" }
+                );
+            }
+            if !serving {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Events { follow } => ctl.events(follow, json).await?,
+        Command::Send {
+            target,
+            action,
+            data,
+        } => {
+            let target = target::parse(&target)?;
+            let sent = ctl.send(target, action, data, None).await?;
+            println!("delivered to {}", sent.delivered);
+        }
+        Command::Request {
+            target,
+            action,
+            data,
+            timeout,
+        } => {
+            let target = target::parse(&target)?;
+            let sent = ctl.send(target, action, data, Some(timeout)).await?;
+            let reply = sent.reply.map(|r| r.data).unwrap_or_default();
+            println!("{}", String::from_utf8_lossy(&reply));
+        }
+        Command::Scale { role, count } => {
+            let role = target::role(&role)?;
+            ctl.scale(role, count).await?;
+            println!("{role}: {count}");
+        }
+        Command::Restart { which, rolling } => {
+            ctl.restart(&which, rolling).await?;
+            println!("{which}: restarted");
+        }
+        Command::Drain { member } => {
+            ctl.drain(member.clone()).await?;
+            println!("{member}: draining");
+        }
+        Command::Shutdown => {
+            ctl.shutdown().await?;
+            println!("the master is shutting down");
+        }
+        Command::Completions { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,131 @@
+//! `cohortctl` against a real cluster: a local agent and workers plus a
+//! remote worker, with a token.
+
+use cohort_e2e::{Master, bin, wait_ready_with};
+use std::process::Command;
+
+const TOKEN: &str = "ctl-token-0123456789abcdef0123";
+
+/// Runs cohortctl with `args` against `addr`: (exit code, stdout, stderr).
+fn ctl(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin("cohortctl"));
+    cmd.env("COHORT_MASTER", format!("http://{addr}"))
+        .env_remove("COHORT_TOKEN")
+        .env_remove("COHORT_TOKEN_FILE")
+        .args(args);
+    if let Some(t) = token {
+        cmd.env("COHORT_TOKEN", t);
+    }
+    let out = cmd.output().expect("run cohortctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(addr: &str, args: &[&str]) -> String {
+    let (code, out, err) = ctl(addr, Some(TOKEN), args);
+    assert_eq!(code, 0, "cohortctl {args:?}: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohortctl_lists_messages_scales_restarts_and_refuses_without_a_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("token");
+    let mut master = Master::start(&[
+        "--worker-count",
+        "2",
+        "--token-file",
+        token.to_str().expect("path"),
+    ]);
+    let addr = master.addr.clone();
+    let mut remote = Command::new(bin("cohort-worker"));
+    remote
+        .env("COHORT_MASTER", master.url())
+        .env("COHORT_NAME", "remote-1")
+        .env("COHORT_TOKEN", TOKEN)
+        .env("COHORT_HTTP_ADDR", "127.0.0.1:0");
+    let mut remote = cohort_e2e::Proc::spawn("remote-1", remote);
+    // The whole list, in name order.
+    wait_ready_with(
+        &addr,
+        &["agent", "remote-1", "worker-1", "worker-2"],
+        Some(TOKEN),
+    )
+    .await;
+
+    // ls: every member with its state, local and remote; piped, so plain.
+    let table = ok(&addr, &["ls"]);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+            .to_string()
+    };
+    assert!(row("worker-1").contains("ready") && row("worker-1").contains("local"));
+    assert!(row("remote-1").contains("ready") && row("remote-1").contains("remote"));
+    assert!(!table.contains('\x1b'), "no colour when piped");
+    // --json parses, and says the same.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&addr, &["ls", "--json"])).expect("json");
+    let names: Vec<&str> = json
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|m| m["state"] == "ready")
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["agent", "remote-1", "worker-1", "worker-2"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&addr, &["info", "--json"])).expect("json");
+    assert_eq!(info["cluster_ready"], true);
+    assert_eq!(ok(&addr, &["health"]).trim(), "SERVING; cluster ready");
+
+    // send and request, as grpcurl's Control/Send would.
+    assert_eq!(
+        ok(&addr, &["send", "workers", "hello"]).trim(),
+        "delivered to 3"
+    );
+    let reply = ok(&addr, &["request", "remote-1", "ping", "--timeout", "5s"]);
+    assert!(reply.contains("\"name\":\"remote-1\""), "{reply}");
+    let (code, _, err) = ctl(&addr, Some(TOKEN), &["request", "nobody", "ping"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NotFound") && err.contains("nobody"), "{err}");
+
+    // scale and a rolling restart: new pids, all ready again.
+    ok(&addr, &["scale", "worker", "3"]);
+    let all = ["agent", "remote-1", "worker-1", "worker-2", "worker-3"];
+    wait_ready_with(&addr, &all, Some(TOKEN)).await;
+    let before = cohort_e2e::members_with(&addr, Some(TOKEN)).await;
+    ok(&addr, &["restart", "worker", "--rolling"]);
+    let after = cohort_e2e::members_with(&addr, Some(TOKEN)).await;
+    for name in ["worker-1", "worker-2", "worker-3"] {
+        let pid =
+            |ms: &[cohort_proto::pb::MemberInfo]| ms.iter().find(|m| m.name == name).map(|m| m.pid);
+        assert_ne!(pid(&before), pid(&after), "{name} was replaced");
+    }
+
+    // Without the token: a clear message and exit 77; unreachable: 69;
+    // bad usage: 2.
+    let (code, _, err) = ctl(&addr, None, &["ls"]);
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("COHORT_TOKEN"), "{err}");
+    assert_eq!(ctl("127.0.0.1:1", Some(TOKEN), &["ls"]).0, 69);
+    assert_eq!(ctl(&addr, Some(TOKEN), &["send", "random:cook", "x"]).0, 2);
+    assert_eq!(ctl(&addr, Some(TOKEN), &["frobnicate"]).0, 2);
+    // Completions for a shell.
+    assert!(ok(&addr, &["completions", "bash"]).contains("cohortctl"));
+
+    ok(&addr, &["shutdown"]);
+    let status = master
+        .proc
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("the master stops");
+    assert_eq!(status.code(), Some(0));
+    remote.signal("TERM");
+    let _ = remote.wait_exit(std::time::Duration::from_secs(15));
+}
