@@ -637,3 +637,49 @@ fn shutdown_gives_local_members_their_drain_before_sigkill() {
     let text = std::fs::read_to_string(&done).unwrap_or_default();
     assert_eq!(text.trim(), "drained", "the member was killed mid-drain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_max_rss_is_drained_and_replaced_without_a_gap() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[agent]\ncount = 0\n[worker]\ncount = 1\nmax_rss = \"48MiB\"\ncommand = [{}, \"--demo-faults\"]\n",
+            toml_str(&bin("cohort-worker"))
+        ),
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    let addr = master.addr.clone();
+    let first = wait_ready(&addr, &["worker-1"]).await;
+    let old_pid = first[0].pid;
+    let mut events = watch(&addr).await;
+    let web = http_addr(&addr).await;
+    let (code, body) = http(&web, "POST", "/grow?mib=96").expect("POST /grow");
+    assert_eq!(code, 200, "{body}");
+    // Three heartbeats over the limit: DRAINING with the reason, then the
+    // replacement READY while the old one finishes.
+    let mut drained = false;
+    loop {
+        let ev = next_event(&mut events).await;
+        let Some(m) = ev.member else { continue };
+        if ev.kind == pb::EventKind::Draining as i32 && m.pid == old_pid {
+            assert!(ev.reason.contains("above max_rss 48 MiB"), "{}", ev.reason);
+            drained = true;
+        }
+        if ev.kind == pb::EventKind::Ready as i32 && m.name == "worker-1" && m.pid != old_pid {
+            assert!(drained, "the replacement came after the drain");
+            break;
+        }
+    }
+    cohort_e2e::eventually("the old instance to exit", || {
+        (!alive(old_pid)).then_some(())
+    });
+    let listed = members(&addr).await;
+    let w = listed
+        .iter()
+        .find(|m| m.name == "worker-1")
+        .expect("worker-1");
+    assert!(w.last_exit.contains("max_rss"), "{w:?}");
+    let pids: Vec<u32> = listed.iter().map(|m| m.pid).collect();
+    stop_cleanly(&mut master, &pids);
+}

@@ -97,10 +97,12 @@ impl Default for Config {
             agent: RoleConfig {
                 count: 1,
                 command: vec!["cohort-agent".into()],
+                max_rss: None,
             },
             worker: RoleConfig {
                 count: WorkerCount::Auto,
                 command: vec!["cohort-worker".into()],
+                max_rss: None,
             },
             listeners: vec![ListenerConfig {
                 name: "http".into(),
@@ -219,6 +221,12 @@ impl Config {
         set(&mut self.agent.command, l.agent.command);
         set(&mut self.worker.count, l.worker.count);
         set(&mut self.worker.command, l.worker.command);
+        if l.agent.max_rss.is_some() {
+            self.agent.max_rss = l.agent.max_rss;
+        }
+        if l.worker.max_rss.is_some() {
+            self.worker.max_rss = l.worker.max_rss;
+        }
         set(&mut self.expect.agents, l.expect.agents);
         set(&mut self.expect.workers, l.expect.workers);
         let h = &mut self.health;

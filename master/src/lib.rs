@@ -244,6 +244,10 @@ fn registry_config(config: &Config, agents: u32, workers: u32) -> RegistryConfig
         join_timeout: config.restart.start_timeout,
         drain_timeout: config.restart.drain_timeout,
         local_agent: agents > 0,
+        max_rss: registry::MaxRss {
+            agent: config.agent.max_rss,
+            worker: config.worker.max_rss,
+        },
     }
 }
 

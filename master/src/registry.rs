@@ -32,6 +32,7 @@ mod health;
 mod join;
 mod listing;
 mod members;
+mod notice;
 mod requests;
 mod router;
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub use join::{
     WELCOME_MEMBERS,
 };
 pub use members::InstanceId;
+pub use notice::Notice;
 pub use requests::Requester;
 pub use router::{ControlSend, Routed};
 
@@ -59,38 +61,6 @@ pub use router::{ControlSend, Routed};
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `from` of envelopes sent through `Control/Send` (a reserved name).
 pub const CONTROL_SENDER: &str = "control";
-
-/// What the registry tells the supervisor about its own (local) members.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    /// A local member reported ready.
-    Ready {
-        /// Its name.
-        name: String,
-        /// Its pid.
-        pid: u32,
-    },
-    /// A local member is leaving; with `replace` it asks for a replacement
-    /// first (the fatal-error path).
-    Leaving {
-        /// Its name.
-        name: String,
-        /// Its pid.
-        pid: u32,
-        /// Start a replacement now.
-        replace: bool,
-    },
-    /// A local member was evicted while its process may live on (silent,
-    /// not reading, never ready): the supervisor kills and replaces it.
-    Evicted {
-        /// Its name.
-        name: String,
-        /// Its pid.
-        pid: u32,
-        /// Why it was evicted.
-        reason: String,
-    },
-}
 
 /// The registry's settings.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +77,18 @@ pub struct RegistryConfig {
     pub drain_timeout: Duration,
     /// The master runs its own agent: the agent role is reserved for it.
     pub local_agent: bool,
+    /// Memory limits per role (`[agent|worker] max_rss`).
+    pub max_rss: MaxRss,
+}
+
+/// Memory limits per role: a member whose heartbeats report more for
+/// [`OVER_MEMORY_BEATS`] in a row is drained (and, if local, replaced).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MaxRss {
+    /// The agent's limit.
+    pub agent: Option<u64>,
+    /// Each worker's limit.
+    pub worker: Option<u64>,
 }
 
 fn frame(kind: Out) -> pb::MasterFrame {
@@ -253,6 +235,7 @@ impl Registry {
                 ));
             }
             In::Heartbeat(hb) => {
+                let mut over = None;
                 // Acked at least every quarter of dead_after, not each one:
                 // the member's one-way-partition watchdog waits dead_after
                 // for an ack, and 10,000 members' acks every second would
@@ -261,6 +244,7 @@ impl Registry {
                 if let Some(m) = st.members.get_mut(&name) {
                     m.cpu_percent = hb.cpu_percent;
                     m.rss_bytes = hb.rss_bytes;
+                    over = self.over_memory(m);
                     if m.acked_at
                         .is_none_or(|t| now.saturating_duration_since(t) >= every)
                     {
@@ -268,6 +252,9 @@ impl Registry {
                         let ack = pb::HeartbeatAck { seq: hb.seq };
                         let _ = m.push(frame(Out::HeartbeatAck(ack)));
                     }
+                }
+                if let Some(reason) = over {
+                    self.drain_over_memory(&mut st, &name, reason);
                 }
             }
             In::Ready(_) => {

@@ -72,6 +72,33 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
+/// Parses a memory size: `512MiB`, `1GiB`, `64KiB`, `500MB`, `1G`, or bytes.
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{v:?} is not a size like 512MiB, 1GiB or 500MB"))?;
+    let scale: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        other => {
+            return Err(format!(
+                "{v:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    Ok((n * scale) as u64)
+}
+
 /// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h`.
 pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
     let v = v.trim();
@@ -103,8 +130,25 @@ pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_bytes, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        let rows = [
+            ("512MiB", 512 << 20),
+            ("1GiB", 1 << 30),
+            ("64 KiB", 64 << 10),
+            ("500MB", 500_000_000),
+            ("1.5G", 3 << 29),
+            ("4096", 4096),
+        ];
+        for (text, want) in rows {
+            assert_eq!(parse_bytes(text), Ok(want), "{text}");
+        }
+        let bad = parse_bytes("5 parsecs").expect_err("parsecs");
+        assert!(bad.contains("KiB, MiB, GiB"), "{bad}");
+    }
 
     #[test]
     fn durations_name_the_units_they_accept() {

@@ -29,8 +29,10 @@ pub struct App {
     pub cache: Mutex<(u64, serde_json::Value)>,
     /// Other messages received, counted by action.
     pub received: Mutex<std::collections::BTreeMap<String, u64>>,
-    /// Whether `POST /crash` is enabled.
+    /// Whether `POST /crash` and `POST /grow` are enabled.
     pub demo_faults: bool,
+    /// Memory `POST /grow` holds on to (a leak, for max_rss).
+    pub grown: Mutex<Vec<Vec<u8>>>,
     /// Cancelled to stop taking connections (fatal path, shutdown).
     pub stop_accepting: CancellationToken,
 }
@@ -120,6 +122,28 @@ async fn route(req: &Request<Incoming>, app: &Arc<App>) -> Response<Full<Bytes>>
             json(
                 StatusCode::ACCEPTED,
                 serde_json::json!({ "crashing": true, "pid": std::process::id(), "name": name }),
+            )
+        }
+        (&Method::POST, "/grow") if app.demo_faults => {
+            // `?mib=N` (default 64): allocate and touch N MiB and keep it.
+            let mib: usize = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("mib="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(64)
+                .min(1024);
+            let mut grown = app.grown.lock().unwrap_or_else(|p| p.into_inner());
+            grown.push(vec![1u8; mib << 20]);
+            let held: usize = grown.iter().map(Vec::len).sum();
+            tracing::warn!(
+                mib,
+                held_mib = held >> 20,
+                "POST /grow: holding more memory"
+            );
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "held_mib": held >> 20 }),
             )
         }
         (&Method::GET | &Method::POST, _) => json(

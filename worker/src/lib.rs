@@ -79,6 +79,7 @@ pub async fn run(
         cache: Mutex::new((0, serde_json::Value::Null)),
         received: Mutex::default(),
         demo_faults: settings.demo_faults,
+        grown: Mutex::default(),
         stop_accepting: CancellationToken::new(),
     });
     let mut refresh = member.on("refresh");

@@ -17,7 +17,8 @@ struct Flags {
     /// Serve HTTP here when no `http` listener is inherited (port 0 ok).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
-    /// Enable POST /crash (the fatal-error path), for demos and tests only.
+    /// Enable POST /crash (the fatal-error path) and POST /grow?mib=N (a
+    /// memory leak, for max_rss), for demos and tests only.
     #[arg(long)]
     demo_faults: bool,
     /// Run CMD as the payload: `--exec -- CMD ARGS`; the messenger speaks

@@ -6,7 +6,7 @@
 
 use super::{ListenerConfig, Overflow, WorkerCount};
 use clap::{CommandFactory, Parser};
-use cohort_process::parse_duration;
+use cohort_process::{parse_bytes, parse_duration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +97,10 @@ pub(super) struct AgentLayer {
     /// Local agents to run: 0 or 1 [default: 1].
     #[arg(id = "agent-count", long = "agent-count", value_name = "N")]
     pub count: Option<u32>,
+    /// Replace the agent gracefully when its memory stays above this (512MiB, 1GiB).
+    #[arg(id = "agent-max-rss", long = "agent-max-rss", value_name = "SIZE", value_parser = parse_bytes)]
+    #[serde(default, with = "bytes")]
+    pub max_rss: Option<u64>,
     /// The agent's command (file only).
     #[arg(skip)]
     pub command: Option<Vec<String>>,
@@ -109,6 +113,10 @@ pub(super) struct WorkerLayer {
     /// Local workers to run, or auto (one per CPU) [default: auto].
     #[arg(id = "worker-count", long = "worker-count", value_name = "N|auto", value_parser = parse_worker_count)]
     pub count: Option<WorkerCount>,
+    /// Replace a worker gracefully when its memory stays above this (512MiB, 1GiB).
+    #[arg(id = "worker-max-rss", long = "worker-max-rss", value_name = "SIZE", value_parser = parse_bytes)]
+    #[serde(default, with = "bytes")]
+    pub max_rss: Option<u64>,
     /// The workers' command (file only).
     #[arg(skip)]
     pub command: Option<Vec<String>>,
@@ -382,5 +390,33 @@ mod duration {
         Option::<String>::deserialize(d)?
             .map(|v| super::parse_duration(&v).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.serialize_u64(*b),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// A size as a string with a unit (`512MiB`) or a number of bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
+        }
+        match Option::<Size>::deserialize(d)? {
+            None => Ok(None),
+            Some(Size::Bytes(b)) => Ok(Some(b)),
+            Some(Size::Text(t)) => super::parse_bytes(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct RoleConfig<C> {
     pub count: C,
     /// The command, resolved next to cohort-master when relative.
     pub command: Vec<String>,
+    /// Replace a member gracefully when its reported RSS stays above this.
+    pub max_rss: Option<u64>,
 }
 
 /// A listener the master binds and shares with workers.

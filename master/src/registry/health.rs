@@ -3,7 +3,58 @@
 
 use super::*;
 
+/// Heartbeats in a row over `max_rss` before a member is drained: one
+/// spike (a burst of work, a GC cycle) is not enough.
+pub const OVER_MEMORY_BEATS: u8 = 3;
+
 impl Registry {
+    /// Counts a ready member's heartbeats over its role's `max_rss`; the
+    /// reason to drain it once there were [`OVER_MEMORY_BEATS`] in a row.
+    pub(super) fn over_memory(&self, m: &mut Member) -> Option<String> {
+        let limit = match m.role {
+            Role::Agent => self.cfg.max_rss.agent,
+            Role::Worker => self.cfg.max_rss.worker,
+        }?;
+        if m.presence != Presence::Ready || m.rss_bytes <= limit {
+            m.over_memory = 0;
+            return None;
+        }
+        m.over_memory = m.over_memory.saturating_add(1);
+        (m.over_memory == OVER_MEMORY_BEATS).then(|| {
+            format!(
+                "memory {} MiB above max_rss {} MiB for {OVER_MEMORY_BEATS} heartbeats",
+                m.rss_bytes >> 20,
+                limit >> 20
+            )
+        })
+    }
+
+    /// Drains a member over `max_rss`: it stops taking work and finishes;
+    /// a local one is replaced at once by the supervisor, a remote one by
+    /// its own (systemd, Kubernetes) when it exits.
+    pub(super) fn drain_over_memory(&self, st: &mut State, name: &MemberName, reason: String) {
+        let Some(m) = st.members.get_mut(name) else {
+            return;
+        };
+        tracing::warn!(member.name = %name, reason, "draining a member over max_rss");
+        let before = m.state();
+        m.presence = Presence::Draining;
+        let (role, after, info) = (m.role, m.state(), m.info());
+        let _ = m.push(frame(Out::Drain(pb::Drain {
+            reason: reason.clone(),
+            deadline_ms: ms(self.cfg.drain_timeout),
+        })));
+        st.counts.moved(role, before, after);
+        if info.local {
+            self.notify(Notice::OverMemory {
+                name: info.name.clone(),
+                pid: info.pid,
+                reason: reason.clone(),
+            });
+        }
+        self.publish(st, event(EventKind::Draining, Some(info), &reason));
+    }
+
     /// Marks a member's reader as waiting for room (or done waiting).
     pub fn hold_back(&self, instance: &InstanceId, held: bool, now: Instant) {
         let mut st = self.lock();

@@ -181,6 +181,7 @@ impl Registry {
             rss_bytes: 0,
             last_seen: now,
             acked_at: None,
+            over_memory: 0,
             joined_at: now,
             dropped: 0,
             seen_taken: 0,

@@ -30,6 +30,8 @@ pub(super) struct Member {
     pub(super) cpu_percent: f32,
     pub(super) rss_bytes: u64,
     pub(super) last_seen: Instant,
+    /// Heartbeats in a row over its role's `max_rss`.
+    pub(super) over_memory: u8,
     /// When its last heartbeat was acked (`None`: never).
     pub(super) acked_at: Option<Instant>,
     pub(super) joined_at: Instant,

@@ -19,6 +19,10 @@ fn registry(expect_workers: u32) -> (Registry, tokio::sync::mpsc::Receiver<Notic
         join_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(30),
         local_agent: false,
+        max_rss: MaxRss {
+            agent: None,
+            worker: Some(100 << 20),
+        },
     };
     (Registry::new(cfg, Some(tx)), rx)
 }
@@ -398,5 +402,59 @@ fn time_the_master_was_too_busy_to_look_is_not_counted() {
     assert_eq!(r.get("w").map(|m| m.state).ok(), Some(MemberState::Ready));
     r.sweep(t1 + h.dead_after);
     assert!(r.get("w").is_err(), "evicted once it is silent on its own");
+    counts_agree(&r);
+}
+
+#[tokio::test]
+async fn a_member_over_max_rss_for_three_heartbeats_is_drained_and_replaced() {
+    let (r, mut notices) = registry(0);
+    let t0 = Instant::now();
+    r.reserve("worker-1", "s");
+    let mut j = r
+        .register(
+            pb::Hello {
+                secret: "s".into(),
+                ..hello("worker-1")
+            },
+            Via::LocalSocket,
+            t0,
+        )
+        .expect("local");
+    ready(&r, &j, t0);
+    frames(&mut j).await;
+    let instance = j.instance_id.clone();
+    let beat = |rss_mib: u64| {
+        let hb = pb::Heartbeat {
+            rss_bytes: rss_mib << 20,
+            ..Default::default()
+        };
+        r.on_frame(&instance, In::Heartbeat(hb), t0).expect("beat");
+    };
+    // A spike, then back under: nothing.
+    beat(150);
+    beat(150);
+    beat(90);
+    beat(150);
+    beat(150);
+    assert!(
+        !frames(&mut j).await.iter().any(|f| f.starts_with("drain")),
+        "two in a row is not enough"
+    );
+    beat(150);
+    let seen = frames(&mut j).await;
+    assert!(seen.iter().any(|f| f.starts_with("drain")), "{seen:?}");
+    assert_eq!(
+        r.get("worker-1").map(|m| m.state).ok(),
+        Some(MemberState::Draining)
+    );
+    let mut got = None;
+    while let Ok(n) = notices.try_recv() {
+        if let Notice::OverMemory { name, reason, .. } = n {
+            got = Some((name, reason));
+        }
+    }
+    let (name, reason) = got.expect("the supervisor is told");
+    assert_eq!(name, "worker-1");
+    assert!(reason.contains("150 MiB above max_rss 100 MiB"), "{reason}");
     counts_agree(&r);
 }

@@ -20,6 +20,19 @@ impl Supervisor {
                 }
                 self.check_stage();
             }
+            Notice::OverMemory { name, pid, reason } => {
+                let Some(i) = self.index_of(&name) else {
+                    return;
+                };
+                if self.entries[i].slot.pid() != Some(pid) {
+                    return;
+                }
+                // The master asked it to drain; it is replaced like on the
+                // fatal-error path, without a gap.
+                tracing::warn!(member.name = %name, pid, reason, "replacing a member over max_rss");
+                self.entries[i].last_exit = format!("replaced: {reason}");
+                self.apply(i, Event::Fatal { pid });
+            }
             Notice::Evicted { name, pid, reason } => {
                 if let Some(i) = self.index_of(&name) {
                     self.apply(i, Event::Hung { pid, reason });
