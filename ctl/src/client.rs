@@ -83,11 +83,16 @@ impl Ctl {
         Ok((serving, ready))
     }
 
+    /// The cluster's events: the current state, then what follows.
+    pub async fn watch(&mut self) -> anyhow::Result<tonic::Streaming<pb::ClusterEvent>> {
+        let r = self.req(pb::WatchEventsRequest {});
+        Ok(self.control.watch_events(r).await?.into_inner())
+    }
+
     /// Prints the cluster's events; without `follow`, only the current
     /// state.
     pub async fn events(&mut self, follow: bool, json: bool) -> anyhow::Result<()> {
-        let r = self.req(pb::WatchEventsRequest {});
-        let mut events = self.control.watch_events(r).await?.into_inner();
+        let mut events = self.watch().await?;
         loop {
             // The current state comes at once; a pause means it is over.
             let next = match follow {

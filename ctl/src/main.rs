@@ -9,6 +9,7 @@
 mod client;
 mod show;
 mod target;
+mod top;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Ctl;
@@ -45,6 +46,9 @@ enum Command {
         #[arg(short, long)]
         watch: bool,
     },
+    /// A live full-screen view: members, CPU and memory sparklines, events;
+    /// keys to restart or drain the selected member.
+    Top,
     /// The cluster: version, uptime, counts by state, listeners.
     Info,
     /// Whether the master serves, and whether the cluster is ready (exit 1 if not serving).
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("\x1b[2J\x1b[H{text}");
             tokio::time::sleep(Duration::from_secs(1)).await;
         },
+        Command::Top => top::run(ctl).await?,
         Command::Info => {
             let info = ctl.info().await?;
             println!("{}", show::info(&info, json));

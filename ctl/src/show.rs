@@ -11,7 +11,7 @@ pub fn colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-fn state(s: i32) -> String {
+pub fn state(s: i32) -> String {
     pb::MemberState::try_from(s)
         .map(|s| {
             s.as_str_name()
@@ -21,7 +21,7 @@ fn state(s: i32) -> String {
         .unwrap_or_else(|_| format!("state {s}"))
 }
 
-fn role(r: i32) -> String {
+pub fn role(r: i32) -> String {
     pb::Role::try_from(r)
         .map(|r| r.as_str_name().trim_start_matches("ROLE_").to_lowercase())
         .unwrap_or_else(|_| format!("role {r}"))
@@ -40,7 +40,7 @@ fn paint(text: &str, state: &str, colour: bool) -> String {
     format!("\x1b[{code}m{text}\x1b[0m")
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

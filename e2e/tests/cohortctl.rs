@@ -129,3 +129,66 @@ async fn cohortctl_lists_messages_scales_restarts_and_refuses_without_a_token() 
     remote.signal("TERM");
     let _ = remote.wait_exit(std::time::Duration::from_secs(15));
 }
+
+/// A tmux session ended when dropped (the test's terminal).
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohortctl_top_draws_the_cluster_in_a_real_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is needed (apt-get install tmux)"
+        );
+        return;
+    }
+    let mut master = Master::start(&["--worker-count", "2"]);
+    let addr = master.addr.clone();
+    cohort_e2e::wait_ready(&addr, &["agent", "worker-1", "worker-2"]).await;
+    let session = Tmux(format!("cohortctl-top-{}", std::process::id()));
+    let command = format!("{} --master http://{addr} top", bin("cohortctl").display());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    let screen = cohort_e2e::eventually("top to draw the members", || {
+        let pane = tmux(&["capture-pane", "-p", "-t", &session.0]);
+        (pane.contains("worker-2") && pane.contains("ready") && pane.contains("events"))
+            .then_some(pane)
+    });
+    assert!(
+        screen.contains("worker-1") && screen.contains("agent"),
+        "{screen}"
+    );
+    // q quits: the session (whose only program is cohortctl) ends.
+    tmux(&["send-keys", "-t", &session.0, "q"]);
+    cohort_e2e::eventually("cohortctl top to quit on q", || {
+        let alive = Command::new("tmux")
+            .args(["has-session", "-t", &session.0])
+            .status()
+            .is_ok_and(|s| s.success());
+        (!alive).then_some(())
+    });
+    master.proc.signal("TERM");
+    let _ = master.proc.wait_exit(std::time::Duration::from_secs(15));
+}
