@@ -38,7 +38,7 @@ fn load(flags: Flags) -> Result<AgentConfig, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    cohort_process::init_from_env();
+    cohort_process::init_from_env(Some(Box::new(cohort::logs::layer())));
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         // --help and --version come back from clap as "errors" too.

@@ -31,6 +31,9 @@ const REQUESTS: usize = 20_000;
 const RELAY: usize = 200_000;
 const BROADCAST_ROUNDS: usize = 2_000;
 const BROADCAST_MEMBERS: usize = 8;
+/// Lines a second the logging member writes, and for how long at most.
+const LOG_RATE: u64 = 50_000;
+const LOG_FOR: Duration = Duration::from_secs(300);
 
 /// Kills the child when dropped, so a failed run leaves nothing behind.
 struct Guard(Child);
@@ -66,7 +69,7 @@ enum Bench {
         url: String,
         /// The member's name.
         name: String,
-        /// responder, sink or bcast.
+        /// responder, sink, bcast or logger.
         mode: String,
     },
 }
@@ -125,6 +128,12 @@ fn run_master(args: &[String]) -> anyhow::Result<()> {
 
 /// A member process: `member URL NAME MODE`.
 fn run_member(url: &str, name: &str, mode: &str) -> anyhow::Result<()> {
+    if mode == "logger" {
+        // Every line goes to the forwarder only (RUST_LOG does not apply).
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(cohort::logs::layer());
+        tracing::subscriber::set_global_default(subscriber)?;
+    }
     runtime()?.block_on(async move {
         let member = MemberBuilder::new(url.to_string(), Role::Worker)
             .name(name.to_string())
@@ -164,6 +173,20 @@ fn run_member(url: &str, name: &str, mode: &str) -> anyhow::Result<()> {
                     member
                         .post(Target::Member(msg.from.clone()), "lat", delta.to_string())
                         .await?;
+                }
+            }
+            "logger" => {
+                // LOG_RATE lines a second, for at most LOG_FOR.
+                member.ready().await?;
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                let t = Instant::now();
+                let mut n = 0u64;
+                while t.elapsed() < LOG_FOR {
+                    tick.tick().await;
+                    for _ in 0..LOG_RATE / 1000 {
+                        n += 1;
+                        tracing::info!(n, path = "/api/items", status = 200, "handled a request");
+                    }
                 }
             }
             other => bail!("unknown member mode {other}"),
@@ -281,25 +304,17 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
         lat.sort();
         let rr = (percentile(&lat, 0.5), percentile(&lat, 0.99));
 
-        // 2. one-way relay A → master → B, 64-byte payloads.
+        // 2. one-way relay A → master → B, 64-byte payloads; then again
+        // while a remote member logs LOG_RATE lines a second (forwarded
+        // to the master, which keeps what its rate allows).
         let mut done = a.on("done");
-        let payload = bytes_64();
-        let cpu0 = cpu_seconds(master_pid);
-        let t = Instant::now();
-        let sink = Target::Member("sink".into());
-        for _ in 0..relay {
-            a.post(sink.clone(), "relay", payload.clone()).await?;
-        }
-        a.post(sink.clone(), "relay", "END").await?;
-        let got = tokio::time::timeout(Duration::from_secs(120), done.recv())
-            .await
-            .context("relay did not finish")?
-            .context("closed")?;
-        let elapsed = t.elapsed();
-        let cpu = cpu_seconds(master_pid) - cpu0;
-        let received: u64 = got.text().unwrap_or("0").parse()?;
-        let rate = received as f64 / elapsed.as_secs_f64();
-        let cpu_per_million = cpu / (received.max(1) as f64) * 1e6;
+        let (rate, received, cpu_per_million) = relay_run(&a, &mut done, master_pid, relay).await?;
+        let logger = spawn_self(&["member", &url, "logger", "logger"])?;
+        wait_ready(&a, &["logger".to_string()]).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (log_rate, log_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
+        let rss_logging = cluster::rss_kib(master_pid);
+        drop(logger);
 
         // 2b. the same from a plain gRPC client: one frame per message, no
         // batches, no acks, as a Python or Go member is usually written.
@@ -332,12 +347,14 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
         anyhow::Ok(format!(
             "| request/reply A→master→B→master→A ({requests} requests) | p50 {} | p99 {} |\n\
              | one-way relay A→master→B, 64 B, SDK sender ({relay} sent) | {:.0} msg/s | {received} received ({} lost), master {cpu_per_million:.2} CPU-s per million |\n\
+             | the same while a remote member logs {LOG_RATE} lines/s | {log_rate:.0} msg/s | {log_received} received; master RSS {:.1} MiB |\n\
              | one-way relay, 64 B, plain unbatched gRPC sender ({relay} sent) | {plain_rate:.0} msg/s | {plain_received} received ({} lost) |\n\
              | broadcast to {BROADCAST_MEMBERS}, until the last has it ({rounds} rounds) | p50 {} | p99 {} |\n",
             us(rr.0),
             us(rr.1),
             rate,
             relay as u64 - received,
+            rss_logging as f64 / 1024.0,
             relay as u64 - plain_received,
             us(percentile(&bl, 0.5)),
             us(percentile(&bl, 0.99)),
@@ -382,6 +399,33 @@ pub(crate) fn write_report(out: &str, text: &str) -> anyhow::Result<()> {
     }
     std::fs::write(out, text)?;
     Ok(())
+}
+
+/// Relays `n` 64-byte messages from `a` to `sink` through the SDK: msg/s,
+/// how many the sink counted, and the master's CPU-s per million.
+async fn relay_run(
+    a: &Member,
+    done: &mut cohort::Subscription,
+    master_pid: u32,
+    n: usize,
+) -> anyhow::Result<(f64, u64, f64)> {
+    let payload = bytes_64();
+    let cpu0 = cpu_seconds(master_pid);
+    let t = Instant::now();
+    let sink = Target::Member("sink".into());
+    for _ in 0..n {
+        a.post(sink.clone(), "relay", payload.clone()).await?;
+    }
+    a.post(sink.clone(), "relay", "END").await?;
+    let got = tokio::time::timeout(Duration::from_secs(120), done.recv())
+        .await
+        .context("relay did not finish")?
+        .context("closed")?;
+    let elapsed = t.elapsed();
+    let cpu = cpu_seconds(master_pid) - cpu0;
+    let received: u64 = got.text().unwrap_or("0").parse()?;
+    let rate = received as f64 / elapsed.as_secs_f64();
+    Ok((rate, received, cpu / (received.max(1) as f64) * 1e6))
 }
 
 /// Relays `n` 64-byte messages to `sink` from a raw tonic Join stream, one

@@ -112,6 +112,15 @@ impl Ctl {
         }
     }
 
+    /// Log lines as `req` asks.
+    pub async fn logs(
+        &mut self,
+        req: pb::LogsRequest,
+    ) -> anyhow::Result<tonic::Streaming<pb::LogEntry>> {
+        let r = self.req(req);
+        Ok(self.control.logs(r).await?.into_inner())
+    }
+
     /// Sends (with `timeout`, as a request) and returns the master's answer.
     pub async fn send(
         &mut self,

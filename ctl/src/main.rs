@@ -7,12 +7,14 @@
 //! 77 not authenticated or not allowed.
 
 mod client;
+mod logs;
 mod show;
 mod target;
 mod top;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Ctl;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -58,6 +60,21 @@ enum Command {
         /// Keep following.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Members' recent log lines, then (with -f) new ones as they come:
+    /// local children's and remote members' alike.
+    Logs {
+        /// all (default), agent, worker, or a member name.
+        which: Option<String>,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines from this long ago on (`10m`, `1h`).
+        #[arg(long, value_parser = cohort_process::parse_duration)]
+        since: Option<Duration>,
+        /// Kept lines per member to print first (0: every kept line).
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
     },
     /// Sends a message; prints how many members it reached.
     Send {
@@ -183,6 +200,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Events { follow } => ctl.events(follow, json).await?,
+        Command::Logs {
+            which,
+            follow,
+            since,
+            lines,
+        } => {
+            let colour = show::colour();
+            let mut stream = ctl
+                .logs(logs::request(which.as_deref(), since, lines, follow))
+                .await?;
+            let mut out = std::io::stdout().lock();
+            while let Some(entry) = stream.message().await? {
+                // A closed pipe (`| head`) ends us quietly.
+                if writeln!(out, "{}", logs::line(&entry, colour, json)).is_err() {
+                    break;
+                }
+            }
+        }
         Command::Send {
             target,
             action,

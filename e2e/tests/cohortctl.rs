@@ -192,3 +192,88 @@ async fn cohortctl_top_draws_the_cluster_in_a_real_terminal() {
     master.proc.signal("TERM");
     let _ = master.proc.wait_exit(std::time::Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohortctl_logs_follows_local_and_remote_members_lines() {
+    let mut master = Master::start(&["--worker-count", "1"]);
+    let addr = master.addr.clone();
+    let mut remote = Command::new(bin("cohort-worker"));
+    remote
+        .env("COHORT_MASTER", master.url())
+        .env("COHORT_NAME", "remote-1")
+        .env("COHORT_HTTP_ADDR", "127.0.0.1:0");
+    let mut remote = cohort_e2e::Proc::spawn("remote-1", remote);
+    cohort_e2e::wait_ready(&addr, &["agent", "remote-1", "worker-1"]).await;
+
+    // The kept lines first: both members' startup, under their names.
+    let mut logs = Command::new(bin("cohortctl"));
+    logs.args([
+        "--master",
+        &format!("http://{addr}"),
+        "logs",
+        "workers",
+        "-f",
+    ]);
+    let mut logs = cohort_e2e::Proc::spawn("cohortctl logs", logs);
+    let mut kept: Vec<String> = Vec::new();
+    while !["worker-1 ", "remote-1 "]
+        .iter()
+        .all(|n| kept.iter().any(|l| l.starts_with(n)))
+    {
+        kept.push(logs.wait_line("kept lines of both workers", |l| l.contains(" | ")));
+    }
+    for line in &kept {
+        // Logged once: no second timestamp inside the text.
+        let text = line.split_once(" | ").map_or("", |(_, t)| t);
+        assert!(!text.contains("Z ") && !text.contains("Z\""), "{line}");
+    }
+
+    // Lines printed after the command started arrive as they are written.
+    let started = std::time::Instant::now();
+    let sent = ok(&addr, &["send", "workers", "refresh"]);
+    assert_eq!(sent.trim(), "delivered to 2");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = logs.wait_line("the workers' refresh lines", |l| {
+            l.contains("cache refreshed")
+        });
+        let name = line.split_whitespace().next().unwrap_or("").to_string();
+        if !seen.contains(&name) {
+            seen.push(name);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["remote-1", "worker-1"]);
+    eprintln!(
+        "both refresh lines reached `cohortctl logs -f` in {:?}",
+        started.elapsed()
+    );
+
+    // Filters: one member's kept lines, as JSON; the agent is not a worker.
+    let one = ok(&addr, &["logs", "remote-1", "-n", "5", "--json"]);
+    let lines: Vec<serde_json::Value> = one
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(!lines.is_empty() && lines.len() <= 5, "{one}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["member"] == "remote-1" && l["source"] == "member")
+    );
+    assert!(
+        !ok(&addr, &["logs", "workers"])
+            .lines()
+            .any(|l| l.starts_with("agent "))
+    );
+    assert!(
+        ok(&addr, &["logs", "agent"])
+            .lines()
+            .all(|l| l.starts_with("agent "))
+    );
+
+    master.proc.signal("TERM");
+    let _ = master.proc.wait_exit(std::time::Duration::from_secs(15));
+    remote.signal("TERM");
+    let _ = remote.wait_exit(std::time::Duration::from_secs(15));
+}

@@ -406,3 +406,100 @@ async fn a_restarted_master_clears_what_a_killed_one_left_behind() {
     });
     stop(&mut second, &[sh]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_its_logs_is_held_to_its_rate_and_hurts_nobody() {
+    use cohort::{MemberBuilder, Role, Target};
+    use tokio_stream::StreamExt;
+    const FRAMES: usize = 150;
+    const LINES: usize = 1_000;
+    let mut master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
+    let pid = master.proc.child.id();
+    let addr = master.addr.clone();
+    let a = MemberBuilder::new(master.url(), Role::Worker)
+        .name("a")
+        .join()
+        .await
+        .expect("a");
+    let b = MemberBuilder::new(master.url(), Role::Worker)
+        .name("b")
+        .join()
+        .await
+        .expect("b");
+    let mut b_sub = b.on("ping");
+    a.ready().await.expect("ready");
+    b.ready().await.expect("ready");
+    let before = rss_mib(pid);
+
+    // A raw member that sends FRAMES × LINES lines of 2 KB (with levels no
+    // logger writes) as fast as the master reads them.
+    let mut client = pb::membership_client::MembershipClient::connect(master.url())
+        .await
+        .expect("connect")
+        .max_encoding_message_size(cohort_proto::MAX_MESSAGE_BYTES);
+    let hello = pb::MemberFrame {
+        kind: Some(Frame::Hello(pb::Hello {
+            role: pb::Role::Worker as i32,
+            name: "flooder".into(),
+            ..Default::default()
+        })),
+    };
+    let line = pb::LogLine {
+        at_ms: 0,
+        level: "x".repeat(100),
+        text: "y".repeat(2_000),
+    };
+    let batch = pb::MemberFrame {
+        kind: Some(Frame::Logs(pb::LogLines {
+            lines: vec![line; LINES],
+        })),
+    };
+    let frames =
+        tokio_stream::iter(std::iter::once(hello).chain(std::iter::repeat_n(batch, FRAMES)))
+            .chain(tokio_stream::pending());
+    let mut inbound = client.join(frames).await.expect("joined").into_inner();
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+
+    // Meanwhile the real members' traffic goes on and memory stays flat.
+    let mut peak = before;
+    for _ in 0..20 {
+        peak = peak.max(rss_mib(pid));
+        a.send(Target::Member("b".into()), "ping", "x")
+            .await
+            .expect("a reaches b");
+        recv_ping(&mut b_sub).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What is kept of the flood: within the rate and the bounds.
+    let kept: Vec<pb::LogEntry> = cohort_e2e::control(&addr)
+        .await
+        .logs(pb::LogsRequest {
+            member: "flooder".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Logs")
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await
+        .expect("lines");
+    let listed = members(&addr).await;
+    println!(
+        "master RSS {before:.1} MiB before, {peak:.1} at peak; kept {} of {} lines",
+        kept.len(),
+        FRAMES * LINES
+    );
+    assert!(!kept.is_empty() && kept.len() <= 200, "{}", kept.len());
+    assert!(
+        kept.iter()
+            .all(|l| l.level == "info" && l.text.len() <= 1_030)
+    );
+    assert!(peak < before + 100.0, "peak {peak:.0} MiB from {before:.0}");
+    assert!(
+        listed.iter().any(|m| m.name == "flooder"),
+        "logging is no offence"
+    );
+    assert!(listed.iter().all(|m| m.dropped_messages == 0), "{listed:?}");
+    reader.abort();
+    stop(&mut master, &[]);
+}

@@ -1,6 +1,7 @@
 //! `cohort.v1.Control`: the operator API (grpcurl, scripts). Reads come from
 //! the registry; `Send` routes like a member would, as sender `control`.
 
+use crate::feed::{Feed, replay_then_follow};
 use crate::flow;
 use crate::json;
 use crate::model::{MemberSnapshot, MemberState};
@@ -9,13 +10,9 @@ use crate::supervisor::SupervisorHandle;
 use cohort_proto::pb;
 use cohort_proto::{MemberName, Role};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
@@ -306,41 +303,63 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ShutdownResponse {}))
     }
 
-    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
+    type LogsStream = Feed<pb::LogEntry>;
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = request.into_inner();
+        let filter = crate::logs::Filter {
+            member: (!req.member.is_empty()).then_some(req.member),
+            role: match req.role {
+                0 => None,
+                r => Some(role_of(r, "role")?),
+            },
+            since_ms: req.since_ms,
+            tail: req.tail as usize,
+        };
+        let (kept, live) = self.registry.logs.read(&filter);
+        // The live feed starts after the kept lines and carries everyone's.
+        let convert = move |l: &Arc<crate::logs::Line>| {
+            filter.keeps(l).then(|| pb::LogEntry {
+                member: l.member.clone(),
+                role: l.role.into(),
+                at_ms: l.at_ms,
+                level: l.level.clone(),
+                text: l.text.clone(),
+                source: l.source.into(),
+            })
+        };
+        let feed = replay_then_follow(
+            &self.tasks,
+            self.shutdown.clone(),
+            kept,
+            live,
+            req.follow,
+            convert,
+            "lines",
+        );
+        Ok(Response::new(feed))
+    }
+
+    type WatchEventsStream = Feed<pb::ClusterEvent>;
 
     async fn watch_events(
         &self,
         _: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let (current, mut events) = self.registry.subscribe();
-        let (tx, rx) = mpsc::channel(256);
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            for ev in current {
-                if tx.send(Ok((&ev).into())).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    ev = events.recv() => ev,
-                };
-                let item = match ev {
-                    Ok(ev) => Ok((&ev).into()),
-                    Err(broadcast::error::RecvError::Lagged(n)) => Err(Status::resource_exhausted(
-                        format!("this watcher fell {n} events behind; call WatchEvents again"),
-                    )),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let (current, events) = self.registry.subscribe();
+        let feed = replay_then_follow(
+            &self.tasks,
+            self.shutdown.clone(),
+            current,
+            events,
+            true,
+            |ev| Some(ev.into()),
+            "events",
+        );
+        Ok(Response::new(feed))
     }
 
     async fn cluster_info(

@@ -21,10 +21,12 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod feed;
 pub mod flow;
 pub mod json;
 pub mod listen;
 pub mod local;
+pub mod logs;
 pub mod membership;
 pub mod metrics;
 pub mod model;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    cohort_process::init_from_env();
+    cohort_process::init_from_env(None);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

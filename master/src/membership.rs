@@ -51,6 +51,7 @@ fn frame_name(kind: &In) -> &'static str {
     match kind {
         In::Hello(_) => "hello",
         In::Heartbeat(_) => "heartbeat",
+        In::Logs(_) => "logs",
         In::Ready(_) => "ready",
         In::Send(_) => "send",
         In::Request(_) => "request",

@@ -146,6 +146,8 @@ pub struct Registry {
     notices: Option<tokio::sync::mpsc::Sender<Notice>>,
     /// What routing counts, for `[metrics]`.
     pub metrics: crate::metrics::RoutingMetrics,
+    /// Members' recent log lines, for `Control/Logs`.
+    pub logs: std::sync::Arc<crate::logs::LogStore>,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -180,6 +182,7 @@ impl Registry {
             cfg,
             notices,
             metrics: Default::default(),
+            logs: Default::default(),
         }
     }
 
@@ -255,6 +258,12 @@ impl Registry {
                 }
                 if let Some(reason) = over {
                     self.drain_over_memory(&mut st, &name, reason);
+                }
+            }
+            In::Logs(batch) => {
+                // Kept beside the registry (crate::logs), within its bounds.
+                if let Some(m) = st.members.get(&name).filter(|m| !m.local) {
+                    self.logs.forwarded(name.as_str(), m.role, batch.lines, now);
                 }
             }
             In::Ready(_) => {

@@ -8,6 +8,7 @@
 
 mod handle;
 mod operations;
+mod output;
 pub mod rollout;
 mod shutdown;
 pub mod slot;
@@ -268,6 +269,8 @@ impl Supervisor {
                 ("COHORT_NAME".into(), name.clone()),
                 ("COHORT_ROLE".into(), role.to_string()),
                 ("COHORT_SECRET".into(), secret),
+                // Parsed and logged once by the master (supervisor/output.rs).
+                ("COHORT_LOG_FORMAT".into(), output::CHILD_LOG_FORMAT.into()),
             ]
             .into_iter()
             .chain(
@@ -289,7 +292,7 @@ impl Supervisor {
                     };
                 };
                 tracing::info!(member.name = %name, pid, "spawned");
-                spawn::capture_output(&mut child, &name);
+                output::capture(&mut child, &name, role, &self.registry.logs);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let outcome = match child.wait().await {

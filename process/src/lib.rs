@@ -12,40 +12,50 @@
 pub mod child;
 mod journal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The environment variable that picks the log format (`json` or `text`).
 pub const ENV_LOG_FORMAT: &str = "COHORT_LOG_FORMAT";
 
+/// A layer added beside the output (the SDK's log forwarder).
+pub type Extra = Box<dyn Layer<Registry> + Send + Sync>;
+
 /// Installs the global subscriber. `log_format` is the value of
 /// `COHORT_LOG_FORMAT`, `filter` the value of `RUST_LOG`; binaries read
-/// them from the environment and pass them in.
-pub fn init(log_format: Option<&str>, filter: Option<&str>) {
+/// them from the environment and pass them in. `extra` sees the events
+/// that pass the filter.
+pub fn init(log_format: Option<&str>, filter: Option<&str>, extra: Option<Extra>) {
     let filter = filter
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let out = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(std::io::stderr);
-    // A second init (tests that run several binaries' mains) is harmless.
-    let _ = match log_format {
-        Some("json") => builder.json().try_init(),
-        Some("journal") => builder.event_format(journal::Journal).try_init(),
-        _ => builder.try_init(),
+    let out: Box<dyn Layer<_> + Send + Sync> = match log_format {
+        Some("json") => Box::new(out.json()),
+        Some("journal") => Box::new(out.event_format(journal::Journal)),
+        _ => Box::new(out),
     };
+    // A second init (tests that run several binaries' mains) is harmless.
+    let _ = tracing_subscriber::registry()
+        .with(extra)
+        .with(filter)
+        .with(out)
+        .try_init();
 }
 
 /// Reads `COHORT_LOG_FORMAT` and `RUST_LOG` from the process environment and
 /// calls [`init`]; for binaries' `main`.
-pub fn init_from_env() {
+pub fn init_from_env(extra: Option<Extra>) {
     // Under systemd, stderr goes to journald (`JOURNAL_STREAM`): lines with
     // syslog priorities, so `journalctl -p err` shows the errors.
     let format = std::env::var(ENV_LOG_FORMAT)
         .ok()
         .or_else(|| std::env::var_os("JOURNAL_STREAM").map(|_| "journal".to_string()));
     let filter = std::env::var("RUST_LOG").ok();
-    init(format.as_deref(), filter.as_deref());
+    init(format.as_deref(), filter.as_deref(), extra);
 }
 
 /// Installs handlers for SIGTERM, SIGINT and SIGQUIT now (call it before

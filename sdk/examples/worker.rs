@@ -10,7 +10,7 @@ use cohort::MemberBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), cohort::Error> {
-    cohort_process::init_from_env();
+    cohort_process::init_from_env(Some(Box::new(cohort::logs::layer())));
     let member = MemberBuilder::from_env()?.join().await?;
     member.answer_pings();
 

@@ -20,6 +20,10 @@ use tokio_stream::Stream;
 const OUTBOUND_QUEUE: usize = 1024;
 /// Most sends packed into one `send_batch` frame.
 const MAX_BATCH: usize = 256;
+/// How often a remote member forwards its queued log lines.
+const LOG_FLUSH: Duration = Duration::from_millis(250);
+/// Lines per flush: [`crate::logs::LINES_PER_SECOND`] at [`LOG_FLUSH`].
+const LOG_LINES_PER_FLUSH: usize = crate::logs::LINES_PER_SECOND / 4;
 
 /// Runs until the member closes. `first` learns how the first join went.
 pub(crate) async fn run(
@@ -90,6 +94,11 @@ async fn session(
     first: &mut Option<oneshot::Sender<Result<(), Error>>>,
     sampler: &mut Sampler,
 ) -> (bool, Result<(), Error>) {
+    // A remote member forwards its own log lines (crate::logs), from the
+    // first; the master captures a local child's output itself.
+    if cfg.secret.is_empty() {
+        crate::logs::enable();
+    }
     let channel = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
         c = crate::transport::connect(&cfg.master, &cfg.tls) => match c {
@@ -198,6 +207,8 @@ async fn session(
         None => {}
     }
 
+    let forward_logs = cfg.secret.is_empty();
+    let mut log_ticker = tokio::time::interval(LOG_FLUSH);
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat = Beat {
@@ -213,6 +224,15 @@ async fn session(
             _ = beat.ticker.tick() => {
                 if let Err(e) = beat.beat(sampler, true) {
                     return (true, Err(e));
+                }
+            }
+            _ = log_ticker.tick(), if forward_logs => {
+                let lines = crate::logs::take(LOG_LINES_PER_FLUSH);
+                if !lines.is_empty() {
+                    // A full queue drops the batch: logs never wait.
+                    let _ = beat.tx.try_send(pb::MemberFrame {
+                        kind: Some(Out::Logs(pb::LogLines { lines })),
+                    });
                 }
             }
             msg = inbound.message() => match msg {

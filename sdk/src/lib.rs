@@ -21,7 +21,8 @@
 //!
 //! Modules: [`backoff`] (reconnect delays), `builder` (how to join),
 //! `member` (the handle and the messenger), `shared` (the state the handle
-//! and the connection share, and received messages), `event` (cluster and connection events), `connection` (the stream, heartbeats, reconnects),
+//! and the connection share, and received messages), `event` (cluster and connection events), [`logs`] (a remote member's
+//! log lines to the master), `connection` (the stream, heartbeats, reconnects),
 //! `transport` (http, https with optional mTLS, unix sockets), `stats`
 //! (sysinfo sampling), `error`.
 
@@ -30,6 +31,7 @@ mod builder;
 mod connection;
 mod error;
 mod event;
+pub mod logs;
 mod member;
 mod shared;
 mod stats;

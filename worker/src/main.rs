@@ -78,7 +78,7 @@ fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Settin
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    cohort_process::init_from_env();
+    cohort_process::init_from_env(Some(Box::new(cohort::logs::layer())));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = match parse(&args, |k| std::env::var(k).ok()) {
         Ok(s) => s,

@@ -7,7 +7,6 @@
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// What to start and with which environment.
@@ -66,26 +65,4 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Child> {
     let fds: Vec<RawFd> = spec.listeners.iter().map(|(_, fd)| *fd).collect();
     cohort_process::child::prepare(&mut cmd, fds, 3);
     cmd.spawn()
-}
-
-/// Logs every line the child writes, under its member name.
-pub fn capture_output(child: &mut Child, name: &str) {
-    if let Some(out) = child.stdout.take() {
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "cohort::child", { member.name = %name, stream = "stdout" }, "{line}");
-            }
-        });
-    }
-    if let Some(err) = child.stderr.take() {
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "cohort::child", { member.name = %name, stream = "stderr" }, "{line}");
-            }
-        });
-    }
 }
