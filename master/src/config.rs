@@ -5,6 +5,7 @@
 
 mod layer;
 mod sections;
+mod values;
 
 pub use sections::*;
 

@@ -326,7 +326,7 @@ impl pb::control_server::Control for ControlService {
                 member: l.member.clone(),
                 role: l.role.into(),
                 at_ms: l.at_ms,
-                level: l.level.clone(),
+                level: l.level.into(),
                 text: l.text.clone(),
                 source: l.source.into(),
             })

@@ -34,7 +34,7 @@ pub struct Line {
     /// When, Unix ms.
     pub at_ms: u64,
     /// error, warn, info, debug, trace.
-    pub level: String,
+    pub level: &'static str,
     /// The message and its fields.
     pub text: String,
     /// stdout, stderr (local child) or member (forwarded).
@@ -70,6 +70,8 @@ struct Inner {
     /// entry whose line already left its ring is skipped.
     order: VecDeque<(String, u64)>,
     bytes: usize,
+    /// Lines in the rings (`order` also holds stale entries).
+    live: usize,
     seq: u64,
     /// Remote members' rate: the second it counts and the lines in it.
     rate: HashMap<String, (Instant, u32)>,
@@ -141,6 +143,14 @@ impl LogStore {
         text: String,
         source: &'static str,
     ) {
+        // A level is one of five words, whatever a member sent or printed.
+        let level = match level {
+            "error" => "error",
+            "warn" => "warn",
+            "debug" => "debug",
+            "trace" => "trace",
+            _ => "info",
+        };
         let mut st = self.lock();
         st.seq += 1;
         let line = Arc::new(Line {
@@ -148,7 +158,7 @@ impl LogStore {
             member: member.to_string(),
             role,
             at_ms,
-            level: level.to_string(),
+            level,
             text: cut(text),
             source,
         });
@@ -157,10 +167,12 @@ impl LogStore {
         st.order.push_back((line.member.clone(), line.seq));
         let ring = st.rings.entry(line.member.clone()).or_default();
         ring.push_back(line.clone());
+        st.live += 1;
         if ring.len() > LINES_PER_MEMBER
             && let Some(old) = ring.pop_front()
         {
             st.bytes -= cost(&old);
+            st.live -= 1;
         }
         while st.bytes > MAX_BYTES {
             let Some((name, seq)) = st.order.pop_front() else {
@@ -171,6 +183,7 @@ impl LogStore {
                 && let Some(old) = ring.pop_front()
             {
                 st.bytes -= cost(&old);
+                st.live -= 1;
                 if ring.is_empty() {
                     st.rings.remove(&name);
                 }
@@ -178,8 +191,7 @@ impl LogStore {
         }
         // Stale entries (lines that left their ring by its own cap) are
         // dropped once they outnumber the live ones.
-        let live: usize = st.rings.values().map(VecDeque::len).sum();
-        if st.order.len() > 2 * live + 1024 {
+        if st.order.len() > 2 * st.live + 1024 {
             let rings = &st.rings;
             st.order.retain(|(name, seq)| {
                 rings
@@ -220,12 +232,7 @@ impl LogStore {
         let dropped = lines.len() - allowed;
         for l in lines.into_iter().take(allowed) {
             let at = if l.at_ms == 0 { now_ms() } else { l.at_ms };
-            // A level is one of five words, whatever was sent.
-            let level = match l.level.as_str() {
-                "error" | "warn" | "info" | "debug" | "trace" => l.level.as_str(),
-                _ => "info",
-            };
-            self.append_at(member, role, at, level, l.text, "member");
+            self.append_at(member, role, at, &l.level, l.text, "member");
         }
         dropped
     }

@@ -4,6 +4,7 @@
 //! (`--dead-after` → `COHORT_DEAD_AFTER`). Layers merge file → environment
 //! → flags; what none sets keeps its default.
 
+use super::values::{bytes, duration, parse_listener, parse_overflow, parse_worker_count};
 use super::{ListenerConfig, Overflow, WorkerCount};
 use clap::{CommandFactory, Parser};
 use cohort_process::{parse_bytes, parse_duration};
@@ -255,37 +256,6 @@ pub(super) struct TlsLayer {
     pub client_ca: Option<PathBuf>,
 }
 
-fn parse_listener(v: &str) -> Result<ListenerConfig, String> {
-    let (name, addr) = v
-        .split_once('=')
-        .ok_or_else(|| format!("{v:?}: write NAME=ADDR, like http=127.0.0.1:8080"))?;
-    let addr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:8080"))?;
-    Ok(ListenerConfig {
-        name: name.to_string(),
-        addr,
-    })
-}
-
-fn parse_overflow(v: &str) -> Result<Overflow, String> {
-    match v {
-        "block" => Ok(Overflow::Block),
-        "drop" => Ok(Overflow::Drop),
-        other => Err(format!("{other:?}: use \"block\" or \"drop\"")),
-    }
-}
-
-fn parse_worker_count(v: &str) -> Result<WorkerCount, String> {
-    match v {
-        "auto" => Ok(WorkerCount::Auto),
-        n => n
-            .parse()
-            .map(WorkerCount::Fixed)
-            .map_err(|_| format!("{v:?}: use \"auto\" or a number")),
-    }
-}
-
 /// What went wrong reading one source.
 pub(super) enum LayerError {
     /// `--help` or `--version`: the text to print.
@@ -371,52 +341,4 @@ pub(super) fn env_twins() -> Vec<(String, String)> {
             (var, long.to_string())
         })
         .collect()
-}
-
-/// Durations as config files and flags write them (`500ms`, `1.5s`, `2m`),
-/// for serde.
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|v| super::parse_duration(&v).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-mod bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match b {
-            Some(b) => s.serialize_u64(*b),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// A size as a string with a unit (`512MiB`) or a number of bytes.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Size {
-            Bytes(u64),
-            Text(String),
-        }
-        match Option::<Size>::deserialize(d)? {
-            None => Ok(None),
-            Some(Size::Bytes(b)) => Ok(Some(b)),
-            Some(Size::Text(t)) => super::parse_bytes(&t)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-        }
-    }
 }
