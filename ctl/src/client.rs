@@ -133,7 +133,7 @@ impl Ctl {
             action,
             data: data.unwrap_or_default().into_bytes().into(),
             target: Some(target.into()),
-            timeout_ms: timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
+            timeout: timeout.map(cohort_proto::time::duration),
             expect_reply: timeout.is_some(),
             ..Default::default()
         };

@@ -16,8 +16,9 @@ pub fn request(
     let mut req = pb::LogsRequest {
         tail,
         follow,
-        since_ms: since.map_or(0, |s| {
-            crate::show::now_ms().saturating_sub(u64::try_from(s.as_millis()).unwrap_or(u64::MAX))
+        since: since.and_then(|s| {
+            let ms = u64::try_from(s.as_millis()).unwrap_or(u64::MAX);
+            cohort_proto::time::timestamp(crate::show::now_ms().saturating_sub(ms))
         }),
         ..Default::default()
     };
@@ -53,11 +54,12 @@ fn hue(name: &str) -> u8 {
 
 /// One line, or its JSON.
 pub fn line(e: &pb::LogEntry, colour: bool, as_json: bool) -> String {
+    let at_ms = cohort_proto::time::unix_ms(e.at.as_ref());
     if as_json {
         return json!({
             "member": e.member,
             "role": crate::show::role(e.role),
-            "at_ms": e.at_ms,
+            "at": e.at.as_ref().map(ToString::to_string),
             "level": e.level,
             "source": e.source,
             "text": e.text,
@@ -67,7 +69,7 @@ pub fn line(e: &pb::LogEntry, colour: bool, as_json: bool) -> String {
     let name = format!("{:<12}", e.member);
     let level = e.level.to_uppercase();
     if !colour {
-        return format!("{name} | {} {level:<5} {}", clock(e.at_ms), e.text);
+        return format!("{name} | {} {level:<5} {}", clock(at_ms), e.text);
     }
     let level = match e.level.as_str() {
         "error" => format!("\x1b[31m{level:<5}\x1b[0m"),
@@ -77,7 +79,7 @@ pub fn line(e: &pb::LogEntry, colour: bool, as_json: bool) -> String {
     format!(
         "\x1b[{}m{name}\x1b[0m | \x1b[2m{}\x1b[0m {level} {}",
         hue(&e.member),
-        clock(e.at_ms),
+        clock(at_ms),
         e.text
     )
 }
@@ -96,14 +98,15 @@ mod tests {
         assert_eq!((one.member.as_str(), one.role), ("worker-2", 0));
         let all = request(Some("all"), Some(Duration::from_secs(600)), 0, false);
         assert!(all.member.is_empty() && all.role == 0);
-        assert!(crate::show::now_ms() - all.since_ms >= 600_000);
+        let since = cohort_proto::time::unix_ms(all.since.as_ref());
+        assert!(crate::show::now_ms() - since >= 600_000);
     }
 
     #[test]
     fn a_line_names_its_member_and_time() {
         let e = pb::LogEntry {
             member: "worker-1".into(),
-            at_ms: 3_723_004,
+            at: cohort_proto::time::timestamp(3_723_004),
             level: "warn".into(),
             text: "app: slow".into(),
             ..Default::default()

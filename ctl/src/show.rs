@@ -2,6 +2,7 @@
 //! JSON for scripts.
 
 use cohort::pb;
+use cohort_proto::time::{span, unix_ms};
 use serde_json::{Value, json};
 use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -91,7 +92,7 @@ pub fn table(members: &[pb::MemberInfo], colour: bool) -> String {
                 pid,
                 if m.local { "local" } else { "remote" }.into(),
                 m.restarts.to_string(),
-                uptime(m.started_at, now),
+                uptime(unix_ms(m.started_at.as_ref()), now),
                 format!("{:.1}%", m.cpu_percent),
                 bytes(m.rss_bytes),
                 m.dropped_messages.to_string(),
@@ -128,6 +129,11 @@ pub fn table(members: &[pb::MemberInfo], colour: bool) -> String {
     out.join("\n")
 }
 
+/// A time or span as grpcurl prints it (RFC 3339, `"0.25s"`), or null.
+fn text(v: Option<&impl std::fmt::Display>) -> Value {
+    v.map_or(Value::Null, |v| Value::String(v.to_string()))
+}
+
 fn member_value(m: &pb::MemberInfo) -> Value {
     json!({
         "name": m.name,
@@ -138,14 +144,15 @@ fn member_value(m: &pb::MemberInfo) -> Value {
         "host": m.host,
         "local": m.local,
         "restarts": m.restarts,
-        "started_at_ms": m.started_at,
+        "started_at": text(m.started_at.as_ref()),
         "cpu_percent": m.cpu_percent,
         "rss_bytes": m.rss_bytes,
         "labels": m.labels,
         "version": m.version,
         "dropped_messages": m.dropped_messages,
-        "next_attempt_at_ms": m.next_attempt_at,
+        "next_attempt_at": text(m.next_attempt_at.as_ref()),
         "last_exit": m.last_exit,
+        "heartbeat_rtt": text(m.heartbeat_rtt.as_ref()),
     })
 }
 
@@ -161,10 +168,11 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
         .iter()
         .map(|c| json!({"role": role(c.role), "state": state(c.state), "count": c.count}))
         .collect();
+    let uptime_ms = span(i.uptime.as_ref()).map_or(0, |d| d.as_millis() as u64);
     if as_json {
         return json!({
             "version": i.version,
-            "uptime_ms": i.uptime_ms,
+            "uptime": text(i.uptime.as_ref()),
             "listen_addr": i.listen_addr,
             "cluster_ready": i.cluster_ready,
             "expected_agents": i.expected_agents,
@@ -176,7 +184,7 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
     }
     let mut out = vec![
         format!("master     {} on {}", i.version, i.listen_addr),
-        format!("uptime     {}", uptime(1, i.uptime_ms.saturating_add(1))),
+        format!("uptime     {}", uptime(1, uptime_ms.saturating_add(1))),
         format!(
             "cluster    {} (waits for {} remote agent(s), {} remote worker(s))",
             if i.cluster_ready {
@@ -214,7 +222,7 @@ pub fn event(e: &pb::ClusterEvent, as_json: bool) -> String {
     if as_json {
         return json!({
             "kind": kind,
-            "at_ms": e.at,
+            "at": text(e.at.as_ref()),
             "member": e.member.as_ref().map(member_value),
             "reason": e.reason,
         })

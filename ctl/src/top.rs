@@ -95,7 +95,10 @@ impl Top {
                 Cell::from(state.clone()).style(Style::new().fg(state_colour(&state))),
                 Cell::from(format!("{}@{}", m.pid, m.host)),
                 Cell::from(m.restarts.to_string()),
-                Cell::from(crate::show::uptime(m.started_at, now)),
+                Cell::from(crate::show::uptime(
+                    cohort_proto::time::unix_ms(m.started_at.as_ref()),
+                    now,
+                )),
                 Cell::from(format!("{:.1}%", m.cpu_percent)),
                 Cell::from(crate::show::bytes(m.rss_bytes)),
                 Cell::from(m.dropped_messages.to_string()),

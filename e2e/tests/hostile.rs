@@ -445,7 +445,7 @@ async fn a_member_flooding_its_logs_is_held_to_its_rate_and_hurts_nobody() {
         })),
     };
     let line = pb::LogLine {
-        at_ms: 0,
+        at: None,
         level: "x".repeat(100),
         text: "y".repeat(2_000),
     };

@@ -81,7 +81,9 @@ def session(name):
             kind = frame.WhichOneof("kind")
             if kind == "welcome":
                 name = frame.welcome.name
-                interval = max(frame.welcome.settings.heartbeat_interval_ms, 100) / 1000.0
+                # A google.protobuf.Duration: seconds and nanos.
+                every = frame.welcome.settings.heartbeat_interval
+                interval = max(every.seconds + every.nanos / 1e9, 0.1)
                 threading.Thread(target=heartbeat, args=(interval,), daemon=True).start()
                 outbox.put(pb.MemberFrame(ready=pb.Ready()))
                 log("WELCOME", name)

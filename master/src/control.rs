@@ -8,6 +8,7 @@ use crate::model::{MemberSnapshot, MemberState};
 use crate::registry::Registry;
 use crate::supervisor::SupervisorHandle;
 use cohort_proto::pb;
+use cohort_proto::time::{duration, span, timestamp, unix_ms};
 use cohort_proto::{MemberName, Role};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,16 +197,15 @@ impl pb::control_server::Control for ControlService {
             Some(v) => json::to_json(v).to_string().into_bytes().into(),
             None => req.data,
         };
-        let timeout = match req.timeout_ms {
-            0 => DEFAULT_CONTROL_TIMEOUT,
-            t => Duration::from_millis(u64::from(t)),
-        };
+        let timeout = span(req.timeout.as_ref())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_CONTROL_TIMEOUT);
         let env = pb::Envelope {
             id: uuid::Uuid::new_v4().to_string(),
             action: req.action,
             data,
             target: req.target,
-            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            timeout: Some(duration(timeout)),
             ..Default::default()
         };
         let sent = self
@@ -222,7 +222,7 @@ impl pb::control_server::Control for ControlService {
                 Ok(None) => return Err(Status::unavailable("the master is shutting down")),
                 Err(_) => {
                     return Err(Status::deadline_exceeded(format!(
-                        "the receivers' queues stayed full for {} ms; raise timeout_ms or retry",
+                        "the receivers' queues stayed full for {} ms; raise timeout or retry",
                         timeout.as_millis()
                     )));
                 }
@@ -244,7 +244,7 @@ impl pb::control_server::Control for ControlService {
             Ok(Ok(env)) => env,
             Ok(Err(_)) | Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "no reply within {} ms; raise timeout_ms or check the receiver handles this action",
+                    "no reply within {} ms; raise timeout or check the receiver handles this action",
                     timeout.as_millis()
                 )));
             }
@@ -316,7 +316,7 @@ impl pb::control_server::Control for ControlService {
                 0 => None,
                 r => Some(role_of(r, "role")?),
             },
-            since_ms: req.since_ms,
+            since_ms: unix_ms(req.since.as_ref()),
             tail: req.tail as usize,
         };
         let (kept, live) = self.registry.logs.read(&filter);
@@ -325,7 +325,7 @@ impl pb::control_server::Control for ControlService {
             filter.keeps(l).then(|| pb::LogEntry {
                 member: l.member.clone(),
                 role: l.role.into(),
-                at_ms: l.at_ms,
+                at: timestamp(l.at_ms),
                 level: l.level.into(),
                 text: l.text.clone(),
                 source: l.source.into(),
@@ -369,7 +369,7 @@ impl pb::control_server::Control for ControlService {
         let summary = self.registry.summary();
         Ok(Response::new(pb::ClusterInfoResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            uptime: Some(duration(self.started.elapsed())),
             listen_addr: self.listen_addr.to_string(),
             counts: summary
                 .counts

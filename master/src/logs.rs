@@ -231,7 +231,10 @@ impl LogStore {
         };
         let dropped = lines.len() - allowed;
         for l in lines.into_iter().take(allowed) {
-            let at = if l.at_ms == 0 { now_ms() } else { l.at_ms };
+            let at = match cohort_proto::time::unix_ms(l.at.as_ref()) {
+                0 => now_ms(),
+                at => at,
+            };
             self.append_at(member, role, at, &l.level, l.text, "member");
         }
         dropped
@@ -307,7 +310,7 @@ mod tests {
         let lines = |n: usize| {
             (0..n)
                 .map(|i| pb::LogLine {
-                    at_ms: 1,
+                    at: cohort_proto::time::timestamp(1),
                     level: "info".into(),
                     text: format!("l{i}"),
                 })

@@ -28,6 +28,8 @@ pub struct RoutingMetrics {
     pub messages_routed: Counter,
     /// Request to reply, as the master saw it.
     pub request_seconds: Histogram,
+    /// Heartbeat to its ack, as members measured it.
+    pub heartbeat_rtt_seconds: Histogram,
 }
 
 impl Default for RoutingMetrics {
@@ -36,6 +38,8 @@ impl Default for RoutingMetrics {
             messages_routed: Counter::default(),
             // 100 µs … ~6.5 s.
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            // 50 µs … ~3.3 s.
+            heartbeat_rtt_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
         }
     }
 }
@@ -151,6 +155,17 @@ impl Collector for ClusterCollector {
         )?;
         family(
             &mut encoder,
+            "cohort_member_heartbeat_rtt_seconds",
+            "A member's last heartbeat round trip, as it measured it.",
+            MetricType::Gauge,
+            &members,
+            |m| {
+                let rtt = m.heartbeat_rtt.unwrap_or_default().as_secs_f64();
+                (who(m), ConstGauge::new(rtt))
+            },
+        )?;
+        family(
+            &mut encoder,
             "cohort_member_queue_frames",
             "Frames waiting in the master's queue towards a member.",
             MetricType::Gauge,
@@ -210,6 +225,11 @@ pub fn registry(
         "cohort_request_duration_seconds",
         "Request to reply through the master.",
         routing.request_seconds.clone(),
+    );
+    r.register(
+        "cohort_heartbeat_rtt_seconds",
+        "A heartbeat to its ack and back, as the members measured it.",
+        routing.heartbeat_rtt_seconds.clone(),
     );
     r.register_collector(Box::new(ClusterCollector {
         registry: cluster,

@@ -79,6 +79,8 @@ pub struct MemberSnapshot {
     pub cpu_percent: f32,
     /// Resident memory from its last heartbeat.
     pub rss_bytes: u64,
+    /// Its last heartbeat's round trip, as it measured it.
+    pub heartbeat_rtt: Option<std::time::Duration>,
     /// Its labels.
     pub labels: HashMap<String, String>,
     /// Its version.
@@ -110,6 +112,7 @@ impl MemberSnapshot {
             started_at: None,
             cpu_percent: 0.0,
             rss_bytes: 0,
+            heartbeat_rtt: None,
             labels: HashMap::new(),
             version: String::new(),
             dropped_messages: 0,

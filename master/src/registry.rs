@@ -17,6 +17,7 @@ use crate::flow::{Outcome, Stall, Then, Wait};
 use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState};
 use crate::outbound::{self, Outbound, OutboundStream, PushError, Refused};
 use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
+use cohort_proto::time::{duration, span};
 use cohort_proto::{MemberName, Role, Target};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -73,7 +74,7 @@ pub struct RegistryConfig {
     pub expect: Expect,
     /// A member not ready this long after its hello is dropped.
     pub join_timeout: Duration,
-    /// How long a draining member may take (told in `Drain.deadline_ms`).
+    /// How long a draining member may take (told in `Drain.deadline`).
     pub drain_timeout: Duration,
     /// The master runs its own agent: the agent role is reserved for it.
     pub local_agent: bool,
@@ -150,10 +151,6 @@ pub struct Registry {
     pub logs: std::sync::Arc<crate::logs::LogStore>,
 }
 
-fn ms(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
 impl Registry {
     /// An empty registry. ClusterReady is announced at once when nothing is
     /// expected.
@@ -213,9 +210,9 @@ impl Registry {
     /// The settings members must follow.
     pub fn settings(&self) -> pb::Settings {
         pb::Settings {
-            heartbeat_interval_ms: ms(self.cfg.health.heartbeat_interval),
-            suspect_after_ms: ms(self.cfg.health.suspect_after),
-            dead_after_ms: ms(self.cfg.health.dead_after),
+            heartbeat_interval: Some(duration(self.cfg.health.heartbeat_interval)),
+            suspect_after: Some(duration(self.cfg.health.suspect_after)),
+            dead_after: Some(duration(self.cfg.health.dead_after)),
             max_message_bytes: u32::try_from(cohort_proto::MAX_MESSAGE_BYTES).unwrap_or(u32::MAX),
         }
     }
@@ -247,6 +244,12 @@ impl Registry {
                 if let Some(m) = st.members.get_mut(&name) {
                     m.cpu_percent = hb.cpu_percent;
                     m.rss_bytes = hb.rss_bytes;
+                    if let Some(rtt) = span(hb.rtt.as_ref()) {
+                        m.heartbeat_rtt = Some(rtt);
+                        self.metrics
+                            .heartbeat_rtt_seconds
+                            .observe(rtt.as_secs_f64());
+                    }
                     over = self.over_memory(m);
                     if m.acked_at
                         .is_none_or(|t| now.saturating_duration_since(t) >= every)
@@ -357,7 +360,7 @@ impl Registry {
         let (role, after, info) = (m.role, m.state(), m.info());
         let _ = m.push(frame(Out::Drain(pb::Drain {
             reason: "drain requested by an operator".into(),
-            deadline_ms: ms(self.cfg.drain_timeout),
+            deadline: Some(duration(self.cfg.drain_timeout)),
         })));
         st.counts.moved(role, before, after);
         self.publish(

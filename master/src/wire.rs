@@ -3,13 +3,6 @@
 
 use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState};
 use cohort_proto::pb;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch (0 for none or before it).
-pub fn unix_ms(t: Option<SystemTime>) -> u64 {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 impl From<MemberState> for pb::MemberState {
     fn from(s: MemberState) -> Self {
@@ -72,14 +65,15 @@ impl From<&MemberSnapshot> for pb::MemberInfo {
             host: m.host.clone(),
             local: m.local,
             restarts: m.restarts,
-            started_at: unix_ms(m.started_at),
+            started_at: m.started_at.map(Into::into),
             cpu_percent: m.cpu_percent,
             rss_bytes: m.rss_bytes,
             labels: m.labels.clone(),
             version: m.version.clone(),
             dropped_messages: m.dropped_messages,
-            next_attempt_at: unix_ms(m.next_attempt_at),
+            next_attempt_at: m.next_attempt_at.map(Into::into),
             last_exit: m.last_exit.clone(),
+            heartbeat_rtt: m.heartbeat_rtt.map(cohort_proto::time::duration),
         }
     }
 }
@@ -89,7 +83,7 @@ impl From<&ClusterEvent> for pb::ClusterEvent {
         pb::ClusterEvent {
             kind: pb::EventKind::from(e.kind) as i32,
             member: e.member.as_ref().map(Into::into),
-            at: unix_ms(Some(e.at)),
+            at: Some(e.at.into()),
             reason: e.reason.clone(),
         }
     }

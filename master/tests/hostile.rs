@@ -176,7 +176,9 @@ async fn only_the_member_asked_can_answer_a_request() {
                 action: "q".into(),
                 target: Some(Target::Member("b".into()).into()),
                 expect_reply: true,
-                timeout_ms: 10_000,
+                timeout: Some(cohort_proto::time::duration(
+                    std::time::Duration::from_secs(10),
+                )),
                 ..Default::default()
             })
             .await

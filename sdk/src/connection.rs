@@ -8,6 +8,8 @@ use crate::event::Event;
 use crate::shared::{Inner, Waiter, lock};
 use crate::stats::Sampler;
 use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
+use cohort_proto::time::{duration, span};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -180,8 +182,12 @@ async fn session(
         Err(s) => return (false, Err(s.into())),
     };
     let settings = welcome.settings.unwrap_or_default();
-    let heartbeat = Duration::from_millis(u64::from(settings.heartbeat_interval_ms.max(10)));
-    let dead_after = Duration::from_millis(u64::from(settings.dead_after_ms.max(100)));
+    let heartbeat = span(settings.heartbeat_interval.as_ref())
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    let dead_after = span(settings.dead_after.as_ref())
+        .unwrap_or(Duration::from_secs(10))
+        .max(Duration::from_millis(100));
     tracing::info!(member.name = %welcome.name, instance = %welcome.instance_id, "joined the master");
     *name = Some(welcome.name.clone());
     let reconnected = first.is_none();
@@ -217,6 +223,8 @@ async fn session(
         seq: 0,
         last_ack: Instant::now(),
         dead_after,
+        sent: VecDeque::new(),
+        rtt: None,
     };
     loop {
         tokio::select! {
@@ -240,8 +248,8 @@ async fn session(
                     let envelopes = match kind {
                         In::Deliver(env) => vec![env],
                         In::DeliverBatch(batch) => batch.envelopes,
-                        In::HeartbeatAck(_) => {
-                            beat.last_ack = Instant::now();
+                        In::HeartbeatAck(ack) => {
+                            beat.acked(ack.seq);
                             continue;
                         }
                         other => match dispatch(inner, other) {
@@ -268,9 +276,23 @@ struct Beat {
     seq: u64,
     last_ack: Instant,
     dead_after: Duration,
+    /// When the last few heartbeats went out (the master acks some only).
+    sent: VecDeque<(u64, Instant)>,
+    /// The round trip of the last acked one.
+    rtt: Option<Duration>,
 }
 
 impl Beat {
+    /// An ack came: the master is there, and (unless it only vouches,
+    /// seq 0) one heartbeat's round trip is known.
+    fn acked(&mut self, seq: u64) {
+        let now = Instant::now();
+        self.last_ack = now;
+        if let Some(&(_, at)) = self.sent.iter().find(|(s, _)| *s == seq) {
+            self.rtt = Some(now.saturating_duration_since(at));
+        }
+    }
+
     /// Sends a heartbeat; with `watch`, first fails if the master has not
     /// acked one for `dead_after` (a one-way partition).
     fn beat(&mut self, sampler: &mut Sampler, watch: bool) -> Result<(), Error> {
@@ -281,6 +303,10 @@ impl Beat {
             )));
         }
         self.seq += 1;
+        if self.sent.len() == 8 {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.seq, Instant::now()));
         let (cpu_percent, rss_bytes) = sampler.sample();
         // A full queue means the master holds this member back (or is far
         // behind); the master vouches for a member it holds back, and the
@@ -290,6 +316,7 @@ impl Beat {
                 seq: self.seq,
                 cpu_percent,
                 rss_bytes,
+                rtt: self.rtt.map(duration),
             })),
         });
         Ok(())
@@ -357,7 +384,7 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
             inner.drain.send_replace(Some(d.reason.clone()));
             let _ = inner.events.send(Event::Drain {
                 reason: d.reason,
-                within: Duration::from_millis(u64::from(d.deadline_ms)),
+                within: span(d.deadline.as_ref()).unwrap_or_default(),
             });
         }
         In::SendResult(r) => {

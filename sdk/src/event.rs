@@ -132,7 +132,7 @@ mod tests {
                 host: "h".into(),
                 ..Default::default()
             }),
-            at: 0,
+            at: None,
             reason: "no heartbeat for 10000 ms".into(),
         };
         match Event::from(ev) {

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -60,7 +60,7 @@ pub(crate) fn take(max: usize) -> Vec<pb::LogLine> {
     let mut lines: Vec<pb::LogLine> = q.lines.drain(..n).collect();
     if q.dropped > 0 {
         lines.push(pb::LogLine {
-            at_ms: now_ms(),
+            at: Some(SystemTime::now().into()),
             level: "warn".into(),
             text: format!(
                 "cohort: {} log lines not forwarded (over the rate)",
@@ -70,12 +70,6 @@ pub(crate) fn take(max: usize) -> Vec<pb::LogLine> {
         q.dropped = 0;
     }
     lines
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `target: message k=v …`, cut at [`MAX_LINE`].
@@ -129,7 +123,7 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
             return;
         }
         q.lines.push_back(pb::LogLine {
-            at_ms: now_ms(),
+            at: Some(SystemTime::now().into()),
             level: level.into(),
             text,
         });

@@ -262,7 +262,7 @@ impl Member {
             data,
             target: Some(target.into()),
             expects_reply: true,
-            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            timeout: Some(cohort_proto::time::duration(timeout)),
             ..Default::default()
         };
         if let Err(e) = self.inner.send_frame(Out::Request(env)).await {

@@ -42,7 +42,7 @@ impl Registry {
         let (role, after, info) = (m.role, m.state(), m.info());
         let _ = m.push(frame(Out::Drain(pb::Drain {
             reason: reason.clone(),
-            deadline_ms: ms(self.cfg.drain_timeout),
+            deadline: Some(cohort_proto::time::duration(self.cfg.drain_timeout)),
         })));
         st.counts.moved(role, before, after);
         if info.local {

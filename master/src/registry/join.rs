@@ -179,6 +179,7 @@ impl Registry {
             started_at: SystemTime::now(),
             cpu_percent: 0.0,
             rss_bytes: 0,
+            heartbeat_rtt: None,
             last_seen: now,
             acked_at: None,
             over_memory: 0,

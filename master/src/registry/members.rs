@@ -29,6 +29,7 @@ pub(super) struct Member {
     pub(super) started_at: SystemTime,
     pub(super) cpu_percent: f32,
     pub(super) rss_bytes: u64,
+    pub(super) heartbeat_rtt: Option<std::time::Duration>,
     pub(super) last_seen: Instant,
     /// Heartbeats in a row over its role's `max_rss`.
     pub(super) over_memory: u8,
@@ -69,6 +70,7 @@ impl Member {
             started_at: Some(self.started_at),
             cpu_percent: self.cpu_percent,
             rss_bytes: self.rss_bytes,
+            heartbeat_rtt: self.heartbeat_rtt,
             labels: self.labels.clone(),
             version: self.version.clone(),
             dropped_messages: self.dropped,

@@ -42,10 +42,9 @@ impl Registry {
         // Unguessable, so no member can aim a reply at another's request.
         let rid = uuid::Uuid::new_v4().simple().to_string();
         let original_id = std::mem::replace(&mut env.id, rid.clone());
-        let timeout = match env.timeout_ms {
-            0 => DEFAULT_REQUEST_TIMEOUT,
-            t => Duration::from_millis(u64::from(t)),
-        };
+        let timeout = cohort_proto::time::span(env.timeout.as_ref())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         env.expects_reply = true;
         let mut routed = deliver(st, from, env, target, mode)?;
         st.pending.insert(

@@ -98,7 +98,10 @@ async fn frames(j: &mut Joined) -> Vec<String> {
                 format!("result {} {:?}", r.id, Code::from_i32(r.code))
             }
             Ok(Some(Out::HeartbeatAck(_))) => "ack".into(),
-            Ok(Some(Out::Drain(d))) => format!("drain within {} ms", d.deadline_ms),
+            Ok(Some(Out::Drain(d))) => format!(
+                "drain within {} ms",
+                cohort_proto::time::span(d.deadline.as_ref()).map_or(0, |d| d.as_millis())
+            ),
             Ok(Some(Out::Error(e))) => format!("error {}", e.message),
             Ok(other) => format!("{other:?}"),
             Err(status) => format!("end {:?}", status.code()),
@@ -244,9 +247,10 @@ async fn a_reply_counts_only_from_the_instance_asked_and_requests_expire() {
     for j in [&mut a, &mut b, &mut c] {
         frames(j).await;
     }
-    let ask = |id: &str, timeout_ms| pb::Envelope {
+    let ask = |id: &str, timeout_ms: u64| pb::Envelope {
         id: id.into(),
-        timeout_ms,
+        timeout: (timeout_ms > 0)
+            .then(|| cohort_proto::time::duration(Duration::from_millis(timeout_ms))),
         ..envelope("q", Target::Member("b".into()))
     };
     r.on_frame(&a.instance_id, In::Request(ask("q1", 0)), t0)
