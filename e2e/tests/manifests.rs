@@ -280,3 +280,53 @@ async fn the_probes_ask_for_what_the_master_serves_before_any_member() {
         "the worker probe's port {port} is not the container's"
     );
 }
+
+#[test]
+fn the_service_monitor_scrapes_a_port_the_master_serves_metrics_on() {
+    let python = venv_tool("python").expect("the test venv's python (PyYAML)");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(workspace().join("deploy/monitoring/servicemonitor.yaml"))
+        .output()
+        .expect("python");
+    let monitor: Value = serde_json::from_slice(&out.stdout).expect("servicemonitor.yaml");
+    for overlay in OVERLAYS {
+        let docs = render(overlay);
+        // The Service it selects is the master's, with the port it names…
+        let svc = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Service"
+                    && selects(
+                        &monitor["spec"]["selector"]["matchLabels"],
+                        &d["metadata"]["labels"],
+                    )
+            })
+            .unwrap_or_else(|| panic!("{overlay}: the ServiceMonitor selects no Service"));
+        let port_name = &monitor["spec"]["endpoints"][0]["port"];
+        let port = svc["spec"]["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == *port_name))
+            .unwrap_or_else(|| panic!("{overlay}: Service has no port {port_name}"));
+        // …whose target is the master container's metrics port, on which
+        // its config listens, and the pod annotations say the same.
+        let master = find(&docs, "StatefulSet", "cohort-master");
+        let container = &master["spec"]["template"]["spec"]["containers"][0];
+        let target = container["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == port["targetPort"]))
+            .unwrap_or_else(|| panic!("{overlay}: no container port {}", port["targetPort"]));
+        let number = target["containerPort"].as_u64().expect("containerPort");
+        let annotations = &master["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/port"], number.to_string());
+        let config = find(&docs, "ConfigMap", "cohort-config");
+        let toml = config["data"]["cohort.toml"].as_str().expect("cohort.toml");
+        assert!(
+            toml.contains(&format!(":{number}\"")),
+            "{overlay}: [metrics] listen is not on {number}:\n{toml}"
+        );
+    }
+}

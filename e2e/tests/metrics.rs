@@ -91,20 +91,103 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
         ))
         .arg(format!("--web.listen-address={web_addr}"));
     let _server = cohort_e2e::Proc::spawn("prometheus", cmd);
-    let query = "/api/v1/query?query=cohort_members%7Brole%3D%22worker%22%2Cstate%3D%22ready%22%7D";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((200, body)) = http(&web_addr, "GET", query)
-            && body.contains("\"value\"")
-        {
-            assert!(body.contains("\"2\""), "{body}");
-            break;
+    // What Prometheus answers for `expr` once it has a sample of it.
+    let query = |expr: &str, want: &dyn Fn(&str) -> bool| -> String {
+        let path = format!("/api/v1/query?query={}", encode(expr));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, body)) = http(&web_addr, "GET", &path)
+                && want(&body)
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never answered {expr} as wanted"
+            );
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(Instant::now() < deadline, "Prometheus never had the metric");
-        std::thread::sleep(Duration::from_millis(500));
+    };
+    let ready = r#"cohort_members{role="worker",state="ready"}"#;
+    let body = query(ready, &|b| b.contains("\"value\""));
+    assert!(body.contains("\"2\""), "{body}");
+    // A crash and respawn counts as a restart.
+    let worker_1 = cohort_e2e::members(&addr)
+        .await
+        .into_iter()
+        .find(|m| m.name == "worker-1")
+        .expect("worker-1");
+    cohort_e2e::kill(worker_1.pid, "KILL");
+    query(
+        r#"cohort_member_restarts_total{member="worker-1"} == 1"#,
+        &|b| b.contains("\"value\""),
+    );
+    // Members report heartbeat round trips once one was acked.
+    query("cohort_heartbeat_rtt_seconds_count > 0", &|b| {
+        b.contains("\"value\"")
+    });
+
+    // Every query of the shipped dashboard is one this Prometheus accepts,
+    // over series this master exports.
+    let dashboard = std::fs::read_to_string(
+        cohort_e2e::workspace().join("deploy/monitoring/grafana-dashboard.json"),
+    )
+    .expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in exprs {
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$member", ".*");
+        let body = query(&expr, &|b| b.contains("\"status\":\"success\""));
+        assert!(body.contains("\"result\""), "{expr}: {body}");
+        // Every cohort_ name it uses is one the master exports.
+        for name in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            let Some(base) = name.strip_prefix("cohort_") else {
+                continue;
+            };
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(base, |b, s| b.strip_suffix(s).unwrap_or(b));
+            assert!(
+                scrape(&metrics).contains(&format!("cohort_{base}")),
+                "{expr}: cohort_{base} is not exported"
+            );
+        }
     }
+    // The shipped scrape configs load.
+    let promtool = which("promtool").expect("promtool comes with prometheus");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "config"])
+        .arg(cohort_e2e::workspace().join("deploy/monitoring/prometheus.yml"))
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     master.proc.signal("TERM");
     let _ = master.proc.wait_exit(Duration::from_secs(15));
+}
+
+/// `text` for a URL query.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
