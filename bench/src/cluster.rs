@@ -37,7 +37,7 @@ impl Drop for Master {
     }
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::current_exe()?
         .parent()
         .map(PathBuf::from)

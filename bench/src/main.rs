@@ -264,13 +264,24 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
     let cfg = std::env::temp_dir().join(format!("cohort-bench-{}.toml", std::process::id()));
     std::fs::write(&cfg, "[agent]\ncount = 0\n[worker]\ncount = 0\n")?;
     let cfg_path = cfg.to_string_lossy().to_string();
-    let mut master = spawn_self(&["master", "--listen", "127.0.0.1:0", "--config", &cfg_path])?;
+    // A metrics listener (off by default), scraped only during its row.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let mut master = spawn_self(&[
+        "master",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &cfg_path,
+        "--metrics-listen",
+        &metrics,
+    ])?;
     let mut lines = BufReader::new(master.0.stdout.take().context("master stdout")?).lines();
     let line = lines.next().context("master exited")??;
     let addr = line
         .strip_prefix("READY master ")
         .context("no READY line")?
         .to_string();
+    std::thread::spawn(move || for _ in lines {});
     let url = format!("http://{addr}");
     let master_pid = master.0.id();
 
@@ -309,6 +320,23 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
         // to the master, which keeps what its rate allows).
         let mut done = a.on("done");
         let (rate, received, cpu_per_million) = relay_run(&a, &mut done, master_pid, relay).await?;
+        // Again while /metrics is scraped back to back (far more than any
+        // Prometheus would).
+        let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let scraper = {
+            let (on, metrics) = (scraping.clone(), metrics.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while on.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+                    n += 1;
+                    let _ = cohort_e2e::http(&metrics, "GET", "/metrics");
+                }
+                n
+            })
+        };
+        let (scraped_rate, scraped_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
+        scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+        let scrapes = scraper.join().unwrap_or(0);
         let logger = spawn_self(&["member", &url, "logger", "logger"])?;
         wait_ready(&a, &["logger".to_string()]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -347,6 +375,7 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
         anyhow::Ok(format!(
             "| request/reply A→master→B→master→A ({requests} requests) | p50 {} | p99 {} |\n\
              | one-way relay A→master→B, 64 B, SDK sender ({relay} sent) | {:.0} msg/s | {received} received ({} lost), master {cpu_per_million:.2} CPU-s per million |\n\
+             | the same while /metrics is scraped back to back ({scrapes} scrapes) | {scraped_rate:.0} msg/s | {scraped_received} received |\n\
              | the same while a remote member logs {LOG_RATE} lines/s | {log_rate:.0} msg/s | {log_received} received; master RSS {:.1} MiB |\n\
              | one-way relay, 64 B, plain unbatched gRPC sender ({relay} sent) | {plain_rate:.0} msg/s | {plain_received} received ({} lost) |\n\
              | broadcast to {BROADCAST_MEMBERS}, until the last has it ({rounds} rounds) | p50 {} | p99 {} |\n",
@@ -367,7 +396,8 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
     let text = format!(
         "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
          Machine: {}; master, driver and 10 members each in their own process.\n\
-         The master runs its default configuration (queues of 1,024 messages / 8 MiB, overflow = block).\n\n\
+         The master runs its default configuration (queues of 1,024 messages / 8 MiB, overflow = block), plus a\n\
+         metrics listener (off by default) that only the scraped row touches; its routing counters are always on.\n\n\
          | measure | result | |\n|---|---|---|\n{report}",
         if quick { " --quick" } else { "" },
         machine()

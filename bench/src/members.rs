@@ -148,6 +148,7 @@ async fn scale(n: usize) -> anyhow::Result<String> {
     let after = rss_kib(pid);
     let evicted = left.load(std::sync::atomic::Ordering::Relaxed);
     let (listed, bytes, times) = list(&addr).await?;
+    let ls = cohortctl_ls(&addr, n)?;
     // Broadcast to all: time until the last member has it.
     let mut control = pb::control_client::ControlClient::connect(format!("http://{addr}")).await?;
     let mut rounds = Vec::new();
@@ -180,17 +181,41 @@ async fn scale(n: usize) -> anyhow::Result<String> {
     drop(members);
     drop(restarted);
     Ok(format!(
-        "| {n} | {} ({cpu:.1} CPU-s) | {evicted} | {} → {} ({:.1} KiB per member) | {idle:.1} % | {} ({listed} listed, {} KiB) | {} / {} | {} ({suspect} SUSPECT) |\n",
+        "| {n} | {} ({cpu:.1} CPU-s) | {evicted} | {} → {} ({:.1} KiB per member) | {idle:.1} % | {} ({listed} listed, {} KiB) | {} | {} / {} | {} ({suspect} SUSPECT) |\n",
         took(joined, n),
         mib(before),
         mib(after),
         (after.saturating_sub(before)) as f64 / n as f64,
         us(percentile(&times, 0.5)),
         bytes / 1024,
+        us(ls),
         us(percentile(&rounds, 0.5)),
         us(percentile(&rounds, 0.99)),
         took(back, n),
     ))
+}
+
+/// The wall time of `cohortctl ls` (the real binary, piped: every page,
+/// the whole table), p50 of 5; checks it printed a row per member.
+fn cohortctl_ls(addr: &str, n: usize) -> anyhow::Result<Duration> {
+    let ctl = crate::cluster::binary("cohortctl")?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = std::process::Command::new(&ctl)
+            .args(["--master", &format!("http://{addr}"), "ls"])
+            .output()?;
+        times.push(t.elapsed());
+        anyhow::ensure!(out.status.success(), "cohortctl ls failed");
+        let rows = out
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(b"m-"))
+            .count();
+        anyhow::ensure!(rows == n, "cohortctl ls listed {rows} of {n}");
+    }
+    times.sort();
+    Ok(percentile(&times, 0.5))
 }
 
 /// 2,000 Join streams that say hello and nothing else, all at once.
@@ -263,7 +288,7 @@ pub fn run(options: &crate::Options) -> anyhow::Result<()> {
         "# Membership benchmark\n\nCommand: `cargo build --release --bins && cargo run --release -p cohort-bench -- members{}`\n\
          Machine: {}; the real cohort-master with its default configuration; members are raw gRPC streams from one\n\
          driver process, {PER_CONNECTION} per connection, heartbeating every second.\n\n\
-         | members | all joined and READY | evicted | master RSS before → after | master CPU idle with heartbeats | ListMembers (first page, p50 of 5) | broadcast to all, last receiver p50 / p99 (20) | all back after kill -9 + restart |\n|---|---|---|---|---|---|---|---|\n{}\n\
+         | members | all joined and READY | evicted | master RSS before → after | master CPU idle with heartbeats | ListMembers (first page, p50 of 5) | `cohortctl ls`, every member (p50 of 5) | broadcast to all, last receiver p50 / p99 (20) | all back after kill -9 + restart |\n|---|---|---|---|---|---|---|---|---|\n{}\n\
          | storm | cost | memory |\n|---|---|---|\n{}",
         if quick { " --quick" } else { "" },
         crate::machine(),
