@@ -75,7 +75,6 @@ struct Inner {
     seq: u64,
     /// Remote members' rate: the second it counts and the lines in it.
     rate: HashMap<String, (Instant, u32)>,
-    dropped: u64,
 }
 
 /// The kept lines and the live feed of new ones.
@@ -226,7 +225,6 @@ impl LogStore {
             let room = REMOTE_LINES_PER_SECOND.saturating_sub(*used) as usize;
             let allowed = room.min(lines.len());
             *used += allowed as u32;
-            st.dropped += (lines.len() - allowed) as u64;
             allowed
         };
         let dropped = lines.len() - allowed;

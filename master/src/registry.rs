@@ -264,10 +264,14 @@ impl Registry {
                 }
             }
             In::Logs(batch) => {
-                // Kept beside the registry (crate::logs), within its bounds.
-                if let Some(m) = st.members.get(&name).filter(|m| !m.local) {
-                    self.logs.forwarded(name.as_str(), m.role, batch.lines, now);
+                // Kept beside the registry (crate::logs), within its bounds,
+                // and not under the registry's lock.
+                let role = st.members.get(&name).filter(|m| !m.local).map(|m| m.role);
+                drop(st);
+                if let Some(role) = role {
+                    self.logs.forwarded(name.as_str(), role, batch.lines, now);
                 }
+                return Ok(None);
             }
             In::Ready(_) => {
                 let changed = st.members.get_mut(&name).and_then(|m| {

@@ -98,7 +98,8 @@ async fn session(
 ) -> (bool, Result<(), Error>) {
     // A remote member forwards its own log lines (crate::logs), from the
     // first; the master captures a local child's output itself.
-    if cfg.secret.is_empty() {
+    let forward_logs = cfg.secret.is_empty();
+    if forward_logs {
         crate::logs::enable();
     }
     let channel = tokio::select! {
@@ -213,7 +214,6 @@ async fn session(
         None => {}
     }
 
-    let forward_logs = cfg.secret.is_empty();
     let mut log_ticker = tokio::time::interval(LOG_FLUSH);
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
