@@ -265,7 +265,9 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
     std::fs::write(&cfg, "[agent]\ncount = 0\n[worker]\ncount = 0\n")?;
     let cfg_path = cfg.to_string_lossy().to_string();
     // A metrics listener (off by default), scraped only during its row.
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
     let mut master = spawn_self(&[
         "master",
         "--listen",
