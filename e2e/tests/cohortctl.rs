@@ -271,6 +271,9 @@ async fn cohortctl_logs_follows_local_and_remote_members_lines() {
             .lines()
             .all(|l| l.starts_with("agent "))
     );
+    let (code, _, err) = ctl(&addr, None, &["logs", "nobody", "-f"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NotFound") && err.contains("nobody"), "{err}");
 
     master.proc.signal("TERM");
     let _ = master.proc.wait_exit(std::time::Duration::from_secs(15));

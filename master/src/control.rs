@@ -320,6 +320,14 @@ impl pb::control_server::Control for ControlService {
             tail: req.tail as usize,
         };
         let (kept, live) = self.registry.logs.read(&filter);
+        if let Some(name) = &filter.member
+            && kept.is_empty()
+            && !self.members().iter().any(|m| m.name == *name)
+        {
+            return Err(Status::not_found(format!(
+                "no member named {name}, and no lines of one kept: cohortctl ls lists the members"
+            )));
+        }
         // The live feed starts after the kept lines and carries everyone's.
         let convert = move |l: &Arc<crate::logs::Line>| {
             filter.keeps(l).then(|| pb::LogEntry {
