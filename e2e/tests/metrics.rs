@@ -111,6 +111,15 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     let ready = r#"cohort_members{role="worker",state="ready"}"#;
     let body = query(ready, &|b| b.contains("\"value\""));
     assert!(body.contains("\"2\""), "{body}");
+    // The same ready members as ListMembers.
+    let listed = cohort_e2e::members(&addr).await;
+    let ready_n = listed
+        .iter()
+        .filter(|m| m.state == pb::MemberState::Ready as i32)
+        .count();
+    let expr = format!(r#"sum(cohort_members{{state="ready"}}) == {ready_n}"#);
+    query(&expr, &|b| b.contains("\"value\""));
+    assert_eq!(listed.len(), 3, "{listed:?}");
     // A crash and respawn counts as a restart.
     let worker_1 = cohort_e2e::members(&addr)
         .await
