@@ -271,6 +271,23 @@ async fn cohortctl_logs_follows_local_and_remote_members_lines() {
             .lines()
             .all(|l| l.starts_with("agent "))
     );
+    // A remote `--exec` payload's own output (any language) is forwarded
+    // too, and still printed by the worker where its host reads it.
+    let mut exec = Command::new(bin("cohort-worker"));
+    exec.env("COHORT_MASTER", master.url())
+        .env("COHORT_NAME", "remote-exec")
+        .args(["--exec", "--", "sh", "-c"])
+        .arg(r#"echo '{"type":"ready"}' >&"$COHORT_CHANNEL_FD"; echo payload-says-hello; exec sleep 60"#);
+    let mut exec = cohort_e2e::Proc::spawn("remote-exec", exec);
+    exec.wait_line("the payload's line on the worker's stdout", |l| {
+        l == "payload-says-hello"
+    });
+    cohort_e2e::eventually("the payload's line in cohortctl logs", || {
+        let out = ok(&addr, &["logs", "remote-exec"]);
+        out.lines()
+            .any(|l| l.starts_with("remote-exec ") && l.ends_with(" payload-says-hello"))
+            .then_some(())
+    });
     let (code, _, err) = ctl(&addr, None, &["logs", "nobody", "-f"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("NotFound") && err.contains("nobody"), "{err}");

@@ -6,11 +6,13 @@
 //!   for journald (`journal`, the default under systemd);
 //! - [`shutdown_signal`]: completes on SIGTERM, SIGINT or SIGQUIT;
 //! - [`parse_duration`]: `500ms`, `1s`, `2m` as config files and flags write them;
+//! - [`lines`]: untrusted output read as bounded, lossily decoded lines;
 //! - [`child`]: parent-death signal, fd placement and group signals for the
 //!   processes the master and `cohort-worker --exec` start.
 
 pub mod child;
 mod journal;
+pub mod lines;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

@@ -101,15 +101,6 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         let meta = event.metadata();
         let mut text = Text(format!("{}: ", meta.target()));
         event.record(&mut text);
-        let mut text = text.0;
-        if text.len() > MAX_LINE {
-            let mut end = MAX_LINE;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
-        }
         let level = match *meta.level() {
             Level::ERROR => "error",
             Level::WARN => "warn",
@@ -117,17 +108,38 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
             Level::DEBUG => "debug",
             Level::TRACE => "trace",
         };
-        let mut q = QUEUE.lock().unwrap_or_else(|p| p.into_inner());
-        if q.lines.len() >= QUEUE_LINES {
-            q.dropped += 1;
-            return;
-        }
-        q.lines.push_back(pb::LogLine {
-            at: Some(SystemTime::now().into()),
-            level: level.into(),
-            text,
-        });
+        push(level, text.0);
     }
+}
+
+/// Forwards one line that did not come through tracing (a payload's
+/// output, say), as the layer would: only once a remote member joined,
+/// within the queue's bound.
+pub fn forward(level: &str, text: String) {
+    if ENABLED.load(Ordering::Relaxed) {
+        push(level, text);
+    }
+}
+
+fn push(level: &str, mut text: String) {
+    if text.len() > MAX_LINE {
+        let mut end = MAX_LINE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    let mut q = QUEUE.lock().unwrap_or_else(|p| p.into_inner());
+    if q.lines.len() >= QUEUE_LINES {
+        q.dropped += 1;
+        return;
+    }
+    q.lines.push_back(pb::LogLine {
+        at: Some(SystemTime::now().into()),
+        level: level.into(),
+        text,
+    });
 }
 
 #[cfg(test)]

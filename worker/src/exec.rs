@@ -13,21 +13,26 @@
 //! `data` is any JSON value, carried as its JSON text. The worker exits with
 //! the payload's status.
 
+use bytes::BytesMut;
 use cohort::{Member, Message, Role, Target};
 use cohort_process::child;
+use cohort_process::lines::Lines;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
 
 /// Environment variable naming the channel fd.
 pub const CHANNEL_FD: &str = "COHORT_CHANNEL_FD";
 /// Requests awaiting the payload's reply, at most.
 const MAX_PENDING: usize = 4096;
+/// Longest payload output line forwarded whole (the master keeps 1 KiB).
+const MAX_OUTPUT_LINE: usize = 16 << 10;
 
 fn parse_target(t: &str) -> Result<Target, String> {
     match t {
@@ -66,7 +71,9 @@ pub async fn run(
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env(CHANNEL_FD, target.to_string())
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     cohort_process::child::prepare(&mut cmd, vec![theirs_fd], target);
     let mut child = cmd
         .spawn()
@@ -74,6 +81,16 @@ pub async fn run(
     drop(theirs);
     let child_pid = child.id().unwrap_or(0);
     tracing::info!(program, pid = child_pid, "payload started");
+    let output = [
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(relay(o, tokio::io::stdout()))),
+        child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(relay(e, tokio::io::stderr()))),
+    ];
 
     ours.set_nonblocking(true)?;
     let (reader, mut writer) = tokio::net::UnixStream::from_std(ours)?.into_split();
@@ -148,12 +165,41 @@ pub async fn run(
     from_payload.abort();
     to_payload.abort();
     writer_task.abort();
+    // What the payload printed last, unless something it started still
+    // holds its output open.
+    for task in output.into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     tracing::info!(code, "payload exited");
     Ok(code)
+}
+
+/// Copies the payload's output to ours as it is (where the master, systemd
+/// or Kubernetes read it) and, on a remote member, forwards each line to
+/// the master for `cohortctl logs` (`cohort::logs`).
+async fn relay(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    let mut lines = Lines::new(MAX_OUTPUT_LINE);
+    let mut buf = BytesMut::with_capacity(8 << 10);
+    loop {
+        let start = buf.len();
+        match from.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let _ = to.write_all(&buf[start..]).await;
+                let _ = to.flush().await;
+            }
+        }
+        while let Ok(Some(line)) = lines.decode(&mut buf) {
+            cohort::logs::forward("info", line);
+        }
+    }
+    if let Ok(Some(line)) = lines.decode_eof(&mut buf) {
+        cohort::logs::forward("info", line);
+    }
 }
 
 async fn handle_line(

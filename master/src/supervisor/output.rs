@@ -4,58 +4,15 @@
 //! for `Control/Logs`.
 
 use crate::logs::LogStore;
+use cohort_process::lines::Lines;
 use cohort_proto::Role;
 use std::sync::Arc;
 use tokio::process::Child;
 use tokio_stream::StreamExt;
-use tokio_util::codec::{Decoder, FramedRead};
 
-/// Longest line read whole (a JSON line must be whole to be parsed); a
-/// longer one is cut here and the rest of it, up to its newline, skipped.
+/// Longest line read whole (a JSON line must be whole to be parsed).
 const MAX_READ: usize = 64 << 10;
-
-/// A child's output as lines: split at `\n`, decoded lossily (a child may
-/// print anything), never more than [`MAX_READ`] bytes buffered.
-#[derive(Default)]
-struct ChildLines {
-    skipping: bool,
-}
-
-impl Decoder for ChildLines {
-    type Item = String;
-    type Error = std::io::Error;
-
-    fn decode(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<String>> {
-        loop {
-            if let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line = buf.split_to(i + 1);
-                if std::mem::take(&mut self.skipping) {
-                    continue;
-                }
-                return Ok(Some(String::from_utf8_lossy(&line[..i]).into_owned()));
-            }
-            if buf.len() <= MAX_READ {
-                return Ok(None);
-            }
-            if self.skipping {
-                buf.clear();
-                return Ok(None);
-            }
-            self.skipping = true;
-            let line = buf.split_to(MAX_READ);
-            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
-        }
-    }
-
-    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<String>> {
-        if let Some(line) = self.decode(buf)? {
-            return Ok(Some(line));
-        }
-        let rest = buf.split();
-        Ok((!rest.is_empty() && !self.skipping)
-            .then(|| String::from_utf8_lossy(&rest).into_owned()))
-    }
-}
+use tokio_util::codec::FramedRead;
 
 /// What children are told to log in (`COHORT_LOG_FORMAT`).
 pub const CHILD_LOG_FORMAT: &str = "json";
@@ -119,7 +76,7 @@ pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) 
         let Some(stream) = stream else { continue };
         let (name, logs) = (name.to_string(), logs.clone());
         tokio::spawn(async move {
-            let mut lines = FramedRead::new(stream, ChildLines::default());
+            let mut lines = FramedRead::new(stream, Lines::new(MAX_READ));
             while let Some(Ok(line)) = lines.next().await {
                 let (level, text) = parse(&line);
                 relog(&level, &name, source, &text);
@@ -138,34 +95,5 @@ mod tests {
         let line = r#"{"timestamp":"2026-11-27T21:00:00Z","level":"WARN","fields":{"message":"slow","ms":12},"target":"app"}"#;
         assert_eq!(parse(line), ("warn".into(), "app: slow ms=12".into()));
         assert_eq!(parse("plain text"), ("info".into(), "plain text".into()));
-    }
-
-    #[test]
-    fn output_is_split_lossily_and_a_runaway_line_is_cut_not_buffered() {
-        let mut codec = ChildLines::default();
-        let mut buf = bytes::BytesMut::from(&b"one\n\xff two\n"[..]);
-        assert_eq!(
-            codec.decode(&mut buf).ok().flatten().as_deref(),
-            Some("one")
-        );
-        assert_eq!(
-            codec.decode(&mut buf).ok().flatten().as_deref(),
-            Some("\u{fffd} two")
-        );
-        buf.extend_from_slice(&vec![b'x'; MAX_READ + 10]);
-        let cut = codec.decode(&mut buf).ok().flatten().unwrap_or_default();
-        assert_eq!(cut.len(), MAX_READ);
-        buf.extend_from_slice(&vec![b'x'; 3 * MAX_READ]);
-        assert_eq!(codec.decode(&mut buf).ok().flatten(), None);
-        assert!(buf.is_empty(), "the rest of a runaway line is not kept");
-        buf.extend_from_slice(b"xx\nnext\ntail");
-        assert_eq!(
-            codec.decode(&mut buf).ok().flatten().as_deref(),
-            Some("next")
-        );
-        assert_eq!(
-            codec.decode_eof(&mut buf).ok().flatten().as_deref(),
-            Some("tail")
-        );
     }
 }
