@@ -78,10 +78,10 @@ mod tests {
             codec.decode(&mut buf).ok().flatten().as_deref(),
             Some("\u{fffd} two")
         );
-        buf.extend_from_slice(&vec![b'x'; MAX + 10]);
+        buf.extend_from_slice(&[b'x'; MAX + 10]);
         let cut = codec.decode(&mut buf).ok().flatten().unwrap_or_default();
         assert_eq!(cut.len(), MAX);
-        buf.extend_from_slice(&vec![b'x'; 3 * MAX]);
+        buf.extend_from_slice(&[b'x'; 3 * MAX]);
         assert_eq!(codec.decode(&mut buf).ok().flatten(), None);
         assert!(buf.is_empty(), "the rest of a runaway line is not kept");
         buf.extend_from_slice(b"xx\nnext\ntail");
