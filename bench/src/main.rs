@@ -34,6 +34,9 @@ const BROADCAST_MEMBERS: usize = 8;
 /// Lines a second the logging member writes, and for how long at most.
 const LOG_RATE: u64 = 50_000;
 const LOG_FOR: Duration = Duration::from_secs(300);
+/// A payload that reports ready, waits for a message, and then prints
+/// lines as fast as it can.
+const CHATTY: &str = r#"fd=$COHORT_CHANNEL_FD; echo '{"type":"ready"}' >&"$fd"; read -r _ <&"$fd"; exec yes 'a chatty child line'"#;
 
 /// Kills the child when dropped, so a failed run leaves nothing behind.
 struct Guard(Child);
@@ -112,6 +115,8 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The master, in this process (spawned by `messaging`).
 fn run_master(args: &[String]) -> anyhow::Result<()> {
+    // Logging as cohort-master does (what it prints of its children too).
+    cohort_process::init_from_env(None);
     let config =
         cohort_master::config::Config::load(args, &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The same runtime as cohort-master's main.
@@ -203,12 +208,19 @@ fn now_ns() -> u128 {
 }
 
 fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
+    spawn_self_logging(args, "warn", Stdio::inherit())
+}
+
+/// [`spawn_self`] with the log filter and stderr given (the master logs at
+/// its default, info, as in production, into `stderr`).
+fn spawn_self_logging(args: &[&str], filter: &str, stderr: Stdio) -> anyhow::Result<Guard> {
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", filter)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()?;
     Ok(Guard(child))
 }
@@ -262,21 +274,35 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
 
     // The default messaging configuration: only local members are off.
     let cfg = std::env::temp_dir().join(format!("cohort-bench-{}.toml", std::process::id()));
-    std::fs::write(&cfg, "[agent]\ncount = 0\n[worker]\ncount = 0\n")?;
+    // One local worker, quiet until its row: then its payload prints as
+    // fast as it can (a chatty child).
+    let worker = cluster::binary("cohort-worker")?;
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [{:?}, \"--exec\", \"--\", \"sh\", \"-c\", {:?}]\n",
+            worker.display().to_string(),
+            CHATTY,
+        ),
+    )?;
     let cfg_path = cfg.to_string_lossy().to_string();
     // A metrics listener (off by default), scraped only during its row.
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .to_string();
-    let mut master = spawn_self(&[
-        "master",
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        &cfg_path,
-        "--metrics-listen",
-        &metrics,
-    ])?;
+    let mut master = spawn_self_logging(
+        &[
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &cfg_path,
+            "--metrics-listen",
+            &metrics,
+        ],
+        "info",
+        Stdio::null(),
+    )?;
     let mut lines = BufReader::new(master.0.stdout.take().context("master stdout")?).lines();
     let line = lines.next().context("master exited")??;
     let addr = line
@@ -345,6 +371,18 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
         let (log_rate, log_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
         let rss_logging = cluster::rss_kib(master_pid);
         drop(logger);
+        // Again while a local child floods its output, which the master
+        // reads, parses and logs.
+        a.post(Target::Member("worker-1".into()), "flood", "").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (chatty_rate, chatty_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
+        let mut control = cohort_proto::pb::control_client::ControlClient::connect(url.clone()).await?;
+        control
+            .scale(cohort_proto::pb::ScaleRequest {
+                role: cohort_proto::pb::Role::Worker as i32,
+                count: 0,
+            })
+            .await?;
 
         // 2b. the same from a plain gRPC client: one frame per message, no
         // batches, no acks, as a Python or Go member is usually written.
@@ -378,6 +416,7 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
             "| request/reply A→master→B→master→A ({requests} requests) | p50 {} | p99 {} |\n\
              | one-way relay A→master→B, 64 B, SDK sender ({relay} sent) | {:.0} msg/s | {received} received ({} lost), master {cpu_per_million:.2} CPU-s per million |\n\
              | the same while /metrics is scraped back to back ({scrapes} scrapes) | {scraped_rate:.0} msg/s | {scraped_received} received |\n\
+             | the same while a local child prints as fast as it can | {chatty_rate:.0} msg/s | {chatty_received} received |\n\
              | the same while a remote member logs {LOG_RATE} lines/s | {log_rate:.0} msg/s | {log_received} received; master RSS {:.1} MiB |\n\
              | one-way relay, 64 B, plain unbatched gRPC sender ({relay} sent) | {plain_rate:.0} msg/s | {plain_received} received ({} lost) |\n\
              | broadcast to {BROADCAST_MEMBERS}, until the last has it ({rounds} rounds) | p50 {} | p99 {} |\n",

@@ -503,3 +503,60 @@ async fn a_member_flooding_its_logs_is_held_to_its_rate_and_hurts_nobody() {
     reader.abort();
     stop(&mut master, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_printing_as_fast_as_it_can_is_read_at_a_bounded_rate_and_slows_nobody() {
+    use cohort::{MemberBuilder, Role, Target};
+    // A local worker whose payload, once told to, prints without pause.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cohort.toml");
+    let chatty = r#"fd=$COHORT_CHANNEL_FD; echo '{"type":"ready"}' >&"$fd"; read -r _ <&"$fd"; exec yes 'a chatty child line'"#;
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [{:?}, \"--exec\", \"--\", \"sh\", \"-c\", {chatty:?}]\n",
+            cohort_e2e::bin("cohort-worker").display().to_string()
+        ),
+    )
+    .expect("config");
+    let mut master = Master::start(&["--config", cfg.to_str().expect("path")]);
+    let addr = master.addr.clone();
+    let chatty_pid = wait_ready(&addr, &["worker-1"]).await[0].pid;
+    let a = MemberBuilder::new(master.url(), Role::Worker)
+        .name("a")
+        .join()
+        .await
+        .expect("a");
+    let b = MemberBuilder::new(master.url(), Role::Worker)
+        .name("b")
+        .join()
+        .await
+        .expect("b");
+    let mut b_sub = b.on("ping");
+    a.ready().await.expect("ready");
+    b.ready().await.expect("ready");
+    a.send(Target::Member("worker-1".into()), "flood", "")
+        .await
+        .expect("start the flood");
+    let printed = |m: &Master| m.proc.stderr().matches("a chatty child line").count();
+    cohort_e2e::eventually("the flood to be read", || {
+        (printed(&master) > 1_000).then_some(())
+    });
+
+    // Messaging goes on; the master reads the child at its bounded rate.
+    let (before, t0) = (printed(&master), std::time::Instant::now());
+    for _ in 0..200 {
+        a.send(Target::Member("b".into()), "ping", "x")
+            .await
+            .expect("a reaches b");
+        recv_ping(&mut b_sub).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rate = (printed(&master) - before) as f64 / t0.elapsed().as_secs_f64();
+    println!("the master read the chatty child at {rate:.0} lines/s");
+    // The master's LINES_PER_SECOND per child stream (supervisor/output.rs).
+    let limit = 10_000.0;
+    assert!(rate > 0.0 && rate < 1.5 * limit, "{rate:.0} lines/s");
+    assert!(alive(chatty_pid), "the chatty child is slowed, not killed");
+    stop(&mut master, &[]);
+}

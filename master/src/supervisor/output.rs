@@ -63,27 +63,87 @@ fn relog(level: &str, name: &str, source: &str, text: &str) {
     }
 }
 
-/// Reads the child's stdout and stderr to their end.
+/// Reads the child's stdout and stderr to their end, on the output thread.
 pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) {
-    let streams: [(
-        Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
-        &'static str,
-    ); 2] = [
-        (child.stdout.take().map(|s| Box::new(s) as _), "stdout"),
-        (child.stderr.take().map(|s| Box::new(s) as _), "stderr"),
+    let fds = [
+        (child.stdout.take().map(|s| s.into_owned_fd()), "stdout"),
+        (child.stderr.take().map(|s| s.into_owned_fd()), "stderr"),
     ];
-    for (stream, source) in streams {
-        let Some(stream) = stream else { continue };
+    for (fd, source) in fds {
+        let Some(Ok(fd)) = fd else { continue };
         let (name, logs) = (name.to_string(), logs.clone());
-        tokio::spawn(async move {
-            let mut lines = FramedRead::new(stream, Lines::new(MAX_READ));
+        output_thread().spawn(async move {
+            // Registered with the output thread's reactor, not the master's.
+            let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+                return;
+            };
+            let mut lines = FramedRead::new(pipe, Lines::new(MAX_READ));
+            let mut budget = Budget::new();
             while let Some(Ok(line)) = lines.next().await {
                 let (level, text) = parse(&line);
                 relog(&level, &name, source, &text);
                 logs.append(&name, role, &level, text, source);
+                // Over its rate, the child's pipe is left to fill: it waits
+                // on its own writes, as it would on a slow terminal.
+                budget.spend().await;
             }
         });
     }
+}
+
+/// Lines per second the master reads from one child stream.
+pub const LINES_PER_SECOND: u32 = 10_000;
+
+/// A per-second allowance of lines.
+struct Budget {
+    since: tokio::time::Instant,
+    used: u32,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            since: tokio::time::Instant::now(),
+            used: 0,
+        }
+    }
+
+    async fn spend(&mut self) {
+        self.used += 1;
+        if self.used < LINES_PER_SECOND {
+            return;
+        }
+        let next = self.since + std::time::Duration::from_secs(1);
+        tokio::time::sleep_until(next).await;
+        self.since = tokio::time::Instant::now();
+        self.used = 0;
+    }
+}
+
+/// The thread that reads, parses and logs every child's output, so that a
+/// chatty child costs the routing thread nothing. Started on first use.
+fn output_thread() -> &'static tokio::runtime::Handle {
+    static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("cohort-output".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let _ = tx.send(rt.handle().clone());
+                rt.block_on(std::future::pending::<()>());
+            });
+        match spawned.ok().and_then(|_| rx.recv().ok()) {
+            Some(handle) => handle,
+            // Without its own thread, the output is read on the master's.
+            None => tokio::runtime::Handle::current(),
+        }
+    })
 }
 
 #[cfg(test)]
