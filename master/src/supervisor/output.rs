@@ -9,10 +9,10 @@ use cohort_proto::Role;
 use std::sync::Arc;
 use tokio::process::Child;
 use tokio_stream::StreamExt;
+use tokio_util::codec::FramedRead;
 
 /// Longest line read whole (a JSON line must be whole to be parsed).
 const MAX_READ: usize = 64 << 10;
-use tokio_util::codec::FramedRead;
 
 /// What children are told to log in (`COHORT_LOG_FORMAT`).
 pub const CHILD_LOG_FORMAT: &str = "json";
@@ -35,7 +35,9 @@ pub fn parse(line: &str) -> (String, String) {
             text.push_str(if text.is_empty() { "" } else { ": " });
             text.push_str(m);
         }
-        for (k, v) in fields.iter().filter(|(k, _)| *k != "message") {
+        // The member's name comes with every relogged line anyway.
+        let shown = |k: &&String| *k != "message" && *k != "member.name";
+        for (k, v) in fields.iter().filter(|(k, _)| shown(k)) {
             let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
             text.push_str(&format!(" {k}={v}"));
         }
@@ -152,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_child_json_line_keeps_its_level_message_and_fields() {
-        let line = r#"{"timestamp":"2026-11-27T21:00:00Z","level":"WARN","fields":{"message":"slow","ms":12},"target":"app"}"#;
+        let line = r#"{"timestamp":"2026-11-27T21:00:00Z","level":"WARN","fields":{"message":"slow","member.name":"worker-1","ms":12},"target":"app"}"#;
         assert_eq!(parse(line), ("warn".into(), "app: slow ms=12".into()));
         assert_eq!(parse("plain text"), ("info".into(), "plain text".into()));
     }
