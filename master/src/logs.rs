@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 /// Lines kept per member.
 pub const LINES_PER_MEMBER: usize = 200;
 /// Longest line kept (longer ones are cut, marked with `…`).
-pub const MAX_LINE: usize = 1024;
+pub use cohort_proto::log_line::MAX_LOG_LINE as MAX_LINE;
 /// Bytes of lines kept for the whole cluster.
 pub const MAX_BYTES: usize = 32 << 20;
 /// Lines per second a remote member may forward.
@@ -96,19 +96,6 @@ fn cost(l: &Line) -> usize {
     64 + l.member.len() + l.level.len() + l.text.len()
 }
 
-/// `text` cut at [`MAX_LINE`] bytes (on a character boundary).
-fn cut(mut text: String) -> String {
-    if text.len() > MAX_LINE {
-        let mut end = MAX_LINE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
 /// Now, Unix ms.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -158,7 +145,7 @@ impl LogStore {
             role,
             at_ms,
             level,
-            text: cut(text),
+            text: cohort_proto::log_line::cut(text),
             source,
         });
         let st = &mut *st;

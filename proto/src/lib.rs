@@ -4,6 +4,7 @@
 //! and small conversions.
 
 mod domain;
+pub mod log_line;
 pub mod time;
 
 pub use domain::{MAX_NAME_LEN, MemberName, Role, Target, is_instance_id};

@@ -24,8 +24,6 @@ use tracing_subscriber::layer::{Context, Layer};
 pub const QUEUE_LINES: usize = 1000;
 /// Lines forwarded per second, at most (the master keeps no more either).
 pub const LINES_PER_SECOND: usize = 200;
-/// Longest line forwarded, in bytes.
-const MAX_LINE: usize = 1024;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static QUEUE: Mutex<Queue> = Mutex::new(Queue {
@@ -72,7 +70,7 @@ pub(crate) fn take(max: usize) -> Vec<pb::LogLine> {
     lines
 }
 
-/// `target: message k=v …`, cut at [`MAX_LINE`].
+/// `target: message k=v …`.
 struct Text(String);
 
 impl Visit for Text {
@@ -121,15 +119,8 @@ pub fn forward(level: &str, text: String) {
     }
 }
 
-fn push(level: &str, mut text: String) {
-    if text.len() > MAX_LINE {
-        let mut end = MAX_LINE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
+fn push(level: &str, text: String) {
+    let text = cohort_proto::log_line::cut(text);
     let mut q = QUEUE.lock().unwrap_or_else(|p| p.into_inner());
     if q.lines.len() >= QUEUE_LINES {
         q.dropped += 1;
