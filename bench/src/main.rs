@@ -34,9 +34,6 @@ const BROADCAST_MEMBERS: usize = 8;
 /// Lines a second the logging member writes, and for how long at most.
 const LOG_RATE: u64 = 50_000;
 const LOG_FOR: Duration = Duration::from_secs(300);
-/// A payload that reports ready, waits for a message, and then prints
-/// lines as fast as it can.
-const CHATTY: &str = r#"fd=$COHORT_CHANNEL_FD; echo '{"type":"ready"}' >&"$fd"; read -r _ <&"$fd"; exec yes 'a chatty child line'"#;
 
 /// Kills the child when dropped, so a failed run leaves nothing behind.
 struct Guard(Child);
@@ -272,19 +269,11 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
     let scale = if quick { 10 } else { 1 };
     let (requests, relay, rounds) = (REQUESTS / scale, RELAY / scale, BROADCAST_ROUNDS / scale);
 
-    // The default messaging configuration: only local members are off.
     let cfg = std::env::temp_dir().join(format!("cohort-bench-{}.toml", std::process::id()));
     // One local worker, quiet until its row: then its payload prints as
     // fast as it can (a chatty child).
     let worker = cluster::binary("cohort-worker")?;
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [{:?}, \"--exec\", \"--\", \"sh\", \"-c\", {:?}]\n",
-            worker.display().to_string(),
-            CHATTY,
-        ),
-    )?;
+    std::fs::write(&cfg, cohort_e2e::chatty_config(&worker))?;
     let cfg_path = cfg.to_string_lossy().to_string();
     // A metrics listener (off by default), scraped only during its row.
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?

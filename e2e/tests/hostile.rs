@@ -251,7 +251,7 @@ async fn connections_that_never_speak_are_bounded_and_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_storm_of_silent_members_costs_little_and_leaves_nothing() {
-    use cohort::{MemberBuilder, Role, Target};
+    use cohort::Target;
     const STORM: usize = 2_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("cohort.toml");
@@ -273,19 +273,7 @@ async fn a_join_storm_of_silent_members_costs_little_and_leaves_nothing() {
     let pid = master.proc.child.id();
     let addr = master.addr.clone();
     // Two members with real traffic throughout.
-    let a = MemberBuilder::new(master.url(), Role::Worker)
-        .name("a")
-        .join()
-        .await
-        .expect("a");
-    let b = MemberBuilder::new(master.url(), Role::Worker)
-        .name("b")
-        .join()
-        .await
-        .expect("b");
-    let mut b_sub = b.on("ping");
-    a.ready().await.expect("ready");
-    b.ready().await.expect("ready");
+    let (a, _b, mut b_sub) = pair(&master.url()).await;
     let before = rss_mib(pid);
 
     // STORM streams over 4 connections: a hello each, then silence; nobody
@@ -360,6 +348,23 @@ async fn a_join_storm_of_silent_members_costs_little_and_leaves_nothing() {
     stop(&mut master, &[]);
 }
 
+/// Two ready remote members, `a` and `b`, and `b`'s subscription to
+/// "ping": the traffic that must go on while something misbehaves.
+async fn pair(url: &str) -> (cohort::Member, cohort::Member, cohort::Subscription) {
+    use cohort::{MemberBuilder, Role};
+    let join = |name: &'static str| {
+        MemberBuilder::new(url.to_string(), Role::Worker)
+            .name(name)
+            .join()
+    };
+    let a = join("a").await.expect("a");
+    let b = join("b").await.expect("b");
+    let b_sub = b.on("ping");
+    a.ready().await.expect("ready");
+    b.ready().await.expect("ready");
+    (a, b, b_sub)
+}
+
 async fn recv_ping(sub: &mut cohort::Subscription) {
     tokio::time::timeout(Duration::from_secs(10), sub.recv())
         .await
@@ -409,26 +414,14 @@ async fn a_restarted_master_clears_what_a_killed_one_left_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_flooding_its_logs_is_held_to_its_rate_and_hurts_nobody() {
-    use cohort::{MemberBuilder, Role, Target};
+    use cohort::Target;
     use tokio_stream::StreamExt;
     const FRAMES: usize = 150;
     const LINES: usize = 1_000;
     let mut master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
     let pid = master.proc.child.id();
     let addr = master.addr.clone();
-    let a = MemberBuilder::new(master.url(), Role::Worker)
-        .name("a")
-        .join()
-        .await
-        .expect("a");
-    let b = MemberBuilder::new(master.url(), Role::Worker)
-        .name("b")
-        .join()
-        .await
-        .expect("b");
-    let mut b_sub = b.on("ping");
-    a.ready().await.expect("ready");
-    b.ready().await.expect("ready");
+    let (a, _b, mut b_sub) = pair(&master.url()).await;
     let before = rss_mib(pid);
 
     // A raw member that sends FRAMES × LINES lines of 2 KB (with levels no
@@ -506,39 +499,34 @@ async fn a_member_flooding_its_logs_is_held_to_its_rate_and_hurts_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_printing_as_fast_as_it_can_is_read_at_a_bounded_rate_and_slows_nobody() {
-    use cohort::{MemberBuilder, Role, Target};
+    use cohort::Target;
     // A local worker whose payload, once told to, prints without pause.
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("cohort.toml");
-    let chatty = r#"fd=$COHORT_CHANNEL_FD; echo '{"type":"ready"}' >&"$fd"; read -r _ <&"$fd"; exec yes 'a chatty child line'"#;
     std::fs::write(
         &cfg,
-        format!(
-            "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [{:?}, \"--exec\", \"--\", \"sh\", \"-c\", {chatty:?}]\n",
-            cohort_e2e::bin("cohort-worker").display().to_string()
-        ),
+        cohort_e2e::chatty_config(&cohort_e2e::bin("cohort-worker")),
     )
     .expect("config");
     let mut master = Master::start(&["--config", cfg.to_str().expect("path")]);
     let addr = master.addr.clone();
     let chatty_pid = wait_ready(&addr, &["worker-1"]).await[0].pid;
-    let a = MemberBuilder::new(master.url(), Role::Worker)
-        .name("a")
-        .join()
+    let (a, _b, mut b_sub) = pair(&master.url()).await;
+    // A follower of the logs that never reads.
+    let mut stalled = cohort_e2e::control(&addr)
         .await
-        .expect("a");
-    let b = MemberBuilder::new(master.url(), Role::Worker)
-        .name("b")
-        .join()
+        .logs(pb::LogsRequest {
+            member: "worker-1".into(),
+            follow: true,
+            ..Default::default()
+        })
         .await
-        .expect("b");
-    let mut b_sub = b.on("ping");
-    a.ready().await.expect("ready");
-    b.ready().await.expect("ready");
+        .expect("Logs")
+        .into_inner();
     a.send(Target::Member("worker-1".into()), "flood", "")
         .await
         .expect("start the flood");
-    let printed = |m: &Master| m.proc.stderr().matches("a chatty child line").count();
+    let printed = |m: &Master| m.proc.stderr().matches(cohort_e2e::CHATTY_LINE).count();
     cohort_e2e::eventually("the flood to be read", || {
         (printed(&master) > 1_000).then_some(())
     });
@@ -558,5 +546,28 @@ async fn a_child_printing_as_fast_as_it_can_is_read_at_a_bounded_rate_and_slows_
     let limit = 10_000.0;
     assert!(rate > 0.0 && rate < 1.5 * limit, "{rate:.0} lines/s");
     assert!(alive(chatty_pid), "the chatty child is slowed, not killed");
+    // The follower that never read, once far behind (past HTTP/2's window
+    // and the master's buffers), is cut off with a reason; the master
+    // queued nothing for it without bound.
+    let rss_before = rss_mib(master.proc.child.id());
+    cohort_e2e::eventually("60,000 lines past the stalled follower", || {
+        (printed(&master) > 60_000).then_some(())
+    });
+    let rss_after = rss_mib(master.proc.child.id());
+    assert!(
+        rss_after < rss_before + 50.0,
+        "{rss_before:.0} → {rss_after:.0} MiB"
+    );
+    let mut read = 0;
+    let ended = loop {
+        match stalled.message().await {
+            Ok(Some(_)) if read < 100_000 => read += 1,
+            other => break other,
+        }
+    };
+    match ended {
+        Err(status) => assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}"),
+        other => panic!("after {read} lines: {other:?}"),
+    }
     stop(&mut master, &[]);
 }
