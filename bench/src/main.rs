@@ -4,7 +4,8 @@
 //!   SDK member and from a plain unbatched gRPC client) and broadcast-to-8
 //!   latency, with the master and every member in its own process (this
 //!   binary re-executes itself for each role), against the master's
-//!   default configuration;
+//!   default messaging configuration, then the same relay while `/metrics`
+//!   is scraped, a local child floods its output and a remote member logs;
 //! - `cluster`: respawn latency, startup time and RSS of the real
 //!   `cohort-master`, `cohort-agent` and `cohort-worker` binaries (built
 //!   next to this one: `cargo build --release --bins` first).
@@ -426,8 +427,9 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
     let text = format!(
         "# Messaging benchmark\n\nCommand: `cargo run --release -p cohort-bench -- messaging{}`\n\
          Machine: {}; master, driver and 10 members each in their own process.\n\
-         The master runs its default configuration (queues of 1,024 messages / 8 MiB, overflow = block), plus a\n\
-         metrics listener (off by default) that only the scraped row touches; its routing counters are always on.\n\n\
+         The master runs its default messaging configuration (queues of 1,024 messages / 8 MiB, overflow = block,\n\
+         logging at info) with no agent and one local `--exec` worker that is quiet until its row, plus a metrics\n\
+         listener (off by default) that only the scraped row touches; its routing counters are always on.\n\n\
          | measure | result | |\n|---|---|---|\n{report}",
         if quick { " --quick" } else { "" },
         machine()
