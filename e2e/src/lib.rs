@@ -170,7 +170,15 @@ impl Master {
     /// Starts `cohort-master --listen 127.0.0.1:0 --listener
     /// http=127.0.0.1:0 ARGS` and waits for its `READY master ADDR` line.
     pub fn start(args: &[&str]) -> Master {
+        Master::start_env(args, &[])
+    }
+
+    /// [`Master::start`] with environment variables set (a `TMPDIR` of its
+    /// own keeps a test's leftovers from other tests' masters, which reap
+    /// what dead masters left in the temp directory).
+    pub fn start_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Master {
         let mut cmd = Command::new(bin("cohort-master"));
+        cmd.envs(env.iter().copied());
         // An ephemeral shared listener, so parallel tests never fight over 8080.
         cmd.args(["--listen", "127.0.0.1:0", "--listener", "http=127.0.0.1:0"])
             .args(args);

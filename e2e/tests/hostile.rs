@@ -388,7 +388,10 @@ async fn a_restarted_master_clears_what_a_killed_one_left_behind() {
     )
     .expect("config");
     let config = cfg.to_str().expect("path");
-    let mut first = Master::start(&["--config", config, "--listener", &listener]);
+    // Its own temp directory: another test's master, starting meanwhile,
+    // would otherwise reap the leftover this test waits to see reaped.
+    let own_tmp = [("TMPDIR", dir.path().as_os_str())];
+    let mut first = Master::start_env(&["--config", config, "--listener", &listener], &own_tmp);
     let first_pid = first.proc.child.id();
     let sleeper = cohort_e2e::eventually("the wrapped sleep", || {
         let sh = children_of(first_pid).into_iter().next()?;
@@ -399,7 +402,7 @@ async fn a_restarted_master_clears_what_a_killed_one_left_behind() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(alive(sleeper), "the wrapper's child outlived the master");
 
-    let mut second = Master::start(&["--config", config, "--listener", &listener]);
+    let mut second = Master::start_env(&["--config", config, "--listener", &listener], &own_tmp);
     cohort_e2e::eventually("the leftover gone", || (!alive(sleeper)).then_some(()));
     assert!(
         second.proc.stderr().contains("left behind"),
