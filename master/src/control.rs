@@ -148,7 +148,7 @@ fn role_of(value: i32, what: &str) -> Result<Role, Status> {
 }
 
 #[tonic::async_trait]
-impl pb::control_server::Control for ControlService {
+impl cohort_proto::server::control_server::Control for ControlService {
     async fn list_members(
         &self,
         request: Request<pb::ListMembersRequest>,

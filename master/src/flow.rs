@@ -36,6 +36,7 @@
 
 use crate::outbound::{Outbound, PushError};
 use crate::registry::{InstanceId, Registry};
+use cohort_proto::frame::Encoded;
 use cohort_proto::{MemberName, pb};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ pub struct Wait {
     /// The receiver, for the error a sender gets if it is cut off.
     pub name: MemberName,
     /// What to deliver.
-    pub envelope: pb::Envelope,
+    pub envelope: Encoded,
 }
 
 /// What to tell the sender once its waiting deliveries are settled.

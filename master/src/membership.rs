@@ -62,7 +62,7 @@ fn frame_name(kind: &In) -> &'static str {
 }
 
 #[tonic::async_trait]
-impl pb::membership_server::Membership for MembershipService {
+impl cohort_proto::server::membership_server::Membership for MembershipService {
     type JoinStream = OutboundStream;
 
     async fn join(

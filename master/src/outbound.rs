@@ -15,11 +15,14 @@
 //!   outrun its reading.
 //!
 //! The registry pushes; tonic polls the [`OutboundStream`] as the Join
-//! response. Deliveries already queued are packed into one `deliver_batch`
+//! response. A delivery is queued as its envelope encoded once
+//! ([`Encoded`]): a broadcast shares the same bytes among all its
+//! receivers. Deliveries already queued are packed into one `deliver_batch`
 //! frame for members that accept batches, so batching saves syscalls without
 //! ever waiting for more. [`Outbound::close`] ends the stream at once and
 //! frees what was queued, even if the member never reads again.
 
+use cohort_proto::frame::{Encoded, OutFrame};
 use cohort_proto::pb::{self, master_frame::Kind};
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -30,7 +33,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_stream::Stream;
 use tonic::Status;
 
-type Item = Result<pb::MasterFrame, Status>;
+type Item = Result<OutFrame, Status>;
 
 /// Most envelopes packed into one batch frame.
 const MAX_BATCH: usize = 256;
@@ -50,7 +53,7 @@ pub enum PushError {
 #[derive(Debug)]
 pub enum Refused {
     /// No room now: the envelope, to wait for room or to drop.
-    Full(Box<pb::Envelope>),
+    Full(Encoded),
     /// The member's stream is gone.
     Closed,
 }
@@ -111,7 +114,7 @@ struct State {
 
 #[derive(Debug)]
 struct Entry {
-    frame: pb::MasterFrame,
+    frame: OutFrame,
     lane: Lane,
 }
 
@@ -121,9 +124,39 @@ enum Lane {
     Control(usize),
 }
 
-fn deliver_frame(env: pb::Envelope) -> pb::MasterFrame {
-    pb::MasterFrame {
-        kind: Some(Kind::Deliver(env)),
+/// The room of frames leaving the queue, summed per lane.
+#[derive(Debug, Default)]
+struct Freed {
+    data: usize,
+    data_bytes: usize,
+    control: usize,
+    control_bytes: usize,
+}
+
+impl Freed {
+    fn of(lanes: impl IntoIterator<Item = Lane>) -> Self {
+        let mut freed = Self::default();
+        for lane in lanes {
+            freed.add(lane);
+        }
+        freed
+    }
+
+    fn add(&mut self, lane: Lane) {
+        match lane {
+            Lane::Data(cost) => {
+                self.data += 1;
+                self.data_bytes += cost;
+            }
+            Lane::Control(cost) => {
+                self.control += 1;
+                self.control_bytes += cost;
+            }
+        }
+    }
+
+    fn frames(&self) -> usize {
+        self.data + self.control
     }
 }
 
@@ -169,7 +202,7 @@ impl Shared {
         let mut st = self.lock();
         if st.closed || st.end.is_some() {
             drop(st);
-            self.give_back(entry.lane);
+            self.give_back(Freed::of([entry.lane]));
             return Err(PushError::Closed);
         }
         st.items.push_back(entry);
@@ -181,26 +214,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Returns a frame's room once it left the queue (or never entered).
-    fn give_back(&self, lane: Lane) {
-        match lane {
-            Lane::Data(cost) => {
-                self.slots.add_permits(1);
-                self.bytes.add_permits(cost);
-            }
-            Lane::Control(cost) => {
-                let mut st = self.lock();
-                st.control_frames -= 1;
-                st.control_bytes -= cost;
-                drop(st);
-                if self.control_waiting.load(Ordering::Relaxed) {
-                    self.control_freed.notify_waiters();
-                }
+    /// Returns the room of frames that left the queue (or never entered).
+    fn give_back(&self, freed: Freed) {
+        if freed.data > 0 {
+            self.slots.add_permits(freed.data);
+            self.bytes.add_permits(freed.data_bytes);
+        }
+        if freed.control > 0 {
+            let mut st = self.lock();
+            st.control_frames -= freed.control;
+            st.control_bytes -= freed.control_bytes;
+            drop(st);
+            if self.control_waiting.load(Ordering::Relaxed) {
+                self.control_freed.notify_waiters();
             }
         }
     }
 
-    fn data_cost(&self, env: &pb::Envelope) -> u32 {
+    fn data_cost(&self, env: &Encoded) -> u32 {
         // A frame larger than the whole byte bound still fits alone.
         let c = envelope_cost(env).min(self.bounds.bytes);
         u32::try_from(c).unwrap_or(u32::MAX)
@@ -224,9 +255,7 @@ impl Shared {
         self.slots.close();
         self.bytes.close();
         self.control_freed.notify_waiters();
-        for e in dropped {
-            self.give_back(e.lane);
-        }
+        self.give_back(Freed::of(dropped.iter().map(|e| e.lane)));
         if let Some(w) = waker {
             w.wake();
         }
@@ -236,7 +265,10 @@ impl Shared {
 impl Outbound {
     /// Queues a frame of the master's own in the control lane, never waiting.
     pub fn push(&self, frame: pb::MasterFrame) -> Result<(), PushError> {
-        let c = cost(&frame);
+        self.push_out(cost(&frame), frame.into())
+    }
+
+    fn push_out(&self, c: usize, frame: OutFrame) -> Result<(), PushError> {
         {
             let mut st = self.shared.lock();
             let b = self.shared.bounds;
@@ -254,13 +286,13 @@ impl Outbound {
 
     /// Queues a delivery in the control lane: for deliveries the member must
     /// never wait on (its own broadcasts, messages held until ClusterReady).
-    pub fn force_deliver(&self, env: pb::Envelope) -> Result<(), PushError> {
-        self.push(deliver_frame(env))
+    pub fn force_deliver(&self, env: Encoded) -> Result<(), PushError> {
+        self.push_out(envelope_cost(&env), OutFrame::Deliver(env))
     }
 
     /// Queues a delivery if the data lane has room now; a full lane hands
     /// the envelope back.
-    pub fn try_deliver(&self, env: pb::Envelope) -> Result<(), Refused> {
+    pub fn try_deliver(&self, env: Encoded) -> Result<(), Refused> {
         let s = &self.shared;
         let c = s.data_cost(&env);
         let room = s.slots.try_acquire().and_then(|slot| {
@@ -272,11 +304,11 @@ impl Outbound {
         match room {
             Ok(()) => s
                 .enqueue(Entry {
-                    frame: deliver_frame(env),
+                    frame: OutFrame::Deliver(env),
                     lane: Lane::Data(c as usize),
                 })
                 .map_err(|_| Refused::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Refused::Full(Box::new(env))),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Refused::Full(env)),
             Err(tokio::sync::TryAcquireError::Closed) => Err(Refused::Closed),
         }
     }
@@ -324,7 +356,7 @@ impl Outbound {
     /// only when the queue closes.
     pub fn reserve(
         &self,
-        env: &pb::Envelope,
+        env: &Encoded,
     ) -> impl Future<Output = Result<Room, PushError>> + use<'_> {
         let s = &self.shared;
         let c = s.data_cost(env);
@@ -344,9 +376,9 @@ impl Outbound {
     }
 
     /// Queues a delivery into room taken by [`reserve`](Self::reserve).
-    pub fn deliver_into(&self, room: Room, env: pb::Envelope) -> Result<(), PushError> {
+    pub fn deliver_into(&self, room: Room, env: Encoded) -> Result<(), PushError> {
         self.shared.enqueue(Entry {
-            frame: deliver_frame(env),
+            frame: OutFrame::Deliver(env),
             lane: Lane::Data(room.cost),
         })
     }
@@ -388,6 +420,13 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A frame as the member decodes it.
+#[cfg(test)]
+pub(crate) fn decoded(frame: OutFrame) -> pb::MasterFrame {
+    use prost::Message;
+    pb::MasterFrame::decode(frame.encode_to_vec().as_slice()).expect("the master's frames decode")
 }
 
 mod cost;

@@ -13,7 +13,6 @@
 
 use crate::registry::Registry;
 use crate::{control, membership};
-use cohort_proto::pb;
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +32,10 @@ impl Readiness {
         registry: Arc<Registry>,
     ) -> Readiness {
         reporter
-            .set_serving::<pb::membership_server::MembershipServer<membership::MembershipService>>()
+            .set_serving::<cohort_proto::server::membership_server::MembershipServer<membership::MembershipService>>()
             .await;
         reporter
-            .set_serving::<pb::control_server::ControlServer<control::ControlService>>()
+            .set_serving::<cohort_proto::server::control_server::ControlServer<control::ControlService>>()
             .await;
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)

@@ -16,6 +16,7 @@ use crate::config::{Expect, HealthConfig, MessagingConfig, Overflow};
 use crate::flow::{Outcome, Stall, Then, Wait};
 use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState};
 use crate::outbound::{self, Outbound, OutboundStream, PushError, Refused};
+use cohort_proto::frame::Encoded;
 use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
 use cohort_proto::time::{duration, span};
 use cohort_proto::{MemberName, Role, Target};

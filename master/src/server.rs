@@ -86,22 +86,23 @@ impl Services {
                 tasks.clone(),
                 stop.clone(),
             );
-            let server = pb::membership_server::MembershipServer::new(service)
+            let server = cohort_proto::server::membership_server::MembershipServer::new(service)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
             InterceptedService::new(server, auth.clone())
         };
-        let control = pb::control_server::ControlServer::new(control::ControlService::new(
-            registry.clone(),
-            addr,
-            (config.expect.agents, config.expect.workers),
-            supervisor,
-            listeners,
-            tasks.clone(),
-            stop.clone(),
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        let control =
+            cohort_proto::server::control_server::ControlServer::new(control::ControlService::new(
+                registry.clone(),
+                addr,
+                (config.expect.agents, config.expect.workers),
+                supervisor,
+                listeners,
+                tasks.clone(),
+                stop.clone(),
+            ))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let control = InterceptedService::new(control, auth.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()

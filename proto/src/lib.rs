@@ -1,9 +1,10 @@
 //! The `cohort.v1` wire contract: messages and gRPC services generated from
 //! `proto/cohort/v1/cohort.proto`, plus the encoded descriptor set that the
-//! master serves for reflection. Nothing here is hand-written but re-exports
-//! and small conversions.
+//! master serves for reflection. Nothing here is hand-written but re-exports,
+//! small conversions and the master's pre-encoded frame ([`frame`]).
 
 mod domain;
+pub mod frame;
 pub mod log_line;
 pub mod time;
 
@@ -13,6 +14,12 @@ pub use domain::{MAX_NAME_LEN, MemberName, Role, Target, is_instance_id};
 #[allow(missing_docs)]
 pub mod pb {
     tonic::include_proto!("cohort.v1");
+}
+
+/// Generated servers of package `cohort.v1`: the master's side.
+#[allow(missing_docs)]
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/cohort.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of every file of the contract (including

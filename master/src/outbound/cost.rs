@@ -1,12 +1,12 @@
 //! What a frame costs against a queue's byte bound: its payload and
 //! strings plus a fixed overhead, so a flood of empty frames is bounded too.
 
+use cohort_proto::frame::Encoded;
 use cohort_proto::pb::{self, master_frame::Kind};
 
 /// What one frame costs against the byte bound.
 pub(super) fn cost(frame: &pb::MasterFrame) -> usize {
     match &frame.kind {
-        Some(Kind::Deliver(e)) => envelope_cost(e),
         Some(Kind::MemberEvent(e)) => 64 + e.reason.len() + e.member.as_ref().map_or(0, info_cost),
         Some(Kind::Welcome(w)) => 64 + w.members.iter().map(info_cost).sum::<usize>(),
         Some(Kind::SendResult(r)) => 64 + r.id.len() + r.message.len(),
@@ -19,6 +19,7 @@ fn info_cost(m: &pb::MemberInfo) -> usize {
     128 + m.name.len() + m.instance_id.len() + m.host.len() + m.version.len() + labels
 }
 
-pub(super) fn envelope_cost(e: &pb::Envelope) -> usize {
-    64 + e.data.len() + e.action.len() + e.id.len() + e.from.len() + e.reply_to.len()
+/// What one delivery costs: its encoded envelope and the fixed overhead.
+pub(super) fn envelope_cost(e: &Encoded) -> usize {
+    64 + e.len()
 }

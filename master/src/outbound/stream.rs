@@ -26,9 +26,10 @@ impl OutboundStream {
                     message: status.message().to_string(),
                 };
                 st.told = true;
-                return Poll::Ready(Some(Ok(pb::MasterFrame {
+                let frame = pb::MasterFrame {
                     kind: Some(Kind::Error(error)),
-                })));
+                };
+                return Poll::Ready(Some(Ok(frame.into())));
             }
             if let Some((status, _)) = st.end.take() {
                 st.closed = true;
@@ -37,54 +38,52 @@ impl OutboundStream {
             st.waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
-        let first = entry.frame;
-        let mut lanes = vec![entry.lane];
-        let batchable = self.batches && matches!(first.kind, Some(Kind::Deliver(_)));
-        let frame = if batchable {
-            let Some(Kind::Deliver(env)) = first.kind else {
-                unreachable!("checked above")
-            };
-            let mut bytes = envelope_cost(&env);
-            let mut envelopes = vec![env];
-            while envelopes.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                let next_is_delivery = st
-                    .items
-                    .front()
-                    .is_some_and(|e| matches!(e.frame.kind, Some(Kind::Deliver(_))));
-                if !next_is_delivery {
-                    break;
+        let mut freed = Freed::of([entry.lane]);
+        let frame = match entry.frame {
+            OutFrame::Deliver(first) if self.batches => {
+                // No batch (and no allocation) unless more are queued.
+                let mut bytes = envelope_cost(&first);
+                let mut more = Vec::new();
+                while more.len() + 1 < MAX_BATCH
+                    && bytes < MAX_BATCH_BYTES
+                    && let Some((e, lane)) = next_delivery(&mut st.items)
+                {
+                    bytes += envelope_cost(&e);
+                    more.push(e);
+                    freed.add(lane);
                 }
-                let Some(Entry {
-                    frame:
-                        pb::MasterFrame {
-                            kind: Some(Kind::Deliver(e)),
-                        },
-                    lane,
-                }) = st.items.pop_front()
-                else {
-                    break;
-                };
-                bytes += envelope_cost(&e);
-                envelopes.push(e);
-                lanes.push(lane);
+                if more.is_empty() {
+                    OutFrame::Deliver(first)
+                } else {
+                    more.insert(0, first);
+                    OutFrame::DeliverBatch(more)
+                }
             }
-            let kind = if envelopes.len() == 1 {
-                Kind::Deliver(envelopes.remove(0))
-            } else {
-                Kind::DeliverBatch(pb::Envelopes { envelopes })
-            };
-            pb::MasterFrame { kind: Some(kind) }
-        } else {
-            first
+            frame => frame,
         };
         drop(st);
         let s = &self.shared;
-        s.taken.fetch_add(lanes.len() as u64, Ordering::Relaxed);
+        s.taken.fetch_add(freed.frames() as u64, Ordering::Relaxed);
         s.refused.store(false, Ordering::Relaxed);
-        for lane in lanes {
-            s.give_back(lane);
-        }
+        s.give_back(freed);
         Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// Takes the front entry if it is a delivery.
+fn next_delivery(items: &mut VecDeque<Entry>) -> Option<(Encoded, Lane)> {
+    match items.front() {
+        Some(Entry {
+            frame: OutFrame::Deliver(_),
+            ..
+        }) => match items.pop_front() {
+            Some(Entry {
+                frame: OutFrame::Deliver(e),
+                lane,
+            }) => Some((e, lane)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -117,8 +116,6 @@ impl Drop for OutboundStream {
         s.slots.close();
         s.bytes.close();
         s.control_freed.notify_waiters();
-        for e in items {
-            s.give_back(e.lane);
-        }
+        s.give_back(Freed::of(items.iter().map(|e| e.lane)));
     }
 }

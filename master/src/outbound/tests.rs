@@ -4,12 +4,12 @@ use super::*;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 
-fn env(n: usize, size: usize) -> pb::Envelope {
-    pb::Envelope {
+fn env(n: usize, size: usize) -> Encoded {
+    Encoded::new(&pb::Envelope {
         id: n.to_string(),
         data: vec![0u8; size].into(),
         ..Default::default()
-    }
+    })
 }
 
 fn bounds(messages: usize, bytes: usize) -> Bounds {
@@ -74,7 +74,7 @@ async fn batches_only_what_is_queued_and_keeps_order() {
     tx.finish(Status::ok("done"));
     let mut kinds = Vec::new();
     while let Some(f) = rx.next().await {
-        kinds.push(match f {
+        kinds.push(match f.map(decoded) {
             Ok(pb::MasterFrame {
                 kind: Some(Kind::DeliverBatch(b)),
             }) => {
@@ -133,7 +133,7 @@ async fn a_waiting_sender_gets_room_when_the_member_takes_a_frame() {
     assert!(tx.pressed());
     assert!(rx.next().await.is_some());
     assert_eq!(waiter.await.expect("join"), Ok(()));
-    let second = rx.next().await.expect("frame").expect("ok");
+    let second = decoded(rx.next().await.expect("frame").expect("ok"));
     assert!(matches!(second.kind, Some(Kind::Deliver(e)) if e.id == "2"));
     assert!(!tx.pressed());
 }
@@ -150,7 +150,7 @@ async fn close_frees_the_queue_wakes_waiters_and_ends_the_stream_at_once() {
     tx.close(Status::unavailable("slow consumer"));
     assert_eq!(waiter.await.expect("join"), Err(PushError::Closed));
     assert_eq!(tx.depth(), 0);
-    let told = rx.next().await.expect("error frame").expect("a frame");
+    let told = decoded(rx.next().await.expect("error frame").expect("a frame"));
     assert!(matches!(told.kind, Some(Kind::Error(e)) if e.message == "slow consumer"));
     let end = rx.next().await.expect("status");
     assert_eq!(end.expect_err("status").message(), "slow consumer");

@@ -104,7 +104,7 @@ impl Registry {
         };
         let requester = st.by_instance.get(&instance).cloned();
         let routed = match requester {
-            Some(name) => offer_to(st, replier.as_str(), &name, env, self.mode()),
+            Some(name) => offer_to(st, replier.as_str(), &name, Encoded::new(&env), self.mode()),
             None => Err(RouteError::RequesterLeft),
         };
         match routed {

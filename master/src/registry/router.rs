@@ -63,6 +63,8 @@ pub(super) fn deliver(
     env.from = from.to_string();
     env.target = None;
     env.ack = false;
+    // Encoded once, however many receive it.
+    let env = Encoded::new(&env);
     let one = match target {
         Target::All | Target::Role(_) => {
             let role = match target {
@@ -90,7 +92,7 @@ pub(super) fn offer_to(
     st: &mut State,
     from: &str,
     to: &MemberName,
-    env: pb::Envelope,
+    env: Encoded,
     mode: Mode,
 ) -> Result<Routed, RouteError> {
     let m = st
@@ -114,7 +116,7 @@ pub(super) fn offer_to(
 pub(super) fn offer(
     m: &mut Member,
     from: &str,
-    env: pb::Envelope,
+    env: Encoded,
     mode: Mode,
     routed: &mut Routed,
 ) -> Result<(), PushError> {
@@ -122,7 +124,7 @@ pub(super) fn offer(
         m.outbound.force_deliver(env).map_err(|e| (e, None))
     } else {
         m.outbound.try_deliver(env).map_err(|r| match r {
-            Refused::Full(env) => (PushError::Full, Some(*env)),
+            Refused::Full(env) => (PushError::Full, Some(env)),
             Refused::Closed => (PushError::Closed, None),
         })
     };

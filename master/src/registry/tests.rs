@@ -67,7 +67,7 @@ fn envelope(action: &str, target: Target) -> pb::Envelope {
 async fn frames(j: &mut Joined) -> Vec<String> {
     let mut seen = Vec::new();
     while let Ok(Some(item)) = tokio::time::timeout(Duration::ZERO, j.stream.next()).await {
-        seen.push(match item.map(|f| f.kind) {
+        seen.push(match item.map(|f| crate::outbound::decoded(f).kind) {
             Ok(Some(Out::Welcome(_))) => "welcome".to_string(),
             Ok(Some(Out::Deliver(e))) if !e.reply_to.is_empty() => {
                 format!("reply {} to {} from {}", e.action, e.reply_to, e.from)
@@ -255,7 +255,12 @@ async fn a_reply_counts_only_from_the_instance_asked_and_requests_expire() {
     };
     r.on_frame(&a.instance_id, In::Request(ask("q1", 0)), t0)
         .expect("request");
-    let rid = match b.stream.next().await.and_then(|f| f.ok()?.kind) {
+    let rid = match b
+        .stream
+        .next()
+        .await
+        .and_then(|f| crate::outbound::decoded(f.ok()?).kind)
+    {
         Some(Out::Deliver(e)) => e.id,
         other => panic!("{other:?}"),
     };
