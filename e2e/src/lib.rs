@@ -7,6 +7,7 @@
 //! `COHORT_TEST_VENV` or the workspace's `.venv`.
 
 pub mod light;
+pub mod metrics;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

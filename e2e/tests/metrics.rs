@@ -2,31 +2,15 @@
 //! (where the Debian package is installed, as scripts/test does) a real
 //! Prometheus server scraping it on 127.0.0.1 and answering a query.
 
+use cohort_e2e::metrics::{scrape, value};
 use cohort_e2e::{Master, control, http, wait_ready};
 use cohort_proto::pb;
 use std::time::{Duration, Instant};
 
-/// The value of the series `name{labels…}` in an exposition, if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn scrape(addr: &str) -> String {
-    let (code, body) = http(addr, "GET", "/metrics").expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     let mut master = Master::start(&["--worker-count", "2", "--metrics-listen", "127.0.0.1:0"]);
-    let line = master
-        .proc
-        .wait_line("READY metrics", |l| l.starts_with("READY metrics "));
-    let metrics = line.trim_start_matches("READY metrics ").to_string();
+    let metrics = cohort_e2e::metrics::address(&mut master);
     let addr = master.addr.clone();
     wait_ready(&addr, &["agent", "worker-1", "worker-2"]).await;
 

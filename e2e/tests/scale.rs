@@ -3,26 +3,28 @@
 //! backoff like the SDK) join all at once. None is evicted, all are READY,
 //! a broadcast reaches every one, nobody's queue drops a message, and after
 //! the master is killed and restarted on the same address all register
-//! again.
+//! again. Joins beyond `[limits] join_rate` wait their turn and none is
+//! lost; one whose turn is too far away is refused with a reason.
 
 use cohort_e2e::light::{Light, ready_count};
+use cohort_e2e::metrics::{scrape, value};
 use cohort_e2e::{Master, bin, control};
-use cohort_proto::pb;
+use cohort_proto::pb::{self, member_frame::Kind as Out};
 use std::time::{Duration, Instant};
 
 const MEMBERS: usize = 2_000;
 
-async fn wait_ready(addr: &str, what: &str) -> Duration {
+async fn wait_ready(addr: &str, n: usize, what: &str) -> Duration {
     let t = Instant::now();
-    let mut n = 0;
+    let mut ready = 0;
     while t.elapsed() < Duration::from_secs(120) {
-        n = ready_count(addr).await;
-        if n == MEMBERS {
+        ready = ready_count(addr).await;
+        if ready == n {
             return t.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{what}: {n} of {MEMBERS} READY after 120 s");
+    panic!("{what}: {ready} of {n} READY after 120 s");
 }
 
 /// Every member, page by page; with the sum of their dropped messages.
@@ -59,7 +61,7 @@ async fn two_thousand_members_join_at_once_hear_a_broadcast_and_survive_a_master
         .expect("watch")
         .into_inner();
     let members = Light::start(&addr, MEMBERS, "m", "to-all");
-    let joined = wait_ready(&addr, "joining at once").await;
+    let joined = wait_ready(&addr, MEMBERS, "joining at once").await;
     eprintln!("{MEMBERS} members READY in {joined:?}");
     // Nobody was evicted, then or in the next seconds of heartbeats.
     let quiet = tokio::time::timeout(Duration::from_secs(3), async {
@@ -104,9 +106,139 @@ async fn two_thousand_members_join_at_once_hear_a_broadcast_and_survive_a_master
         .args(["--agent-count", "0", "--worker-count", "0"]);
     let mut proc = cohort_e2e::Proc::spawn("cohort-master", cmd);
     proc.wait_line("READY master", |l| l.starts_with("READY master "));
-    let back = wait_ready(&addr, "after the master restarted").await;
+    let back = wait_ready(&addr, MEMBERS, "after the master restarted").await;
     eprintln!("{MEMBERS} members back in {back:?}");
     drop(members);
     proc.signal("TERM");
     let _ = proc.wait_exit(Duration::from_secs(15));
+}
+
+/// Fails the test if any member leaves (is evicted) while `events` is read.
+async fn none_leave(events: &mut tonic::Streaming<pb::ClusterEvent>, during: Duration) {
+    let quiet = tokio::time::timeout(during, async {
+        while let Ok(Some(ev)) = events.message().await {
+            assert_ne!(ev.kind, pb::EventKind::Left as i32, "a member left: {ev:?}");
+        }
+    });
+    let _ = quiet.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_beyond_the_join_rate_wait_their_turn_and_none_is_lost() {
+    const N: usize = 500;
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--join-rate",
+        "100",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = cohort_e2e::metrics::address(&mut master);
+    let addr = master.addr.clone();
+    let mut events = control(&addr)
+        .await
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let started = Instant::now();
+    let _members = Light::start(&addr, N, "m", "none");
+    let mut most_waiting = 0.0f64;
+    while ready_count(&addr).await < N && started.elapsed() < Duration::from_secs(120) {
+        let text = scrape(&metrics);
+        most_waiting = most_waiting.max(value(&text, "cohort_joins_waiting").unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    assert_eq!(ready_count(&addr).await, N, "all READY");
+    // 100 a second after a second's worth at once: the last 399 take 4 s.
+    assert!(took >= Duration::from_secs(3), "admitted in {took:?}");
+    assert!(most_waiting > 0.0, "joins waited their turn");
+    let text = scrape(&metrics);
+    assert_eq!(value(&text, "cohort_joins_refused_total"), Some(0.0));
+    none_leave(&mut events, Duration::from_secs(2)).await;
+    eprintln!("{N} members at 100 joins a second: READY in {took:?}, up to {most_waiting} waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_turn_is_more_than_ten_seconds_away_is_refused_with_a_reason() {
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--join-rate",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = cohort_e2e::metrics::address(&mut master);
+    let channel = tonic::transport::Endpoint::from_shared(master.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    // 13 raw joins at once at 1 a second: 2 go at once (a second's worth
+    // and the current turn), 10 wait up to 10 s, the 13th is refused.
+    let joins: Vec<_> = (0..13)
+        .map(|i| {
+            let mut client = pb::membership_client::MembershipClient::new(channel.clone());
+            tokio::spawn(async move {
+                let hello = pb::Hello {
+                    role: pb::Role::Worker as i32,
+                    name: format!("j-{i}"),
+                    ..Default::default()
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let _ = tx
+                    .send(pb::MemberFrame {
+                        kind: Some(Out::Hello(hello)),
+                    })
+                    .await;
+                let answer = client
+                    .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+                (answer, tx)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut admitted, mut refused) = (0, Vec::new());
+    let mut waiting = Vec::new();
+    for j in joins {
+        if !j.is_finished() {
+            waiting.push(j);
+            continue;
+        }
+        match j.await.expect("join task").0 {
+            Ok(_) => admitted += 1,
+            Err(status) => refused.push(status),
+        }
+    }
+    assert_eq!((admitted, waiting.len(), refused.len()), (2, 10, 1));
+    let status = &refused[0];
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("admits 1 joins a second"),
+        "a reason a member can log: {status:?}"
+    );
+    let text = scrape(&metrics);
+    assert_eq!(value(&text, "cohort_joins_waiting"), Some(10.0));
+    assert_eq!(value(&text, "cohort_joins_refused_total"), Some(1.0));
+    // The next one waiting goes in its turn, a second after the burst.
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if waiting.iter().any(|j| j.is_finished()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    next.await.expect("a waiting join was admitted in its turn");
+    for j in waiting {
+        j.abort();
+    }
 }

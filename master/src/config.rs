@@ -77,6 +77,9 @@ pub struct Config {
     pub messaging: MessagingConfig,
     /// Bounds on connections to the gRPC address.
     pub limits: crate::listen::ConnectionLimits,
+    /// `[limits] join_rate`: joins from the network admitted a second (0 =
+    /// no limit).
+    pub join_rate: u32,
     /// `[metrics] listen`: where Prometheus metrics are served, if at all.
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer token file (one token per line, two while rotating).
@@ -130,6 +133,7 @@ impl Default for Config {
                 max_connections: 10_000,
                 handshake_timeout: Duration::from_secs(10),
             },
+            join_rate: 5000,
             messaging: MessagingConfig {
                 queue_messages: 1024,
                 queue_bytes: 8 * 1024 * 1024,
@@ -261,6 +265,7 @@ impl Config {
             &mut self.limits.handshake_timeout,
             l.limits.handshake_timeout,
         );
+        set(&mut self.join_rate, l.limits.join_rate);
         // An empty path (`token_file = ""`) means none.
         let path = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
         self.token_file = path(l.auth.token_file);
@@ -315,6 +320,12 @@ impl Config {
             return Err(value_err(
                 "limits",
                 "max_connections must be 1 to 1000000 and handshake_timeout above 0",
+            ));
+        }
+        if self.join_rate > 1_000_000 {
+            return Err(value_err(
+                "limits.join_rate",
+                "must be at most 1000000 (0 = no limit)",
             ));
         }
         if self.messaging.queue_messages == 0 || self.messaging.queue_bytes == 0 {

@@ -18,6 +18,7 @@
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! pass port 0 and their own shutdown.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod control;
@@ -136,6 +137,7 @@ pub async fn run(
     let readiness = Readiness::new(reporter, registry.clone()).await;
     tasks.spawn(readiness.run(stop.clone()));
     tasks.spawn(registry.clone().sweep_every(stop.clone()));
+    let admission = Arc::new(admission::Admission::new(config.join_rate));
     if let Some(at) = config.metrics_listen {
         let listener = TcpListener::bind(at).await.map_err(|source| BindError {
             what: "metrics ([metrics] listen)".into(),
@@ -145,7 +147,12 @@ pub async fn run(
         let bound = listener
             .local_addr()
             .context("reading the metrics address")?;
-        let metrics = metrics::registry(&registry.metrics, registry.clone(), supervisor.clone());
+        let metrics = metrics::registry(
+            &registry.metrics,
+            &admission,
+            registry.clone(),
+            supervisor.clone(),
+        );
         tasks.spawn(metrics::serve(listener, Arc::new(metrics), stop.clone()));
         tracing::info!(metrics.addr = %bound, "serving Prometheus metrics at GET /metrics");
         // After `READY master`: where to scrape (port 0 is resolved here).
@@ -153,6 +160,7 @@ pub async fn run(
     }
     let parts = server::Parts {
         registry: &registry,
+        admission: &admission,
         config: &config,
         addr,
         supervisor: supervisor.clone(),

@@ -3,9 +3,10 @@
 //! frame to the registry from one reader task, which keeps that member's
 //! sends in order.
 
+use crate::admission::Admission;
 use crate::flow::{self, Stall};
 use crate::outbound::OutboundStream;
-use crate::registry::{InstanceId, Registry, Via};
+use crate::registry::{InstanceId, Registry, Via, check_hello};
 use cohort_proto::pb::{self, member_frame::Kind as In};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,17 +23,20 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct MembershipService {
     registry: Arc<Registry>,
     via: Via,
+    admission: Option<Arc<Admission>>,
     mtls: bool,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl MembershipService {
-    /// A service over `registry` for members coming in `via` one socket;
-    /// reader tasks are tracked by `tasks` and stop on `shutdown`.
+    /// A service over `registry` for members coming in `via` one socket,
+    /// admitted by `admission` (if any); reader tasks are tracked by
+    /// `tasks` and stop on `shutdown`.
     pub fn new(
         registry: Arc<Registry>,
         via: Via,
+        admission: Option<Arc<Admission>>,
         mtls: bool,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -40,6 +44,7 @@ impl MembershipService {
         MembershipService {
             registry,
             via,
+            admission,
             mtls,
             tasks,
             shutdown,
@@ -103,6 +108,11 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
         };
         if let Some(certs) = certs {
             check_certificate(&certs, &hello.name)?;
+        }
+        if let Some(admission) = &self.admission {
+            // What waits is checked first, so it is small.
+            check_hello(&hello)?;
+            admission.admit().await?;
         }
         let joined = self
             .registry

@@ -7,6 +7,7 @@
 //! queue, drops, a local slot's restarts) is read at scrape time by
 //! [`ClusterCollector`], so nothing is kept twice.
 
+use crate::admission::Admission;
 use crate::model::{MemberSnapshot, MemberState};
 use crate::registry::{Registry, Routed};
 use crate::supervisor::SupervisorHandle;
@@ -212,6 +213,7 @@ impl Collector for ClusterCollector {
 /// The metrics registry: routing counters plus the scrape-time collector.
 pub fn registry(
     routing: &RoutingMetrics,
+    admission: &Admission,
     cluster: Arc<Registry>,
     supervisor: SupervisorHandle,
 ) -> prometheus_client::registry::Registry {
@@ -230,6 +232,16 @@ pub fn registry(
         "cohort_heartbeat_rtt_seconds",
         "A heartbeat to its ack and back, as the members measured it.",
         routing.heartbeat_rtt_seconds.clone(),
+    );
+    r.register(
+        "cohort_joins_waiting",
+        "Joins waiting for their turn under [limits] join_rate.",
+        admission.waiting.clone(),
+    );
+    r.register(
+        "cohort_joins_refused",
+        "Joins refused because their turn was more than 10 s away.",
+        admission.refused.clone(),
     );
     r.register_collector(Box::new(ClusterCollector {
         registry: cluster,

@@ -52,7 +52,7 @@ use watching::Watch;
 pub use error::RouteError;
 pub use join::{
     MAX_HOST_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_VERSION_LEN, Via,
-    WELCOME_MEMBERS,
+    WELCOME_MEMBERS, check_hello,
 };
 pub use members::InstanceId;
 pub use notice::Notice;

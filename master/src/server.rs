@@ -3,6 +3,7 @@
 //! bearer-token interceptor where it must be, and the server settings both
 //! sockets share.
 
+use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::registry::{Registry, Via};
@@ -37,6 +38,8 @@ pub struct Services {
 pub struct Parts<'a> {
     /// The registry.
     pub registry: &'a Arc<Registry>,
+    /// How fast joins from the network are admitted.
+    pub admission: &'a Arc<Admission>,
     /// The configuration.
     pub config: &'a Config,
     /// The bound gRPC address.
@@ -61,6 +64,7 @@ impl Services {
     ) -> anyhow::Result<Services> {
         let Parts {
             registry,
+            admission,
             config,
             addr,
             supervisor,
@@ -77,11 +81,14 @@ impl Services {
             );
         }
         // One Membership service per socket: the one-time secrets of local
-        // children count only on the private socket.
+        // children count only on the private socket, and they are admitted
+        // at once.
         let membership = |via| {
+            let admission = (via == Via::Network).then(|| admission.clone());
             let service = membership::MembershipService::new(
                 registry.clone(),
                 via,
+                admission,
                 config.tls.client_ca.is_some(),
                 tasks.clone(),
                 stop.clone(),

@@ -35,7 +35,7 @@ pub enum Via {
 
 /// Refuses a hello whose free-form fields exceed their bounds: whatever a
 /// member says of itself is copied into every listing and event.
-pub(super) fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+pub fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
     let too_long = |field: &str, len: usize, max: usize| {
         Status::invalid_argument(format!(
             "hello.{field} is {len} bytes: at most {max} are accepted"
