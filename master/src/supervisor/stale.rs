@@ -122,14 +122,19 @@ mod tests {
         // A pid above the kernel's limit never runs.
         let dead = tmp.path().join(format!("cohort-4294967295-{id}"));
         std::fs::create_dir(&dead).expect("dir");
+        let socket = format!("unix://{}", dead.join("master.sock").display());
         let mut orphan = std::process::Command::new("sleep")
             .arg("30")
-            .env(
-                "COHORT_MASTER",
-                format!("unix://{}", dead.join("master.sock").display()),
-            )
+            .env("COHORT_MASTER", &socket)
             .spawn()
             .expect("sleep");
+        // spawn returns once the child is in execve, before the kernel has
+        // set up the new environment that /proc shows: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while carrying(&format!("COHORT_MASTER={socket}")).is_empty() {
+            assert!(Instant::now() < deadline, "no environment");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let reaped = reap(tmp.path());
         assert_eq!(reaped.runs, std::slice::from_ref(&dead));
         assert_eq!(reaped.killed, [orphan.id()]);
