@@ -20,6 +20,7 @@
 //! ```
 
 mod cluster;
+mod join_storm;
 mod members;
 
 use anyhow::{Context, bail};

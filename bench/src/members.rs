@@ -281,24 +281,41 @@ pub fn run(options: &crate::Options) -> anyhow::Result<()> {
         &[1000, 5000, 10_000]
     };
     let storm_n = if quick { 500 } else { 2000 };
+    let scale_n = sizes.last().copied().unwrap_or(1000);
     let rows = runtime()?.block_on(async {
         let mut rows = String::new();
         for &n in sizes {
             rows.push_str(&scale(n).await?);
         }
         let storm_row = storm(storm_n).await?;
-        anyhow::Ok((rows, storm_row))
+        // The default admission, and none (what it was before it) to
+        // show what it is for.
+        let mut during = String::from(crate::join_storm::HEAD);
+        during
+            .push_str(&crate::join_storm::row(scale_n, "default join_rate (5,000/s)", &[]).await?);
+        during.push_str(
+            &crate::join_storm::row(
+                scale_n,
+                "--join-rate 0 (no admission)",
+                &["--join-rate", "0"],
+            )
+            .await?,
+        );
+        anyhow::Ok((rows, storm_row, during))
     })?;
     let text = format!(
         "# Membership benchmark\n\nCommand: `cargo build --release --bins && cargo run --release -p cohort-bench -- members{}`\n\
          Machine: {}; the real cohort-master with its default configuration; members are raw gRPC streams from one\n\
          driver process, {PER_CONNECTION} per connection, heartbeating every second.\n\n\
          | members | all joined and READY | evicted | master RSS before → after | master CPU idle with heartbeats | ListMembers (first page, p50 of 5) | `cohortctl ls`, every member (p50 of 5) | broadcast to all, last receiver p50 / p99 (20), master CPU per broadcast | all back after kill -9 + restart |\n|---|---|---|---|---|---|---|---|---|\n{}\n\
-         | storm | cost | memory |\n|---|---|---|\n{}",
+         | storm | cost | memory |\n|---|---|---|\n{}\n\
+         While the light members join at once, two SDK members already in the cluster exchange requests back to\n\
+         back; the second row turns join admission off (`--join-rate 0`, not a default) to show what it is for.\n\n{}",
         if quick { " --quick" } else { "" },
         crate::machine(),
         rows.0,
         rows.1,
+        rows.2,
     );
     crate::write_report(&out, &text)
 }

@@ -229,8 +229,9 @@ pub(super) struct LimitsLayer {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub handshake_timeout: Option<Duration>,
-    /// Joins from the network admitted a second (a second's worth at
-    /// once); more wait their turn, up to 10 s; 0 = no limit [default: 5000].
+    /// Joins from the network admitted a second (a tenth of a second's
+    /// worth at once); more wait their turn, up to 10 s; 0 = no limit
+    /// [default: 5000].
     #[arg(long, value_name = "N")]
     pub join_rate: Option<u32>,
 }
