@@ -124,10 +124,16 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
         let heartbeat = self.registry.heartbeat_interval();
         self.tasks.spawn(
             async move {
+                // Made once, not per frame: 10,000 members' heartbeats are
+                // most of an idle master's work.
+                let removed = cancel.cancelled();
+                let stopped = shutdown.cancelled();
+                tokio::pin!(removed, stopped);
                 loop {
                     let msg = tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = shutdown.cancelled() => break,
+                        biased;
+                        _ = &mut removed => break,
+                        _ = &mut stopped => break,
                         msg = inbound.message() => msg,
                     };
                     let now = Instant::now().into_std();

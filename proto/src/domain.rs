@@ -75,8 +75,10 @@ pub const MAX_NAME_LEN: usize = 128;
 /// A member name: 1–128 of `A-Z a-z 0-9 . _ -`, not `.` or `..`, and not
 /// shaped like an instance id (a UUID), so that a name, an instance id and
 /// `pid@host` (names have no `@`) can never be mistaken for one another.
+/// Shared, not copied, when cloned: the master keys and tags everything
+/// with names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MemberName(String);
+pub struct MemberName(std::sync::Arc<str>);
 
 impl MemberName {
     /// Validates `s` as a member name; the error says what is allowed.
@@ -102,7 +104,7 @@ impl MemberName {
                  pick a name that cannot be mistaken for one"
             ));
         }
-        Ok(MemberName(s))
+        Ok(MemberName(s.into()))
     }
 
     /// The name as text.
