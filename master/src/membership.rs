@@ -112,7 +112,12 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
         if let Some(admission) = &self.admission {
             // What waits is checked first, so it is small.
             check_hello(&hello)?;
-            admission.admit().await?;
+            tokio::select! {
+                admitted = admission.admit() => admitted?,
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("the master is shutting down"));
+                }
+            }
         }
         let joined = self
             .registry
