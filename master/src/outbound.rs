@@ -124,42 +124,6 @@ enum Lane {
     Control(usize),
 }
 
-/// The room of frames leaving the queue, summed per lane.
-#[derive(Debug, Default)]
-struct Freed {
-    data: usize,
-    data_bytes: usize,
-    control: usize,
-    control_bytes: usize,
-}
-
-impl Freed {
-    fn of(lanes: impl IntoIterator<Item = Lane>) -> Self {
-        let mut freed = Self::default();
-        for lane in lanes {
-            freed.add(lane);
-        }
-        freed
-    }
-
-    fn add(&mut self, lane: Lane) {
-        match lane {
-            Lane::Data(cost) => {
-                self.data += 1;
-                self.data_bytes += cost;
-            }
-            Lane::Control(cost) => {
-                self.control += 1;
-                self.control_bytes += cost;
-            }
-        }
-    }
-
-    fn frames(&self) -> usize {
-        self.data + self.control
-    }
-}
-
 /// Creates a queue with `bounds` per lane.
 pub fn channel(bounds: Bounds, batches: bool) -> (Outbound, OutboundStream) {
     let shared = Arc::new(Shared {
@@ -422,17 +386,10 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A frame as the member decodes it.
-#[cfg(test)]
-pub(crate) fn decoded(frame: OutFrame) -> pb::MasterFrame {
-    use prost::Message;
-    pb::MasterFrame::decode(frame.encode_to_vec().as_slice()).expect("the master's frames decode")
-}
-
 mod cost;
 mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-use cost::{cost, envelope_cost};
+use cost::{Freed, cost, envelope_cost};
 pub use stream::OutboundStream;

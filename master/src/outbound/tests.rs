@@ -4,6 +4,12 @@ use super::*;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 
+/// A frame as the member decodes it.
+pub(crate) fn decoded(frame: OutFrame) -> pb::MasterFrame {
+    use prost::Message;
+    pb::MasterFrame::decode(frame.encode_to_vec().as_slice()).expect("the master's frames decode")
+}
+
 fn env(n: usize, size: usize) -> Encoded {
     Encoded::new(&pb::Envelope {
         id: n.to_string(),

@@ -67,45 +67,47 @@ fn envelope(action: &str, target: Target) -> pb::Envelope {
 async fn frames(j: &mut Joined) -> Vec<String> {
     let mut seen = Vec::new();
     while let Ok(Some(item)) = tokio::time::timeout(Duration::ZERO, j.stream.next()).await {
-        seen.push(match item.map(|f| crate::outbound::decoded(f).kind) {
-            Ok(Some(Out::Welcome(_))) => "welcome".to_string(),
-            Ok(Some(Out::Deliver(e))) if !e.reply_to.is_empty() => {
-                format!("reply {} to {} from {}", e.action, e.reply_to, e.from)
-            }
-            Ok(Some(Out::Deliver(e))) => format!("{} from {}", e.action, e.from),
-            Ok(Some(Out::ClusterReady(_))) => "cluster ready".into(),
-            Ok(Some(Out::MemberEvent(e))) => format!(
-                "event {:?} {}",
-                pb::EventKind::try_from(e.kind).unwrap_or_default(),
-                e.member.map(|m| m.name).unwrap_or_default()
-            ),
-            Ok(Some(Out::MemberEvents(b))) => format!(
-                "events {}",
-                b.events
-                    .iter()
-                    .map(|e| format!(
-                        "{:?} {}",
-                        pb::EventKind::try_from(e.kind).unwrap_or_default(),
-                        e.member
-                            .as_ref()
-                            .map(|m| m.name.as_str())
-                            .unwrap_or_default()
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Ok(Some(Out::SendResult(r))) => {
-                format!("result {} {:?}", r.id, Code::from_i32(r.code))
-            }
-            Ok(Some(Out::HeartbeatAck(_))) => "ack".into(),
-            Ok(Some(Out::Drain(d))) => format!(
-                "drain within {} ms",
-                cohort_proto::time::span(d.deadline.as_ref()).map_or(0, |d| d.as_millis())
-            ),
-            Ok(Some(Out::Error(e))) => format!("error {}", e.message),
-            Ok(other) => format!("{other:?}"),
-            Err(status) => format!("end {:?}", status.code()),
-        });
+        seen.push(
+            match item.map(|f| crate::outbound::tests::decoded(f).kind) {
+                Ok(Some(Out::Welcome(_))) => "welcome".to_string(),
+                Ok(Some(Out::Deliver(e))) if !e.reply_to.is_empty() => {
+                    format!("reply {} to {} from {}", e.action, e.reply_to, e.from)
+                }
+                Ok(Some(Out::Deliver(e))) => format!("{} from {}", e.action, e.from),
+                Ok(Some(Out::ClusterReady(_))) => "cluster ready".into(),
+                Ok(Some(Out::MemberEvent(e))) => format!(
+                    "event {:?} {}",
+                    pb::EventKind::try_from(e.kind).unwrap_or_default(),
+                    e.member.map(|m| m.name).unwrap_or_default()
+                ),
+                Ok(Some(Out::MemberEvents(b))) => format!(
+                    "events {}",
+                    b.events
+                        .iter()
+                        .map(|e| format!(
+                            "{:?} {}",
+                            pb::EventKind::try_from(e.kind).unwrap_or_default(),
+                            e.member
+                                .as_ref()
+                                .map(|m| m.name.as_str())
+                                .unwrap_or_default()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Ok(Some(Out::SendResult(r))) => {
+                    format!("result {} {:?}", r.id, Code::from_i32(r.code))
+                }
+                Ok(Some(Out::HeartbeatAck(_))) => "ack".into(),
+                Ok(Some(Out::Drain(d))) => format!(
+                    "drain within {} ms",
+                    cohort_proto::time::span(d.deadline.as_ref()).map_or(0, |d| d.as_millis())
+                ),
+                Ok(Some(Out::Error(e))) => format!("error {}", e.message),
+                Ok(other) => format!("{other:?}"),
+                Err(status) => format!("end {:?}", status.code()),
+            },
+        );
     }
     seen
 }
@@ -259,7 +261,7 @@ async fn a_reply_counts_only_from_the_instance_asked_and_requests_expire() {
         .stream
         .next()
         .await
-        .and_then(|f| crate::outbound::decoded(f.ok()?).kind)
+        .and_then(|f| crate::outbound::tests::decoded(f.ok()?).kind)
     {
         Some(Out::Deliver(e)) => e.id,
         other => panic!("{other:?}"),
