@@ -8,7 +8,7 @@
 
 use cohort_e2e::light::{Light, ready_count};
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, bin, control};
+use cohort_e2e::{Master, bin, control, watch};
 use cohort_proto::pb::{self, member_frame::Kind as Out};
 use std::time::{Duration, Instant};
 
@@ -54,26 +54,12 @@ async fn list_all(addr: &str) -> (usize, u64) {
 async fn two_thousand_members_join_at_once_hear_a_broadcast_and_survive_a_master_restart() {
     let mut master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
     let addr = master.addr.clone();
-    let mut events = control(&addr)
-        .await
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&addr).await;
     let members = Light::start(&addr, MEMBERS, "m", "to-all");
     let joined = wait_ready(&addr, MEMBERS, "joining at once").await;
     eprintln!("{MEMBERS} members READY in {joined:?}");
     // Nobody was evicted, then or in the next seconds of heartbeats.
-    let quiet = tokio::time::timeout(Duration::from_secs(3), async {
-        while let Ok(Some(ev)) = events.message().await {
-            assert_ne!(
-                ev.kind,
-                pb::EventKind::Left as i32,
-                "a member left during the join storm: {ev:?}"
-            );
-        }
-    });
-    let _ = quiet.await;
+    none_leave(&mut events, Duration::from_secs(3)).await;
     assert_eq!(ready_count(&addr).await, MEMBERS);
 
     let sent = control(&addr)
@@ -138,12 +124,7 @@ async fn joins_beyond_the_join_rate_wait_their_turn_and_none_is_lost() {
     ]);
     let metrics = cohort_e2e::metrics::address(&mut master);
     let addr = master.addr.clone();
-    let mut events = control(&addr)
-        .await
-        .watch_events(pb::WatchEventsRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&addr).await;
     let started = Instant::now();
     let _members = Light::start(&addr, N, "m", "none");
     let mut most_waiting = 0.0f64;

@@ -66,9 +66,9 @@ fn field_len(tag: u32, len: usize) -> usize {
     prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-fn put_field(tag: u32, bytes: &[u8], len: usize, buf: &mut impl BufMut) {
+fn put_field(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    encode_varint(bytes.len() as u64, buf);
     buf.put_slice(bytes);
 }
 
@@ -83,12 +83,12 @@ impl Message for OutFrame {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match self {
             Self::Frame(f) => f.encode_raw(buf),
-            Self::Deliver(e) => put_field(DELIVER, &e.0, e.len(), buf),
+            Self::Deliver(e) => put_field(DELIVER, &e.0, buf),
             Self::DeliverBatch(envelopes) => {
                 encode_key(DELIVER_BATCH, WireType::LengthDelimited, buf);
                 encode_varint(batch_len(envelopes) as u64, buf);
                 for e in envelopes {
-                    put_field(ENVELOPES, &e.0, e.len(), buf);
+                    put_field(ENVELOPES, &e.0, buf);
                 }
             }
         }
