@@ -36,6 +36,7 @@ mod listing;
 mod members;
 mod notice;
 mod requests;
+mod roster;
 mod router;
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,7 @@ use events::*;
 use listing::Counts;
 use members::*;
 use requests::*;
+use roster::Roster;
 use router::*;
 use watching::Watch;
 
@@ -98,7 +100,7 @@ fn frame(kind: Out) -> pb::MasterFrame {
 }
 
 struct State {
-    members: BTreeMap<MemberName, Member>,
+    members: Roster,
     by_instance: HashMap<InstanceId, MemberName>,
     last_random: HashMap<Role, MemberName>,
     cluster_ready: bool,
@@ -164,7 +166,7 @@ impl Registry {
         let (ready_tx, _) = watch::channel(ready);
         Registry {
             state: Mutex::new(State {
-                members: BTreeMap::new(),
+                members: Roster::default(),
                 by_instance: HashMap::new(),
                 last_random: HashMap::new(),
                 cluster_ready: ready,
@@ -388,7 +390,7 @@ impl Registry {
         let mut st = self.lock();
         st.by_instance.clear();
         st.counts = Counts::default();
-        for (_, m) in std::mem::take(&mut st.members) {
+        for m in st.members.take_all() {
             m.cancel.cancel();
             m.outbound.finish(Status::unavailable(reason.to_string()));
         }

@@ -6,7 +6,7 @@ use super::*;
 impl Registry {
     /// Every member, ordered by name.
     pub fn list(&self) -> Vec<MemberSnapshot> {
-        self.lock().members.values().map(Member::info).collect()
+        self.lock().members.ordered().map(Member::info).collect()
     }
 
     /// Up to `limit` members named after `after` that `keep` keeps, in
@@ -19,10 +19,9 @@ impl Registry {
     ) -> Vec<MemberSnapshot> {
         use std::ops::Bound::{Excluded, Unbounded};
         let st = self.lock();
-        let from = after.map_or(Unbounded, Excluded);
         st.members
-            .range::<MemberName, _>((from, Unbounded))
-            .map(|(_, m)| m.info())
+            .after(after.map_or(Unbounded, Excluded))
+            .map(Member::info)
             .filter(|m| keep(m))
             .take(limit)
             .collect()
@@ -86,7 +85,7 @@ impl Counts {
 
     /// The counts recomputed from scratch (tests compare).
     #[cfg(test)]
-    pub(super) fn of(members: &BTreeMap<MemberName, Member>) -> Counts {
+    pub(super) fn of(members: &super::Roster) -> Counts {
         let mut c = Counts::default();
         for m in members.values() {
             c.add(m.role, m.state());

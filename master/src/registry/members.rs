@@ -145,7 +145,7 @@ pub(super) fn not_found(member: &str) -> RouteError {
 
 /// Finds a member by name, instance id, or `pid@host`.
 pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, RouteError> {
-    if let Some((name, _)) = st.members.get_key_value(key) {
+    if let Some(name) = st.members.name(key) {
         return Ok(name.clone());
     }
     if let Some(name) = st.by_instance.get(key) {

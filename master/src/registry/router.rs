@@ -158,14 +158,10 @@ pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, Rout
     let next = after
         .and_then(|last| {
             st.members
-                .range::<MemberName, _>((
-                    std::ops::Bound::Excluded(last),
-                    std::ops::Bound::Unbounded,
-                ))
-                .map(|(_, m)| m)
+                .after(std::ops::Bound::Excluded(last))
                 .find(eligible)
         })
-        .or_else(|| st.members.values().find(eligible))
+        .or_else(|| st.members.ordered().find(eligible))
         .map(|m| m.name.clone())
         .ok_or(RouteError::NoneReady(role))?;
     st.last_random.insert(role, next.clone());
