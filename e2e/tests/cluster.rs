@@ -639,6 +639,68 @@ fn shutdown_gives_local_members_their_drain_before_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_still_reach_each_other_while_the_master_drains_its_workers() {
+    use cohort::{MemberBuilder, Role, Target};
+    // A local worker that takes 3 s to finish after SIGTERM holds the
+    // master in its drain; meanwhile the cluster must still route, or a
+    // draining worker could not finish work that needs another member
+    // (the agent is stopped last for exactly that).
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config_file(
+        &dir,
+        "[agent]\ncount = 0\n[worker]\ncount = 1\ncommand = [\"sh\", \"-c\", \"trap 'sleep 3; exit 0' TERM; while :; do sleep 0.1; done\"]\n[restart]\ndrain_timeout = \"10s\"\n",
+    );
+    let mut master = Master::start(&["--config", &cfg]);
+    let url = master.url();
+    let join = |name: &'static str| {
+        MemberBuilder::new(url.clone(), Role::Worker)
+            .name(name)
+            .join()
+    };
+    let a = join("a").await.expect("a joins");
+    let b = join("b").await.expect("b joins");
+    let mut pings = b.on("ping");
+    a.ready().await.expect("a ready");
+    b.ready().await.expect("b ready");
+    master.proc.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        master.proc.child.try_wait().expect("wait").is_none(),
+        "still draining"
+    );
+    let sent = tokio::time::timeout(
+        Duration::from_secs(2),
+        a.send(Target::Member("b".into()), "ping", "during the drain"),
+    )
+    .await;
+    assert!(
+        matches!(sent, Ok(Ok(1))),
+        "routed during the drain: {sent:?}"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(2), pings.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("b has it");
+    assert_eq!(&got.data[..], b"during the drain");
+    // No one new joins a master on its way out.
+    let late = MemberBuilder::new(url.clone(), Role::Worker)
+        .name("late")
+        .join_timeout(Duration::ZERO)
+        .join()
+        .await;
+    let Err(err) = late else {
+        panic!("a join during the drain was accepted");
+    };
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    let status = master
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("master exits");
+    assert_eq!(status.code(), Some(0), "{}", master.proc.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_over_max_rss_is_drained_and_replaced_without_a_gap() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = config_file(

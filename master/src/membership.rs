@@ -32,7 +32,8 @@ pub struct MembershipService {
 impl MembershipService {
     /// A service over `registry` for members coming in `via` one socket,
     /// admitted by `admission` (if any); reader tasks are tracked by
-    /// `tasks` and stop on `shutdown`.
+    /// `tasks`. From `shutdown` on, joins are refused; the readers end when
+    /// the registry removes their members (`Registry::close_all`).
     pub fn new(
         registry: Arc<Registry>,
         via: Via,
@@ -119,26 +120,30 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
                 }
             }
         }
+        // Nothing new joins a master on its way out (those already in are
+        // read until the end: draining members may still need the others).
+        if self.shutdown.is_cancelled() {
+            return Err(Status::unavailable("the master is shutting down"));
+        }
         let joined = self
             .registry
             .register(hello, self.via, Instant::now().into_std())?;
         let span = tracing::info_span!("member", member.name = %joined.name, peer.addr = %peer);
         let registry = self.registry.clone();
-        let shutdown = self.shutdown.clone();
         let (instance, cancel, own) = (joined.instance_id, joined.cancel, joined.outbound);
         let heartbeat = self.registry.heartbeat_interval();
         self.tasks.spawn(
             async move {
                 // Made once, not per frame: 10,000 members' heartbeats are
-                // most of an idle master's work.
+                // most of an idle master's work. At shutdown the member is
+                // read on while the master drains its local members (they
+                // may need it to finish) and removed after, with the rest.
                 let removed = cancel.cancelled();
-                let stopped = shutdown.cancelled();
-                tokio::pin!(removed, stopped);
+                tokio::pin!(removed);
                 loop {
                     let msg = tokio::select! {
                         biased;
                         _ = &mut removed => break,
-                        _ = &mut stopped => break,
                         msg = inbound.message() => msg,
                     };
                     let now = Instant::now().into_std();
