@@ -81,7 +81,9 @@ async fn member(
             .await
         {
             attempt = 0;
-            let beat = tokio::spawn(async move {
+            // In this task, not one of their own: dropping the member
+            // (aborting this task) ends its stream.
+            let beat = async {
                 let mut seq = 0;
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -94,19 +96,24 @@ async fn member(
                         return;
                     }
                 }
-            });
+            };
             let mut inbound = response.into_inner();
-            while let Ok(Some(f)) = inbound.message().await {
-                let n = match f.kind {
-                    Some(In::Deliver(e)) => usize::from(e.action == action),
-                    Some(In::DeliverBatch(b)) => {
-                        b.envelopes.iter().filter(|e| e.action == action).count()
-                    }
-                    _ => 0,
-                };
-                got.fetch_add(n, Ordering::Relaxed);
+            let read = async {
+                while let Ok(Some(f)) = inbound.message().await {
+                    let n = match f.kind {
+                        Some(In::Deliver(e)) => usize::from(e.action == action),
+                        Some(In::DeliverBatch(b)) => {
+                            b.envelopes.iter().filter(|e| e.action == action).count()
+                        }
+                        _ => 0,
+                    };
+                    got.fetch_add(n, Ordering::Relaxed);
+                }
+            };
+            tokio::select! {
+                _ = beat => {}
+                _ = read => {}
             }
-            beat.abort();
         }
         // The SDK's backoff, from 200 ms instead of 1 s: ×1.6, ±20 %.
         attempt += 1;

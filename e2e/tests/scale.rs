@@ -4,7 +4,9 @@
 //! a broadcast reaches every one, nobody's queue drops a message, and after
 //! the master is killed and restarted on the same address all register
 //! again. Joins beyond `[limits] join_rate` wait their turn and none is
-//! lost; one whose turn is too far away is refused with a reason.
+//! lost; one whose turn is too far away is refused with a reason. A full
+//! master (`[limits] max_members`) refuses new names with a reason and
+//! the members in it carry on.
 
 use cohort_e2e::light::{Light, ready_count};
 use cohort_e2e::metrics::{scrape, value};
@@ -167,24 +169,8 @@ async fn a_join_whose_turn_is_more_than_ten_seconds_away_is_refused_with_a_reaso
     // 10 s, the 12th is refused.
     let joins: Vec<_> = (0..12)
         .map(|i| {
-            let mut client = pb::membership_client::MembershipClient::new(channel.clone());
-            tokio::spawn(async move {
-                let hello = pb::Hello {
-                    role: pb::Role::Worker as i32,
-                    name: format!("j-{i}"),
-                    ..Default::default()
-                };
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                let _ = tx
-                    .send(pb::MemberFrame {
-                        kind: Some(Out::Hello(hello)),
-                    })
-                    .await;
-                let answer = client
-                    .join(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await;
-                (answer, tx)
-            })
+            let channel = channel.clone();
+            tokio::spawn(async move { raw_join(&channel, format!("j-{i}")).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -231,5 +217,105 @@ async fn a_join_whose_turn_is_more_than_ten_seconds_away_is_refused_with_a_reaso
         let status = answer.expect_err("not admitted");
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(status.message().contains("shutting down"), "{status:?}");
+    }
+}
+
+/// One raw join with a hello named `name`: the master's answer, and the
+/// sender that keeps the stream open.
+async fn raw_join(
+    channel: &tonic::transport::Channel,
+    name: String,
+) -> (
+    Result<tonic::Response<tonic::Streaming<pb::MasterFrame>>, tonic::Status>,
+    tokio::sync::mpsc::Sender<pb::MemberFrame>,
+) {
+    let mut client = pb::membership_client::MembershipClient::new(channel.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = pb::Hello {
+        role: pb::Role::Worker as i32,
+        name,
+        ..Default::default()
+    };
+    let _ = tx
+        .send(pb::MemberFrame {
+            kind: Some(Out::Hello(hello)),
+        })
+        .await;
+    let answer = client
+        .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    (answer, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_master_refuses_new_names_with_a_reason_and_its_members_carry_on() {
+    const FULL: usize = 50;
+    let master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--max-members",
+        &FULL.to_string(),
+    ]);
+    let addr = master.addr.clone();
+    let mut events = watch(&addr).await;
+    let members = Light::start(&addr, FULL, "m", "to-all");
+    wait_ready(&addr, FULL, "filling the master").await;
+    // A client with the right to join floods it with new names.
+    let channel = tonic::transport::Endpoint::from_shared(master.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut refused = 0;
+    for i in 0..200 {
+        let (answer, _tx) = raw_join(&channel, format!("flood-{i}")).await;
+        let status = answer.expect_err("a full master refuses");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("the cluster is full: 50 members")
+                && status.message().contains("max_members"),
+            "a reason the client can log: {status:?}"
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 200);
+    // Those already in are untouched: none left, all READY, and a
+    // broadcast reaches every one.
+    none_leave(&mut events, Duration::from_secs(2)).await;
+    assert_eq!(ready_count(&addr).await, FULL);
+    let sent = control(&addr)
+        .await
+        .send(pb::SendRequest {
+            action: "to-all".into(),
+            data: b"still here".to_vec().into(),
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::All(pb::All {})),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("broadcast")
+        .into_inner();
+    assert_eq!(sent.delivered as usize, FULL);
+    let t = Instant::now();
+    while members.received() < FULL && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(members.received(), FULL, "the broadcast reached all");
+    // One leaves: a new name fits again.
+    drop(members);
+    let t = Instant::now();
+    loop {
+        let (answer, _tx) = raw_join(&channel, "late".into()).await;
+        match answer {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(t.elapsed() < Duration::from_secs(30), "still full: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
     }
 }

@@ -80,6 +80,8 @@ pub struct Config {
     /// `[limits] join_rate`: joins from the network admitted a second (0 =
     /// no limit).
     pub join_rate: u32,
+    /// `[limits] max_members`: members registered at once (0 = no limit).
+    pub max_members: usize,
     /// `[metrics] listen`: where Prometheus metrics are served, if at all.
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer token file (one token per line, two while rotating).
@@ -134,6 +136,7 @@ impl Default for Config {
                 handshake_timeout: Duration::from_secs(10),
             },
             join_rate: 5000,
+            max_members: 20_000,
             messaging: MessagingConfig {
                 queue_messages: 1024,
                 queue_bytes: 8 * 1024 * 1024,
@@ -266,6 +269,7 @@ impl Config {
             l.limits.handshake_timeout,
         );
         set(&mut self.join_rate, l.limits.join_rate);
+        set(&mut self.max_members, l.limits.max_members);
         // An empty path (`token_file = ""`) means none.
         let path = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
         self.token_file = path(l.auth.token_file);

@@ -258,6 +258,7 @@ fn registry_config(config: &Config, agents: u32, workers: u32) -> RegistryConfig
             agent: config.agent.max_rss,
             worker: config.worker.max_rss,
         },
+        max_members: config.max_members,
     }
 }
 

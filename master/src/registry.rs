@@ -83,6 +83,8 @@ pub struct RegistryConfig {
     pub local_agent: bool,
     /// Memory limits per role (`[agent|worker] max_rss`).
     pub max_rss: MaxRss,
+    /// Members at once (`[limits] max_members`; 0 = no limit).
+    pub max_members: usize,
 }
 
 /// Memory limits per role: a member whose heartbeats report more for

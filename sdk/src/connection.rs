@@ -62,10 +62,14 @@ pub(crate) async fn run(
             // or a name still held may.
             // ALREADY_EXISTS: the name is held by a live instance, usually
             // the one this replaces, still on its way out (a terminating
-            // pod); it frees the name when it goes.
+            // pod); it frees the name when it goes. RESOURCE_EXHAUSTED: the
+            // cluster is full ([limits] max_members), as it may be for a
+            // moment while a rollout surges.
             let transient = matches!(
                 e.code(),
-                tonic::Code::Unavailable | tonic::Code::AlreadyExists
+                tonic::Code::Unavailable
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::ResourceExhausted
             );
             let retry = transient && started.elapsed() < cfg.join_timeout;
             if !retry {

@@ -234,6 +234,10 @@ pub(super) struct LimitsLayer {
     /// [default: 5000].
     #[arg(long, value_name = "N")]
     pub join_rate: Option<u32>,
+    /// Members registered at once; a join beyond gets RESOURCE_EXHAUSTED
+    /// (the master's own children always join); 0 = no limit [default: 20000].
+    #[arg(long, value_name = "N")]
+    pub max_members: Option<usize>,
 }
 
 /// `[auth]`.

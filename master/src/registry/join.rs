@@ -122,6 +122,7 @@ impl Registry {
             .members
             .get(&name)
             .map(|m| (m.suspect, m.instance_id.clone()));
+        let replacing = holder.is_some();
         if let Some((suspect, instance)) = holder {
             // A local instance with its slot's newest secret supersedes the
             // old one (restart, fatal path): the supervisor retires the old
@@ -137,6 +138,17 @@ impl Registry {
                 &name,
                 "replaced by a new instance of the same name",
             );
+        }
+        // Bounded, whoever holds a token: the master's own children always
+        // have their places, and a new instance of a name takes its
+        // predecessor's (evicted above).
+        let max = self.cfg.max_members;
+        if max > 0 && !local && !replacing && st.members.len() >= max {
+            return Err(Status::resource_exhausted(format!(
+                "the cluster is full: {} members, the most [limits] max_members allows; \
+                 retry when members leave, or raise max_members",
+                st.members.len()
+            )));
         }
         if role == Role::Agent && self.cfg.local_agent && !local {
             return Err(Status::permission_denied(

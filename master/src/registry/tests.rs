@@ -9,9 +9,13 @@ const MS: Duration = Duration::from_millis(1);
 mod subscriptions;
 
 fn registry(expect_workers: u32) -> (Registry, tokio::sync::mpsc::Receiver<Notice>) {
-    let c = Config::default();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let cfg = RegistryConfig {
+    (Registry::new(config(expect_workers), Some(tx)), rx)
+}
+
+fn config(expect_workers: u32) -> RegistryConfig {
+    let c = Config::default();
+    RegistryConfig {
         health: c.health,
         messaging: c.messaging,
         expect: Expect {
@@ -25,8 +29,8 @@ fn registry(expect_workers: u32) -> (Registry, tokio::sync::mpsc::Receiver<Notic
             agent: None,
             worker: Some(100 << 20),
         },
-    };
-    (Registry::new(cfg, Some(tx)), rx)
+        max_members: 0,
+    }
 }
 
 fn hello(name: &str) -> pb::Hello {
@@ -357,5 +361,49 @@ async fn a_member_over_max_rss_for_three_heartbeats_is_drained_and_replaced() {
     let (name, reason) = got.expect("the supervisor is told");
     assert_eq!(name, "worker-1");
     assert!(reason.contains("150 MiB above max_rss 100 MiB"), "{reason}");
+    counts_agree(&r);
+}
+
+#[tokio::test]
+async fn a_full_cluster_refuses_new_names_but_not_its_own_children_or_replacements() {
+    let r = Registry::new(
+        RegistryConfig {
+            max_members: 2,
+            ..config(0)
+        },
+        None,
+    );
+    let t0 = Instant::now();
+    let a = join(&r, "a", t0);
+    let b = join(&r, "b", t0);
+    let status = r
+        .register(hello("c"), Via::Network, t0)
+        .err()
+        .expect("full");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("max_members"), "{status:?}");
+    // The master's own child has its place.
+    r.reserve("worker-1", "s3cret");
+    let local = pb::Hello {
+        secret: "s3cret".into(),
+        ..hello("worker-1")
+    };
+    r.register(local, Via::LocalSocket, t0)
+        .expect("local joins");
+    // A new instance of a suspect member takes its place.
+    let h = Config::default().health;
+    let t1 = t0 + h.suspect_after;
+    r.sweep(t1);
+    let a2 = r
+        .register(hello("a"), Via::Network, t1)
+        .expect("a replaced");
+    // The old instance's end frees nothing; the child counts, so it takes
+    // two leaving (3 → 1) before a new name fits under 2.
+    r.disconnect(&a.instance_id, Status::unavailable("gone"));
+    r.disconnect(&b.instance_id, Status::cancelled("left"));
+    assert!(r.register(hello("c"), Via::Network, t1).is_err());
+    r.disconnect(&a2.instance_id, Status::cancelled("left"));
+    r.register(hello("c"), Via::Network, t1)
+        .expect("room for c");
     counts_agree(&r);
 }
