@@ -662,6 +662,7 @@ async fn members_still_reach_each_other_while_the_master_drains_its_workers() {
     let mut pings = b.on("ping");
     a.ready().await.expect("a ready");
     b.ready().await.expect("b ready");
+    let mut events = watch(&master.addr).await;
     master.proc.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -693,6 +694,20 @@ async fn members_still_reach_each_other_while_the_master_drains_its_workers() {
         panic!("a join during the drain was accepted");
     };
     assert!(err.to_string().contains("shutting down"), "{err}");
+    // The worker's end is told as what it is, not as a replacement.
+    loop {
+        let ev = next_event(&mut events).await;
+        if ev.kind == pb::EventKind::Left as i32
+            && ev.member.as_ref().is_some_and(|m| m.name == "worker-1")
+        {
+            assert!(
+                ev.reason.starts_with("stopped at shutdown: "),
+                "{}",
+                ev.reason
+            );
+            break;
+        }
+    }
     let status = master
         .proc
         .wait_exit(Duration::from_secs(15))

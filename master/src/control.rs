@@ -216,7 +216,8 @@ impl cohort_proto::server::control_server::Control for ControlService {
             // Receivers with full queues: wait for room like a member's
             // sender would, within the call's timeout.
             let waits = sent.routed.waits;
-            let waited = flow::wait_for_room(waits, &self.registry, None, timeout, &self.shutdown);
+            let closed = self.registry.closed();
+            let waited = flow::wait_for_room(waits, &self.registry, None, timeout, &closed);
             let outcome = match tokio::time::timeout(timeout, waited).await {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => return Err(Status::unavailable("the master is shutting down")),
@@ -341,7 +342,7 @@ impl cohort_proto::server::control_server::Control for ControlService {
         };
         let feed = replay_then_follow(
             &self.tasks,
-            self.shutdown.clone(),
+            self.registry.closed(),
             kept,
             live,
             req.follow,
@@ -360,7 +361,7 @@ impl cohort_proto::server::control_server::Control for ControlService {
         let (current, events) = self.registry.subscribe();
         let feed = replay_then_follow(
             &self.tasks,
-            self.shutdown.clone(),
+            self.registry.closed(),
             current,
             events,
             true,

@@ -1,6 +1,7 @@
 //! Server streams that replay what is kept and then follow a broadcast
 //! (`Control/WatchEvents`, `Control/Logs`): they end when the caller goes,
-//! when the master shuts down, or with `RESOURCE_EXHAUSTED` when the
+//! when the master has ended every member stream at shutdown (so a drain
+//! can be watched), or with `RESOURCE_EXHAUSTED` when the
 //! caller reads too slowly to keep up (it calls again; nothing is queued
 //! for it without bound).
 
@@ -15,12 +16,12 @@ use tonic::Status;
 /// A boxed server stream.
 pub type Feed<U> = Pin<Box<dyn Stream<Item = Result<U, Status>> + Send>>;
 
-/// `kept`, then (with `follow`) what `live` brings; `convert` turns an
-/// item into what is sent, or `None` to skip it. `what` names the items in
-/// the lag message.
+/// `kept`, then (with `follow`) what `live` brings, until `end`; `convert`
+/// turns an item into what is sent, or `None` to skip it. `what` names the
+/// items in the lag message.
 pub fn replay_then_follow<T, U>(
     tasks: &TaskTracker,
-    shutdown: CancellationToken,
+    end: CancellationToken,
     kept: Vec<T>,
     mut live: broadcast::Receiver<T>,
     follow: bool,
@@ -33,7 +34,7 @@ where
 {
     let (tx, rx) = mpsc::channel(256);
     let kept: Vec<U> = kept.iter().filter_map(&convert).collect();
-    tasks.spawn(async move {
+    tasks.spawn(end.run_until_cancelled_owned(async move {
         for item in kept {
             if tx.send(Ok(item)).await.is_err() {
                 return;
@@ -44,7 +45,6 @@ where
         }
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
                 _ = tx.closed() => return,
                 next = live.recv() => next,
             };
@@ -58,11 +58,11 @@ where
                 )),
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            let end = item.is_err();
-            if tx.send(item).await.is_err() || end {
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
                 return;
             }
         }
-    });
+    }));
     Box::pin(ReceiverStream::new(rx))
 }

@@ -219,6 +219,8 @@ pub async fn run(
     };
     supervisor.shutdown().await;
     within("the supervisor", supervisor_task).await;
+    // Done already unless the server ended on its own.
+    registry.close_all("the master is shutting down");
     streams_closed.cancel();
     if let Some(local_served) = local_served {
         within("the local members' socket", local_served).await;

@@ -154,6 +154,8 @@ pub struct Registry {
     pub metrics: crate::metrics::RoutingMetrics,
     /// Members' recent log lines, for `Control/Logs`.
     pub logs: std::sync::Arc<crate::logs::LogStore>,
+    /// Cancelled by [`Registry::close_all`].
+    closed: CancellationToken,
 }
 
 impl Registry {
@@ -185,6 +187,7 @@ impl Registry {
             notices,
             metrics: Default::default(),
             logs: Default::default(),
+            closed: CancellationToken::new(),
         }
     }
 
@@ -396,5 +399,14 @@ impl Registry {
             m.cancel.cancel();
             m.outbound.finish(Status::unavailable(reason.to_string()));
         }
+        self.closed.cancel();
+    }
+
+    /// Cancelled once [`close_all`](Self::close_all) ended every member
+    /// stream: what watches the cluster (event and log feeds, a
+    /// `Control/Send` waiting for room) goes on through a shutdown's drain
+    /// and ends then.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
     }
 }

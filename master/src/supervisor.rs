@@ -66,9 +66,15 @@ struct Entry {
 }
 
 enum Stage {
-    Agent { deadline: Instant },
-    Workers { deadline: Instant },
+    Agent {
+        deadline: Instant,
+    },
+    Workers {
+        deadline: Instant,
+    },
     Running,
+    /// The master is shutting down: instances retire, none start.
+    Stopping,
 }
 
 struct Supervisor {
@@ -224,7 +230,11 @@ impl Supervisor {
                     }
                     Action::Retired { pid, outcome } => {
                         let e = &self.entries[i];
-                        tracing::info!(member.name = %e.name, pid, %outcome, "replaced instance exited");
+                        let what = match self.stage {
+                            Stage::Stopping => "stopped at shutdown",
+                            _ => "replaced instance exited",
+                        };
+                        tracing::info!(member.name = %e.name, pid, %outcome, "{what}");
                         let gone = MemberSnapshot {
                             state: MemberState::Gone,
                             pid,
@@ -232,7 +242,7 @@ impl Supervisor {
                             last_exit: outcome.to_string(),
                             ..self.view(i).snapshot()
                         };
-                        let reason = format!("replaced instance exited: {outcome}");
+                        let reason = format!("{what}: {outcome}");
                         self.registry.announce(EventKind::Left, gone, &reason);
                     }
                 }

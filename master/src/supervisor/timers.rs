@@ -62,7 +62,7 @@ impl Supervisor {
             .filter_map(|e| e.slot.deadline(&self.cfg.policy));
         let stage = match self.stage {
             Stage::Agent { deadline } | Stage::Workers { deadline } => Some(deadline),
-            Stage::Running => None,
+            Stage::Running | Stage::Stopping => None,
         };
         let restart = self.restart.as_ref().map(|(r, _)| r.deadline());
         slots.chain(stage).chain(restart).min()
