@@ -136,7 +136,8 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(reporter, registry.clone()).await;
     tasks.spawn(readiness.run(stop.clone()));
-    tasks.spawn(registry.clone().sweep_every(stop.clone()));
+    // Through a shutdown's drain too: members are still read and routed.
+    tasks.spawn(registry.clone().sweep_every(registry.closed()));
     let admission = Arc::new(admission::Admission::new(config.join_rate));
     if let Some(at) = config.metrics_listen {
         let listener = TcpListener::bind(at).await.map_err(|source| BindError {
