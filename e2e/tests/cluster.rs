@@ -93,6 +93,20 @@ async fn starts_agent_then_workers_serves_http_and_stops_cleanly() {
     );
     let pids: Vec<u32> = listed.iter().map(|m| m.pid).collect();
     stop_cleanly(&mut master, &pids);
+    // Whoever watched saw the shutdown: each child stopped, the workers
+    // before the agent.
+    let mut stopped = Vec::new();
+    while let Ok(Ok(Some(ev))) = tokio::time::timeout(cohort_e2e::WAIT, events.message()).await {
+        if ev.kind == pb::EventKind::Left as i32 && ev.reason.starts_with("stopped at shutdown") {
+            stopped.push(ev.member.map(|m| m.name).unwrap_or_default());
+        }
+    }
+    assert_eq!(stopped.len(), 3, "{stopped:?}");
+    assert_eq!(
+        stopped.last().map(String::as_str),
+        Some("agent"),
+        "{stopped:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
