@@ -172,6 +172,30 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
 }
 
 /// `text` for a URL query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_cluster_can_keep_its_metrics_to_the_totals() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("cohort.toml");
+    std::fs::write(
+        &cfg,
+        "[agent]\ncount = 0\n[worker]\ncount = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\nper_member = false\n",
+    )
+    .expect("config");
+    let mut master = Master::start(&["--config", cfg.to_str().expect("path")]);
+    let metrics = cohort_e2e::metrics::address(&mut master);
+    wait_ready(&master.addr, &["worker-1"]).await;
+    let text = scrape(&metrics);
+    assert_eq!(
+        value(&text, r#"cohort_members{role="worker",state="ready"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("cohort_member_"),
+        "no series per member: {text}"
+    );
+}
+
 fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

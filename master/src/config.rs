@@ -84,6 +84,8 @@ pub struct Config {
     pub max_members: usize,
     /// `[metrics] listen`: where Prometheus metrics are served, if at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] per_member`: series per member, or the totals only.
+    pub metrics_per_member: bool,
     /// Bearer token file (one token per line, two while rotating).
     pub token_file: Option<PathBuf>,
     /// Accepted bearer tokens, from `token_file` and `COHORT_TOKEN`.
@@ -131,6 +133,7 @@ impl Default for Config {
                 start_timeout: Duration::from_secs(30),
             },
             metrics_listen: None,
+            metrics_per_member: true,
             limits: crate::listen::ConnectionLimits {
                 max_connections: 10_000,
                 handshake_timeout: Duration::from_secs(10),
@@ -263,6 +266,7 @@ impl Config {
         if l.metrics.listen.is_some() {
             self.metrics_listen = l.metrics.listen;
         }
+        set(&mut self.metrics_per_member, l.metrics.per_member);
         set(&mut self.limits.max_connections, l.limits.max_connections);
         set(
             &mut self.limits.handshake_timeout,

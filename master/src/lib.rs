@@ -153,6 +153,7 @@ pub async fn run(
             &admission,
             registry.clone(),
             supervisor.clone(),
+            config.metrics_per_member,
         );
         tasks.spawn(metrics::serve(listener, Arc::new(metrics), stop.clone()));
         tracing::info!(metrics.addr = %bound, "serving Prometheus metrics at GET /metrics");

@@ -57,6 +57,8 @@ impl RoutingMetrics {
 pub struct ClusterCollector {
     registry: Arc<Registry>,
     supervisor: SupervisorHandle,
+    /// Series per member too (`[metrics] per_member`).
+    per_member: bool,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -130,6 +132,9 @@ impl Collector for ClusterCollector {
             &version,
             |v| (vec![("version", v.to_string())], ConstGauge::new(1)),
         )?;
+        if !self.per_member {
+            return Ok(());
+        }
         let members = self.registry.list();
         let who =
             |m: &MemberSnapshot| vec![("member", m.name.clone()), ("role", m.role.to_string())];
@@ -216,6 +221,7 @@ pub fn registry(
     admission: &Admission,
     cluster: Arc<Registry>,
     supervisor: SupervisorHandle,
+    per_member: bool,
 ) -> prometheus_client::registry::Registry {
     let mut r = prometheus_client::registry::Registry::default();
     r.register(
@@ -246,6 +252,7 @@ pub fn registry(
     r.register_collector(Box::new(ClusterCollector {
         registry: cluster,
         supervisor,
+        per_member,
     }));
     r
 }

@@ -89,6 +89,14 @@ pub(super) struct MetricsLayer {
     /// ephemeral); off unless set.
     #[arg(id = "metrics-listen", long = "metrics-listen", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Series per member (six each); false keeps the cluster's totals
+    /// only, for clusters of thousands [default: true].
+    #[arg(
+        id = "metrics-per-member",
+        long = "metrics-per-member",
+        value_name = "BOOL"
+    )]
+    pub per_member: Option<bool>,
 }
 
 /// `[agent]`.
