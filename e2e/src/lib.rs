@@ -8,6 +8,7 @@
 
 pub mod light;
 pub mod metrics;
+mod watchdog;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        watchdog::watch(child.id(), name, stderr.path().to_path_buf());
         // One reader thread per child turns stdout into lines; it ends at EOF.
         let (tx, lines) = std::sync::mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
@@ -156,6 +158,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        watchdog::forget(self.child.id());
     }
 }
 
@@ -230,7 +233,7 @@ pub fn venv_tool(name: &str) -> Option<PathBuf> {
 /// Runs grpcurl with `args` against `addr`; returns stdout, or panics with
 /// stderr when grpcurl fails.
 pub fn grpcurl(tool: &Path, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().expect("run grpcurl");
+    let out = grpcurl_command(tool, args).output().expect("run grpcurl");
     assert!(
         out.status.success(),
         "grpcurl {args:?} failed: {}",
@@ -239,9 +242,19 @@ pub fn grpcurl(tool: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// grpcurl with `args`, given at most [`WAIT`] unless they say otherwise.
+fn grpcurl_command(tool: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tool);
+    if !args.contains(&"-max-time") {
+        cmd.args(["-max-time", &WAIT.as_secs().to_string()]);
+    }
+    cmd.args(args);
+    cmd
+}
+
 /// Runs grpcurl and returns (success, stdout + stderr) without asserting.
 pub fn grpcurl_raw(tool: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(tool).args(args).output().expect("run grpcurl");
+    let out = grpcurl_command(tool, args).output().expect("run grpcurl");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -378,12 +391,17 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Some(v) = check().await {
+        // A check that never returns (a call nobody answers) counts as a
+        // miss at the deadline.
+        if let Ok(Some(v)) = tokio::time::timeout_at(deadline, check()).await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

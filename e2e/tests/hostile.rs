@@ -574,3 +574,36 @@ async fn a_child_printing_as_fast_as_it_can_is_read_at_a_bounded_rate_and_slows_
     }
     stop(&mut master, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_a_hung_master_gives_up_at_its_join_timeout() {
+    let mut master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
+    // Stopped, the master's kernel still accepts TCP connections: only
+    // answers never come.
+    master.proc.signal("STOP");
+    let started = std::time::Instant::now();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(30),
+        cohort::MemberBuilder::new(format!("http://{}", master.addr), cohort::Role::Worker)
+            .name("patient")
+            .join_timeout(Duration::from_secs(2))
+            .join(),
+    )
+    .await
+    .expect("join gives up instead of waiting on a silent master");
+    let err = joined.expect_err("no welcome from a stopped master");
+    assert_eq!(err.code(), cohort::Code::Unavailable, "{err}");
+    assert!(err.to_string().contains("answer"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+
+    // Resumed, it serves as before.
+    master.proc.signal("CONT");
+    let member =
+        cohort::MemberBuilder::new(format!("http://{}", master.addr), cohort::Role::Worker)
+            .name("patient")
+            .join()
+            .await
+            .expect("join once the master answers");
+    member.close().await;
+    stop(&mut master, &[]);
+}

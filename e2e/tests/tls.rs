@@ -200,3 +200,48 @@ async fn mtls_requires_a_client_certificate_naming_the_member() {
         .expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_stalls_is_closed_after_the_handshake_timeout() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--handshake-timeout",
+        "500ms",
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+    ]);
+    // The start of a ClientHello record announcing 512 bytes, then nothing:
+    // enough to count as a handshake begun, never enough to finish it.
+    let mut stalled = std::net::TcpStream::connect(&master.addr).expect("connect");
+    let mut start = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    start.resize(40, 0);
+    stalled.write_all(&start).expect("write");
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let read = stalled.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the master closes a stalled TLS handshake: {read:?}"
+    );
+    // Everyone else is served as before.
+    wait_ready_tls(&master.addr, &[], &pki.ca(), None).await;
+    master.proc.signal("TERM");
+    let status = master
+        .proc
+        .wait_exit(std::time::Duration::from_secs(15))
+        .expect("exit");
+    assert_eq!(status.code(), Some(0));
+}

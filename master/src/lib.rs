@@ -199,9 +199,12 @@ pub async fn run(
         }
     };
     let mut served = tokio::spawn(
-        server::builder(server::server_tls(&config.tls)?)?
-            .add_routes(services.network)
-            .serve_with_incoming_shutdown(listen::incoming(listener, config.limits), drained),
+        server::builder(server::server_tls(
+            &config.tls,
+            config.limits.handshake_timeout,
+        )?)?
+        .add_routes(services.network)
+        .serve_with_incoming_shutdown(listen::incoming(listener, config.limits), drained),
     );
     tracing::info!(listen.addr = %addr, "master serving");
     let early = tokio::select! {

@@ -148,9 +148,12 @@ pub fn builder(
         .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
-/// Reads the `[tls]` PEM files into tonic's server TLS settings.
+/// Reads the `[tls]` PEM files into tonic's server TLS settings. A TLS
+/// handshake must finish within `handshake_timeout`: one that starts and
+/// then stalls would otherwise hold its connection's place forever.
 pub fn server_tls(
     cfg: &crate::config::TlsConfig,
+    handshake_timeout: Duration,
 ) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
@@ -159,7 +162,9 @@ pub fn server_tls(
     let read = |p: &std::path::PathBuf| {
         std::fs::read(p).with_context(|| format!("reading {}", p.display()))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(handshake_timeout);
     if let Some(ca) = &cfg.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
         tracing::info!("mTLS on: clients need a certificate naming their member name");

@@ -214,7 +214,10 @@ impl MemberBuilder {
         self
     }
 
-    /// How long [`join`](Self::join) keeps retrying an unreachable master.
+    /// How long [`join`](Self::join) keeps retrying an unreachable master
+    /// (30 s unless set; zero: one attempt). One attempt that gets no
+    /// answer, a master that accepts the connection but is stopped or
+    /// hung, is given up after 15 s.
     pub fn join_timeout(mut self, t: Duration) -> Self {
         self.join_timeout = t;
         self

@@ -20,6 +20,12 @@ use tokio_stream::Stream;
 
 /// Frames queued towards the master before senders wait.
 const OUTBOUND_QUEUE: usize = 1024;
+/// How long one join attempt may take to be answered, from connecting to
+/// the welcome (or a refusal). A master that accepts connections but never
+/// answers (stopped, hung) is tried again, as if unreachable. Longer than
+/// the master's longest wait for a join's turn (10 s, `[limits]
+/// join_rate`).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most sends packed into one `send_batch` frame.
 const MAX_BATCH: usize = 256;
 /// How often a remote member forwards its queued log lines.
@@ -106,11 +112,20 @@ async fn session(
     if forward_logs {
         crate::logs::enable();
     }
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let no_answer = || Error::Connect {
+        addr: cfg.master.clone(),
+        message: format!(
+            "the master did not answer the join within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        ),
+    };
     let channel = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
-        c = crate::transport::connect(&cfg.master, &cfg.tls) => match c {
-            Ok(c) => c,
-            Err(e) => return (false, Err(e)),
+        c = tokio::time::timeout_at(deadline, crate::transport::connect(&cfg.master, &cfg.tls)) => match c {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return (false, Err(e)),
+            Err(_) => return (false, Err(no_answer())),
         },
     };
     let max = cohort_proto::MAX_MESSAGE_BYTES;
@@ -152,7 +167,10 @@ async fn session(
     }
     let response = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
-        r = client.join(request) => r,
+        r = tokio::time::timeout_at(deadline, client.join(request)) => match r {
+            Ok(r) => r,
+            Err(_) => return (false, Err(no_answer())),
+        },
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
@@ -172,7 +190,14 @@ async fn session(
         }
         Err(s) => return (false, Err(s.into())),
     };
-    let welcome = match inbound.message().await {
+    let first_frame = tokio::select! {
+        _ = inner.stop.cancelled() => return (false, Ok(())),
+        f = tokio::time::timeout_at(deadline, inbound.message()) => match f {
+            Ok(f) => f,
+            Err(_) => return (false, Err(no_answer())),
+        },
+    };
+    let welcome = match first_frame {
         Ok(Some(pb::MasterFrame {
             kind: Some(In::Welcome(w)),
         })) => w,
