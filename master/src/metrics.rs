@@ -2,7 +2,7 @@
 //! `GET /metrics`), with the prometheus-client crate and the usual names:
 //! `cohort_…_total` counters, base units (`_bytes`, `_seconds`, `_ratio`).
 //!
-//! Counters the routing path bumps live in [`RoutingMetrics`]; everything
+//! Counters the registry bumps live in [`RoutingMetrics`]; everything
 //! that is a state (members by role and state, each member's CPU, memory,
 //! queue, drops, a local slot's restarts) is read at scrape time by
 //! [`ClusterCollector`], so nothing is kept twice.
@@ -31,12 +31,15 @@ pub struct RoutingMetrics {
     pub request_seconds: Histogram,
     /// Heartbeat to its ack, as members measured it.
     pub heartbeat_rtt_seconds: Histogram,
+    /// Joins refused because the cluster had `[limits] max_members`.
+    pub joins_refused_full: Counter,
 }
 
 impl Default for RoutingMetrics {
     fn default() -> Self {
         RoutingMetrics {
             messages_routed: Counter::default(),
+            joins_refused_full: Counter::default(),
             // 100 µs … ~6.5 s.
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             // 50 µs … ~3.3 s.
@@ -249,6 +252,11 @@ pub fn registry(
         "Joins refused because their turn was more than 10 s away.",
         admission.refused.clone(),
     );
+    r.register(
+        "cohort_joins_refused_full",
+        "Joins refused because the cluster had [limits] max_members members.",
+        routing.joins_refused_full.clone(),
+    );
     r.register_collector(Box::new(ClusterCollector {
         registry: cluster,
         supervisor,
@@ -270,6 +278,8 @@ pub async fn serve(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics listener: accept failed");
+                    // Out of file descriptors and the like: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             },

@@ -144,6 +144,7 @@ impl Registry {
         // predecessor's (evicted above).
         let max = self.cfg.max_members;
         if max > 0 && !local && !replacing && st.members.len() >= max {
+            self.metrics.joins_refused_full.inc();
             return Err(Status::resource_exhausted(format!(
                 "the cluster is full: {} members, the most [limits] max_members allows; \
                  retry when members leave, or raise max_members",

@@ -382,6 +382,7 @@ async fn a_full_cluster_refuses_new_names_but_not_its_own_children_or_replacemen
         .expect("full");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("max_members"), "{status:?}");
+    assert_eq!(r.metrics.joins_refused_full.get(), 1, "counted on /metrics");
     // The master's own child has its place.
     r.reserve("worker-1", "s3cret");
     let local = pb::Hello {
