@@ -1,7 +1,8 @@
 //! The Python example worker (`examples/python-worker`, plain grpcio, stubs
 //! generated from the project's .proto) joins the real master with a
 //! bearer token, receives a broadcast sent by a Rust SDK member, and
-//! answers its request.
+//! answers its request; it notices a master that stops answering (SIGSTOP)
+//! and joins again once it answers.
 
 use cohort::{Code, MemberBuilder, Role, Target};
 use cohort_e2e::{Master, Proc, venv_tool, workspace};
@@ -25,6 +26,12 @@ fn python_example_worker_joins_with_a_token_receives_and_replies() {
         "0",
         "--token-file",
         token_file.to_str().expect("path"),
+        "--heartbeat-interval",
+        "500ms",
+        "--suspect-after",
+        "1s",
+        "--dead-after",
+        "2s",
     ]);
     let mut cmd = Command::new(&python);
     cmd.arg(workspace().join("examples/python-worker/worker.py"))
@@ -76,4 +83,14 @@ fn python_example_worker_joins_with_a_token_receives_and_replies() {
     py.wait_line("the broadcast", |l| {
         l == r#"GOT news {"headline":"hi"} FROM rust-agent"#
     });
+
+    // A stopped master keeps its connections open and says nothing: the
+    // worker gives up on it after dead_after (2 s), and is welcomed again
+    // once the master answers.
+    master.proc.signal("STOP");
+    py.wait_line("it noticing the silence", |l| {
+        l == "SILENT nothing from the master for 2 s"
+    });
+    master.proc.signal("CONT");
+    py.wait_line("a new welcome", |l| l == "WELCOME py-1");
 }

@@ -7,7 +7,10 @@ It generates its stubs from the project's .proto at start (grpc_tools),
 joins as a worker with the bearer token, reports ready, heartbeats at the
 interval the master asks for, answers `add` requests ({"a": 1, "b": 2} →
 {"sum": 3}), and logs every other message ("GOT action data FROM sender").
-It reconnects with backoff when the master goes away.
+It reconnects with backoff when the master goes away, and when it goes
+silent: no welcome within 15 s of joining, or nothing at all (the master
+acks heartbeats) for the welcome's dead_after, as from a stopped or hung
+master whose connection stays open.
 """
 
 import json
@@ -47,8 +50,18 @@ if not TOKEN and os.environ.get("COHORT_TOKEN_FILE"):
         TOKEN = f.readline().strip()
 
 
+# How long a join may wait for its welcome (the master may hold a join up to
+# 10 s for its turn).
+WELCOME_TIMEOUT = 15.0
+
+
 def log(*parts):
     print(*parts, flush=True)
+
+
+def seconds(d):
+    """A google.protobuf.Duration in seconds."""
+    return d.seconds + d.nanos / 1e9
 
 
 def session(name):
@@ -75,15 +88,29 @@ def session(name):
     outbox.put(pb.MemberFrame(hello=pb.Hello(role=pb.ROLE_WORKER, name=name, pid=os.getpid(),
                                              host=os.uname().nodename, version="python-example")))
     metadata = [("authorization", f"Bearer {TOKEN}")] if TOKEN else []
-    stub = rpc.MembershipStub(grpc.insecure_channel(MASTER))
+    channel = grpc.insecure_channel(MASTER)
+    call = rpc.MembershipStub(channel).Join(frames(), metadata=metadata)
+    # "Alive but silent" is dead: a master we stop hearing from is left,
+    # and joined again.
+    heard = {"at": time.monotonic(), "limit": WELCOME_TIMEOUT}
+
+    def watchdog():
+        while not done.wait(0.5):
+            if time.monotonic() - heard["at"] > heard["limit"]:
+                log("SILENT", f"nothing from the master for {heard['limit']:g} s")
+                call.cancel()
+                return
+
+    threading.Thread(target=watchdog, daemon=True).start()
     try:
-        for frame in stub.Join(frames(), metadata=metadata):
+        for frame in call:
+            heard["at"] = time.monotonic()
             kind = frame.WhichOneof("kind")
             if kind == "welcome":
                 name = frame.welcome.name
-                # A google.protobuf.Duration: seconds and nanos.
-                every = frame.welcome.settings.heartbeat_interval
-                interval = max(every.seconds + every.nanos / 1e9, 0.1)
+                settings = frame.welcome.settings
+                heard["limit"] = max(seconds(settings.dead_after), 1.0)
+                interval = max(seconds(settings.heartbeat_interval), 0.1)
                 threading.Thread(target=heartbeat, args=(interval,), daemon=True).start()
                 outbox.put(pb.MemberFrame(ready=pb.Ready()))
                 log("WELCOME", name)
@@ -108,6 +135,7 @@ def session(name):
     finally:
         done.set()
         outbox.put(None)
+        channel.close()
     return name, False
 
 
