@@ -6,11 +6,36 @@ use cohort::{Code, MemberBuilder, Role, Target, pb};
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// How long a call waits for the master's answer (beyond a request's own
+/// timeout). A stopped or hung master keeps its connections open and
+/// never answers; that is unreachable, not a wait.
+const ANSWER: Duration = Duration::from_secs(10);
+
 /// A connected Control client.
 pub struct Ctl {
+    master: String,
     control: pb::control_client::ControlClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     token: Option<String>,
+}
+
+/// `call`'s answer, or unreachable (exit 69) after `limit`.
+async fn answered<T>(
+    master: &str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(cohort::Error::Connect {
+            addr: master.to_string(),
+            message: format!(
+                "no answer within {} s (is the master stopped, hung or overloaded?)",
+                limit.as_secs()
+            ),
+        }
+        .into()),
+    }
 }
 
 impl Ctl {
@@ -24,6 +49,7 @@ impl Ctl {
         let (channel, token) = builder.control_channel().await?;
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         Ok(Ctl {
+            master: builder.master().to_string(),
             control: pb::control_client::ControlClient::new(channel.clone())
                 .max_decoding_message_size(max),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
@@ -50,9 +76,8 @@ impl Ctl {
                 page_token: token,
                 ..Default::default()
             };
-            let page = self
-                .control
-                .list_members(self.req(page))
+            let r = self.req(page);
+            let page = answered(&self.master, ANSWER, self.control.list_members(r))
                 .await?
                 .into_inner();
             all.extend(page.members);
@@ -65,7 +90,8 @@ impl Ctl {
 
     pub async fn info(&mut self) -> anyhow::Result<pb::ClusterInfoResponse> {
         let r = self.req(pb::ClusterInfoRequest {});
-        Ok(self.control.cluster_info(r).await?.into_inner())
+        let info = answered(&self.master, ANSWER, self.control.cluster_info(r)).await?;
+        Ok(info.into_inner())
     }
 
     /// Whether the master serves members, and whether the cluster is ready.
@@ -75,7 +101,10 @@ impl Ctl {
             let r = HealthCheckRequest {
                 service: service.into(),
             };
-            let status = self.health.check(r).await?.into_inner().status;
+            let status = answered(&self.master, ANSWER, self.health.check(r))
+                .await?
+                .into_inner()
+                .status;
             Ok(status == ServingStatus::Serving as i32)
         };
         let serving = check("cohort.v1.Membership").await?;
@@ -86,7 +115,9 @@ impl Ctl {
     /// The cluster's events: the current state, then what follows.
     pub async fn watch(&mut self) -> anyhow::Result<tonic::Streaming<pb::ClusterEvent>> {
         let r = self.req(pb::WatchEventsRequest {});
-        Ok(self.control.watch_events(r).await?.into_inner())
+        // Bounded until the stream starts; then HTTP/2 keepalive watches it.
+        let events = answered(&self.master, ANSWER, self.control.watch_events(r)).await?;
+        Ok(events.into_inner())
     }
 
     /// Prints the cluster's events; without `follow`, only the current
@@ -118,7 +149,8 @@ impl Ctl {
         req: pb::LogsRequest,
     ) -> anyhow::Result<tonic::Streaming<pb::LogEntry>> {
         let r = self.req(req);
-        Ok(self.control.logs(r).await?.into_inner())
+        let lines = answered(&self.master, ANSWER, self.control.logs(r)).await?;
+        Ok(lines.into_inner())
     }
 
     /// Sends (with `timeout`, as a request) and returns the master's answer.
@@ -138,7 +170,10 @@ impl Ctl {
             ..Default::default()
         };
         let r = self.req(msg);
-        Ok(self.control.send(r).await?.into_inner())
+        let limit = timeout.unwrap_or_default() + ANSWER;
+        Ok(answered(&self.master, limit, self.control.send(r))
+            .await?
+            .into_inner())
     }
 
     pub async fn scale(&mut self, role: Role, count: u32) -> anyhow::Result<()> {
@@ -146,7 +181,7 @@ impl Ctl {
             role: role.into(),
             count,
         });
-        self.control.scale(r).await?;
+        answered(&self.master, ANSWER, self.control.scale(r)).await?;
         Ok(())
     }
 
@@ -161,19 +196,21 @@ impl Ctl {
             which: Some(which),
             rolling,
         });
+        // The answer comes once the new instances are ready, which may take
+        // long; HTTP/2 keepalive (30 s) tells a master that went silent.
         self.control.restart(r).await?;
         Ok(())
     }
 
     pub async fn drain(&mut self, member: String) -> anyhow::Result<()> {
         let r = self.req(pb::DrainRequest { member });
-        self.control.drain(r).await?;
+        answered(&self.master, ANSWER, self.control.drain(r)).await?;
         Ok(())
     }
 
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         let r = self.req(pb::ShutdownRequest {});
-        self.control.shutdown(r).await?;
+        answered(&self.master, ANSWER, self.control.shutdown(r)).await?;
         Ok(())
     }
 }

@@ -452,10 +452,13 @@ pub async fn wait_ready_tls(
             std::fs::read(k).expect("key"),
         ));
     }
+    // Each try is bounded, so one that stalls is tried again.
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .expect("url")
-        .tls_config(tls)
-        .expect("tls");
+        .tls_config(tls.timeout(Duration::from_secs(5)))
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
     let ready = cohort_proto::pb::MemberState::Ready as i32;
     eventually_async(&format!("{names:?} READY over TLS"), || {
         let endpoint = endpoint.clone();

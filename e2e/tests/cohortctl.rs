@@ -119,6 +119,13 @@ async fn cohortctl_lists_messages_scales_restarts_and_refuses_without_a_token() 
     assert_eq!(ctl(&addr, Some(TOKEN), &["frobnicate"]).0, 2);
     // Completions for a shell.
     assert!(ok(&addr, &["completions", "bash"]).contains("cohortctl"));
+    // A stopped master keeps its port open and answers nothing: unreachable
+    // (69) after 10 s, not a wait without end.
+    master.proc.signal("STOP");
+    let (code, _, err) = ctl(&addr, Some(TOKEN), &["ls"]);
+    master.proc.signal("CONT");
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("no answer within 10 s"), "{err}");
 
     ok(&addr, &["shutdown"]);
     let status = master

@@ -202,6 +202,11 @@ impl MemberBuilder {
         Ok((channel, self.current_token()))
     }
 
+    /// The master's address, as given.
+    pub fn master(&self) -> &str {
+        &self.master
+    }
+
     /// The bearer token sent to the master.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());

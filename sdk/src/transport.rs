@@ -60,7 +60,8 @@ pub async fn connect(master: &str, tls: &TlsFiles) -> Result<Channel, Error> {
     let mut endpoint = Endpoint::from_shared(master.to_string())
         .map_err(|e| Error::Config(format!("COHORT_MASTER {master}: {e}")))?;
     if master.starts_with("https://") {
-        let mut config = ClientTlsConfig::new();
+        // A handshake the master never finishes (stopped, hung) fails.
+        let mut config = ClientTlsConfig::new().timeout(Duration::from_secs(10));
         if let Some(ca) = &tls.ca {
             config = config.ca_certificate(Certificate::from_pem(ca));
         }
