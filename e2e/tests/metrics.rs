@@ -214,3 +214,52 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.exists())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_to_the_metrics_port_are_bounded_and_closed() {
+    use std::io::{Read, Write};
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = cohort_e2e::metrics::address(&mut master);
+    let addr = master.addr.clone();
+    wait_ready(&addr, &["worker-1"]).await;
+    // The port has no token: anyone who reaches it may open connections
+    // and say nothing, or ask once and keep the connection.
+    let mut silent: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&metrics).expect("connect"))
+        .collect();
+    let mut kept = std::net::TcpStream::connect(&metrics).expect("connect");
+    write!(kept, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    silent.push(kept);
+    // The members are served meanwhile.
+    wait_ready(&addr, &["worker-1"]).await;
+    // Each is closed by the master (at once beyond the first 64, the rest
+    // 10 s after their last word), not held open.
+    let started = Instant::now();
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf);
+        assert!(
+            read.is_ok()
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "closed by the master: {read:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(25));
+    // And a scrape is answered again.
+    let text = scrape(&metrics);
+    assert_eq!(value(&text, "cohort_cluster_ready"), Some(1.0), "{text}");
+    master.proc.signal("TERM");
+    let status = master.proc.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}

@@ -20,7 +20,17 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Connections to the metrics listener at once; more are closed at accept.
+/// Scrapers are few (a Prometheus or two, a person with curl), and the
+/// port usually has no token: anyone who reaches it must not be able to
+/// spend the master's file descriptors.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection that has not sent a whole request's headers this long
+/// after it opened, or after its last answer, is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the routing path counts as it goes.
 #[derive(Clone, Debug)]
@@ -271,6 +281,7 @@ pub async fn serve(
     metrics: Arc<prometheus_client::registry::Registry>,
     stop: CancellationToken,
 ) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -279,10 +290,17 @@ pub async fn serve(
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics listener: accept failed");
                     // Out of file descriptors and the like: do not spin.
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::debug!(
+                max = MAX_CONNECTIONS,
+                "metrics listener: too many connections, closing a new one"
+            );
+            continue;
         };
         let metrics = metrics.clone();
         let service =
@@ -291,8 +309,11 @@ pub async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics)) }
             });
         tokio::spawn(async move {
+            let _place = place;
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(io, service)
                 .await;
         });
