@@ -3,6 +3,11 @@
 //! neither the content nor the length of a token leaks through timing. Up
 //! to two tokens are accepted at once, for rotation. Health and reflection
 //! stay open (probes and `grpcurl list` need no token).
+//!
+//! Over mTLS the same interceptor requires a client certificate. The TLS
+//! handshake itself lets a client without one through, so that it gets
+//! this answer in words (and health and reflection) instead of a closed
+//! connection, which grpcurl retries until its deadline.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -59,10 +64,12 @@ pub fn parse_token_file(text: &str) -> Result<Vec<Token>, String> {
     }
 }
 
-/// The interceptor: open when no token is configured.
+/// The interceptor: open when no token is configured and no client
+/// certificate required.
 #[derive(Clone, Default)]
 pub struct Auth {
     digests: Arc<Vec<[u8; 32]>>,
+    client_certificate: bool,
 }
 
 fn digest(s: &[u8]) -> [u8; 32] {
@@ -74,7 +81,14 @@ impl Auth {
     pub fn new(tokens: &[Token]) -> Auth {
         Auth {
             digests: Arc::new(tokens.iter().map(|t| digest(t.0.as_bytes())).collect()),
+            client_certificate: false,
         }
+    }
+
+    /// Also requires a verified client certificate (mTLS on this socket).
+    pub fn requiring_client_certificate(mut self, required: bool) -> Auth {
+        self.client_certificate = required;
+        self
     }
 
     /// Whether a token is required.
@@ -100,6 +114,12 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.client_certificate && !has_certificate(&request) {
+            return Err(Status::unauthenticated(
+                "this master requires a client certificate (mTLS): give grpcurl -cert and -key, \
+                 or set COHORT_TLS_CERT and COHORT_TLS_KEY",
+            ));
+        }
         if !self.enabled() {
             return Ok(request);
         }
@@ -117,6 +137,11 @@ impl tonic::service::Interceptor for Auth {
             ))
         }
     }
+}
+
+/// Whether the client presented a certificate that the TLS layer verified.
+pub fn has_certificate<T>(request: &Request<T>) -> bool {
+    request.peer_certs().is_some_and(|c| !c.is_empty())
 }
 
 #[cfg(test)]
@@ -159,6 +184,14 @@ mod tests {
             Auth::default().call(with(None)).is_ok(),
             "open without tokens"
         );
+    }
+
+    #[test]
+    fn over_mtls_a_request_without_a_client_certificate_is_refused_in_words() {
+        let mut auth = Auth::default().requiring_client_certificate(true);
+        let err = auth.call(with(None)).expect_err("no certificate");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("COHORT_TLS_CERT"), "{err:?}");
     }
 
     #[test]

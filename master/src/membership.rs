@@ -79,14 +79,13 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        // Over mTLS the client's certificate decides which name it may use;
-        // the master's own children come over its private Unix socket
-        // (no certificate) and prove themselves with their one-time secret.
-        let certs = if self.mtls {
-            request.peer_certs()
-        } else {
-            None
-        };
+        // Over mTLS the client's certificate decides which name it may use
+        // (crate::auth has refused a client without one; none fits no
+        // name); the master's own children come over its private Unix
+        // socket (no certificate) and prove themselves with their one-time
+        // secret.
+        let certs = (self.mtls && self.via == Via::Network)
+            .then(|| request.peer_certs().unwrap_or_default());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await

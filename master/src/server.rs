@@ -74,6 +74,7 @@ impl Services {
         } = parts;
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         let auth = Auth::new(&config.tokens);
+        let mtls = config.tls.client_ca.is_some();
         if auth.enabled() {
             tracing::info!(
                 tokens = config.tokens.len(),
@@ -89,14 +90,17 @@ impl Services {
                 registry.clone(),
                 via,
                 admission,
-                config.tls.client_ca.is_some(),
+                mtls,
                 tasks.clone(),
                 stop.clone(),
             );
             let server = cohort_proto::server::membership_server::MembershipServer::new(service)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
-            InterceptedService::new(server, auth.clone())
+            let auth = auth
+                .clone()
+                .requiring_client_certificate(mtls && via == Via::Network);
+            InterceptedService::new(server, auth)
         };
         let control =
             cohort_proto::server::control_server::ControlServer::new(control::ControlService::new(
@@ -110,6 +114,10 @@ impl Services {
             ))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let network_control = InterceptedService::new(
+            control.clone(),
+            auth.clone().requiring_client_certificate(mtls),
+        );
         let control = InterceptedService::new(control, auth.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -124,7 +132,7 @@ impl Services {
                     .context("building reflection v1alpha")?,
             )
             .add_service(membership(Via::Network))
-            .add_service(control.clone());
+            .add_service(network_control);
         let local = Routes::new(health)
             .add_service(membership(Via::LocalSocket))
             .add_service(control);
@@ -166,7 +174,11 @@ pub fn server_tls(
         .identity(Identity::from_pem(read(cert)?, read(key)?))
         .timeout(handshake_timeout);
     if let Some(ca) = &cfg.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        // A client without a certificate gets through the handshake and is
+        // refused in words by crate::auth (health and reflection stay open).
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
         tracing::info!("mTLS on: clients need a certificate naming their member name");
     }
     Ok(Some(tls))
