@@ -97,7 +97,7 @@ async fn starts_agent_then_workers_serves_http_and_stops_cleanly() {
     // before the agent.
     let mut stopped = Vec::new();
     while let Ok(Ok(Some(ev))) = tokio::time::timeout(cohort_e2e::WAIT, events.message()).await {
-        if ev.kind == pb::EventKind::Left as i32 && ev.reason.starts_with("stopped at shutdown") {
+        if ev.kind == pb::EventKind::Exited as i32 && ev.reason.starts_with("stopped at shutdown") {
             stopped.push(ev.member.map(|m| m.name).unwrap_or_default());
         }
     }
@@ -240,13 +240,13 @@ async fn fatal_error_replacement_is_ready_before_the_old_instance_exits() {
     let mut order = Vec::new();
     while !order
         .iter()
-        .any(|(k, _): &(i32, u32)| *k == pb::EventKind::Left as i32)
+        .any(|(k, _): &(i32, u32)| *k == pb::EventKind::Exited as i32)
     {
         let ev = next_event(&mut events).await;
         let Some(m) = ev.member.filter(|m| m.name == name) else {
             continue;
         };
-        let gone_old = ev.kind == pb::EventKind::Left as i32
+        let gone_old = ev.kind == pb::EventKind::Exited as i32
             && m.pid == old_pid
             && ev.reason.contains("replaced instance exited");
         let ready_new = ev.kind == pb::EventKind::Ready as i32 && m.pid != old_pid;
@@ -711,7 +711,7 @@ async fn members_still_reach_each_other_while_the_master_drains_its_workers() {
     // The worker's end is told as what it is, not as a replacement.
     loop {
         let ev = next_event(&mut events).await;
-        if ev.kind == pb::EventKind::Left as i32
+        if ev.kind == pb::EventKind::Exited as i32
             && ev.member.as_ref().is_some_and(|m| m.name == "worker-1")
         {
             assert!(

@@ -42,8 +42,10 @@ pub enum EventKind {
     Recovered,
     /// A member is finishing its work.
     Draining,
-    /// A member left, was evicted, or a retired local instance exited.
+    /// A member left or was evicted.
     Left,
+    /// A local member's process ended after its instance had left.
+    Exited,
     /// A local member died and was started again at once.
     Respawned,
     /// A local member died early; the next attempt waits.

@@ -243,7 +243,7 @@ impl Supervisor {
                             ..self.view(i).snapshot()
                         };
                         let reason = format!("{what}: {outcome}");
-                        self.registry.announce(EventKind::Left, gone, &reason);
+                        self.registry.announce_exit(gone, &reason);
                     }
                 }
             }

@@ -46,6 +46,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Recovered => pb::EventKind::Recovered,
             EventKind::Draining => pb::EventKind::Draining,
             EventKind::Left => pb::EventKind::Left,
+            EventKind::Exited => pb::EventKind::Exited,
             EventKind::Respawned => pb::EventKind::Respawned,
             EventKind::Backoff => pb::EventKind::Backoff,
             EventKind::Failed => pb::EventKind::Failed,

@@ -14,6 +14,14 @@ impl Registry {
         self.publish(&mut st, event(kind, Some(slot), reason));
     }
 
+    /// A local member's process ended after its instance had left: to
+    /// `WatchEvents` only. Members had the LEFT, and by now a replacement
+    /// may hold the name.
+    pub fn announce_exit(&self, slot: MemberSnapshot, reason: &str) {
+        let mut st = self.lock();
+        self.publish_to(&mut st, event(EventKind::Exited, Some(slot), reason), false);
+    }
+
     /// The current state as events, then a receiver of what follows; taken
     /// under one lock so nothing falls between them.
     pub fn subscribe(&self) -> (Vec<ClusterEvent>, broadcast::Receiver<ClusterEvent>) {

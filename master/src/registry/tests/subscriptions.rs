@@ -114,3 +114,36 @@ fn time_the_master_was_too_busy_to_look_is_not_counted() {
     assert!(r.get("w").is_err(), "evicted once it is silent on its own");
     counts_agree(&r);
 }
+
+#[tokio::test]
+async fn a_local_process_ending_after_its_instance_left_is_told_only_to_watch_events() {
+    let (r, _) = registry(0);
+    let t0 = Instant::now();
+    let watching = pb::Hello {
+        watch: Some(pb::EventFilter {
+            all: true,
+            ..Default::default()
+        }),
+        ..hello("watcher")
+    };
+    let mut watcher = r.register(watching, Via::Network, t0).expect("joins");
+    let w = join(&r, "w-1", t0);
+    ready(&r, &watcher, t0);
+    ready(&r, &w, t0);
+    frames(&mut watcher).await;
+    let slot = r.list().into_iter().find(|m| m.name == "w-1").expect("w-1");
+    let (_, mut feed) = r.subscribe();
+    // The replacement of w-1 may already hold the name: a member must not
+    // hear "w-1 left" again when the old process ends.
+    r.announce_exit(
+        slot.clone(),
+        "replaced instance exited: exited with status 0",
+    );
+    r.announce(EventKind::Respawned, slot, "died");
+    assert_eq!(frames(&mut watcher).await, ["event Respawned w-1"]);
+    let kinds: Vec<EventKind> = [feed.try_recv(), feed.try_recv()]
+        .into_iter()
+        .map(|e| e.expect("on WatchEvents").kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Exited, EventKind::Respawned]);
+}
