@@ -502,25 +502,3 @@ impl Stream for Outgoing {
         Poll::Ready(Some(pb::MemberFrame { kind: Some(kind) }))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::{MemberBuilder, Role};
-    use std::time::{Duration, Instant};
-
-    #[tokio::test]
-    async fn a_first_join_gives_up_at_its_timeout_not_a_backoff_later() {
-        // Nothing listens on port 1: each try is refused at once. The
-        // first backoff is about a second (0.8–1.2 s).
-        let started = Instant::now();
-        let err = MemberBuilder::new("http://127.0.0.1:1", Role::Worker)
-            .join_timeout(Duration::from_millis(300))
-            .join()
-            .await
-            .expect_err("nothing listens there");
-        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(300), "retried until {took:?}");
-        assert!(took < Duration::from_millis(750), "gave up after {took:?}");
-    }
-}
