@@ -24,7 +24,7 @@ fn running() -> &'static Running {
 }
 
 /// How long one test binary may run: `COHORT_TEST_BINARY_LIMIT` seconds,
-/// 600 unless set (the slowest binary takes about two minutes here).
+/// 600 unless set (the slowest binary takes about half a minute here).
 fn limit() -> Duration {
     let secs = std::env::var("COHORT_TEST_BINARY_LIMIT")
         .ok()

@@ -140,7 +140,7 @@ impl tonic::service::Interceptor for Auth {
 }
 
 /// Whether the client presented a certificate that the TLS layer verified.
-pub fn has_certificate<T>(request: &Request<T>) -> bool {
+fn has_certificate<T>(request: &Request<T>) -> bool {
     request.peer_certs().is_some_and(|c| !c.is_empty())
 }
 

@@ -32,7 +32,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// after it opened, or after its last answer, is closed.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the routing path counts as it goes.
+/// What the registry counts as it goes.
 #[derive(Clone, Debug)]
 pub struct RoutingMetrics {
     /// Deliveries the master queued for members (a broadcast to N is N).
