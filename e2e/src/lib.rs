@@ -289,11 +289,29 @@ pub fn http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, Strin
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    Ok((status, if chunked { unchunk(body) } else { body.into() }))
+}
+
+/// A chunked HTTP/1.1 body, joined (what Prometheus sends past 4 KiB).
+fn unchunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16);
+        let Some((chunk, next)) = size
+            .ok()
+            .filter(|n| *n > 0)
+            .and_then(|n| Some((after.get(..n)?, after.get(n..)?)))
+        else {
+            break;
+        };
+        body.push_str(chunk);
+        rest = next.trim_start_matches("\r\n");
+    }
+    body
 }
 
 /// Whether `pid` is a live (not zombie) process.

@@ -57,10 +57,12 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     };
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("prometheus.yml");
+    let alerts = cohort_e2e::workspace().join("deploy/monitoring/alerts.yml");
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cohort\n    static_configs:\n      - targets: ['{metrics}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: cohort\n    static_configs:\n      - targets: ['{metrics}']\n",
+            alerts.display()
         ),
     )
     .expect("config");
@@ -120,6 +122,21 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
         b.contains("\"value\"")
     });
 
+    // Every cohort_ name an expression uses is one the master exports.
+    let exported = |expr: &str| {
+        for name in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            let Some(base) = name.strip_prefix("cohort_") else {
+                continue;
+            };
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(base, |b, s| b.strip_suffix(s).unwrap_or(b));
+            assert!(
+                scrape(&metrics).contains(&format!("cohort_{base}")),
+                "{expr}: cohort_{base} is not exported"
+            );
+        }
+    };
     // Every query of the shipped dashboard is one this Prometheus accepts,
     // over series this master exports.
     let dashboard = std::fs::read_to_string(
@@ -141,32 +158,50 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
             .replace("$member", ".*");
         let body = query(&expr, &|b| b.contains("\"status\":\"success\""));
         assert!(body.contains("\"result\""), "{expr}: {body}");
-        // Every cohort_ name it uses is one the master exports.
-        for name in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            let Some(base) = name.strip_prefix("cohort_") else {
-                continue;
-            };
-            let base = ["_bucket", "_count", "_sum"]
-                .iter()
-                .fold(base, |b, s| b.strip_suffix(s).unwrap_or(b));
-            assert!(
-                scrape(&metrics).contains(&format!("cohort_{base}")),
-                "{expr}: cohort_{base} is not exported"
-            );
-        }
+        exported(&expr);
     }
-    // The shipped scrape configs load.
+    // The shipped alerting rules: loaded by this Prometheus, healthy (they
+    // evaluate), over series this master exports; and their unit tests
+    // (synthetic series: each alert fires on what it is about, not before
+    // its time) pass.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rules = loop {
+        let (_, body) = http(&web_addr, "GET", "/api/v1/rules").expect("rules");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
+        let rules: Vec<serde_json::Value> = v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if rules.len() >= 8 && rules.iter().all(|r| r["health"] == "ok") {
+            break rules;
+        }
+        assert!(Instant::now() < deadline, "rules not all healthy: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for rule in &rules {
+        exported(rule["query"].as_str().unwrap_or_default());
+    }
+    // The shipped scrape config loads (with its rules), and the rules'
+    // unit tests pass.
     let promtool = which("promtool").expect("promtool comes with prometheus");
-    let out = std::process::Command::new(promtool)
-        .args(["check", "config"])
-        .arg(cohort_e2e::workspace().join("deploy/monitoring/prometheus.yml"))
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(cohort_e2e::workspace().join("deploy/monitoring"))
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     master.proc.signal("TERM");
     let _ = master.proc.wait_exit(Duration::from_secs(15));
 }
