@@ -330,3 +330,28 @@ fn the_service_monitor_scrapes_a_port_the_master_serves_metrics_on() {
         );
     }
 }
+
+#[test]
+fn the_prometheus_rule_for_the_operator_has_the_alerts_prometheus_loads() {
+    let python = venv_tool("python").expect("the test venv's python (PyYAML)");
+    let load = |file: &str| -> Value {
+        let out = Command::new(&python)
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            ])
+            .arg(workspace().join("deploy/monitoring").join(file))
+            .output()
+            .expect("python");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
+    let rule = load("prometheusrule.yaml");
+    let alerts = load("alerts.yml");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert!(alerts["groups"].as_array().is_some_and(|g| !g.is_empty()));
+    assert_eq!(
+        rule["spec"]["groups"], alerts["groups"],
+        "prometheusrule.yaml's groups differ from alerts.yml's: copy them over"
+    );
+}
