@@ -192,6 +192,16 @@ impl Master {
         Master { proc, addr }
     }
 
+    /// Sends SIGTERM and checks the master exits 0 within 15 s.
+    pub fn stop(&mut self) {
+        self.proc.signal("TERM");
+        let status = self
+            .proc
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("the master did not exit: {}", self.proc.stderr()));
+        assert_eq!(status.code(), Some(0), "{}", self.proc.stderr());
+    }
+
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

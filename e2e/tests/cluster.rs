@@ -38,12 +38,7 @@ fn toml_str(p: &std::path::Path) -> String {
 /// Stops the master with SIGTERM and checks it exits 0 in time and that
 /// every listed pid is gone.
 fn stop_cleanly(master: &mut Master, pids: &[u32]) {
-    master.proc.signal("TERM");
-    let status = master
-        .proc
-        .wait_exit(Duration::from_secs(15))
-        .expect("master exits");
-    assert_eq!(status.code(), Some(0), "{}", master.proc.stderr());
+    master.stop();
     cohort_e2e::eventually("every cluster process to end", || {
         pids.iter().all(|p| !alive(*p)).then_some(())
     });

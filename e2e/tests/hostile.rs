@@ -60,14 +60,7 @@ async fn replacement(addr: &str, name: &str, old: u32) -> pb::MemberInfo {
 }
 
 fn stop(master: &mut Master, pids: &[u32]) {
-    master.proc.signal("TERM");
-    let status = master.proc.wait_exit(Duration::from_secs(15));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        master.proc.stderr()
-    );
+    master.stop();
     cohort_e2e::eventually("every cluster process to end", || {
         pids.iter().all(|p| !alive(*p)).then_some(())
     });

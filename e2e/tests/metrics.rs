@@ -206,7 +206,6 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     let _ = master.proc.wait_exit(Duration::from_secs(15));
 }
 
-/// `text` for a URL query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_cluster_can_keep_its_metrics_to_the_totals() {
     let dir = tempfile::tempdir().expect("dir");
@@ -294,7 +293,5 @@ async fn silent_connections_to_the_metrics_port_are_bounded_and_closed() {
     // And a scrape is answered again.
     let text = scrape(&metrics);
     assert_eq!(value(&text, "cohort_cluster_ready"), Some(1.0), "{text}");
-    master.proc.signal("TERM");
-    let status = master.proc.wait_exit(Duration::from_secs(15));
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    master.stop();
 }

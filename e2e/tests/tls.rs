@@ -52,6 +52,14 @@ impl Pki {
     }
 }
 
+/// A master serving TLS with a certificate from `pki`, with `args`.
+fn tls_master(pki: &Pki, args: &[&str]) -> Master {
+    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
+    let mut all = args.to_vec();
+    all.extend(["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    Master::start(&all)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -71,17 +79,7 @@ fn files(ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> TlsFiles {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_grpcurl_and_sdk_members_and_local_children() {
     let pki = Pki::new();
-    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
-    let mut master = Master::start(&[
-        "--agent-count",
-        "0",
-        "--worker-count",
-        "1",
-        "--tls-cert",
-        s(&cert),
-        "--tls-key",
-        s(&key),
-    ]);
+    let mut master = tls_master(&pki, &["--agent-count", "0", "--worker-count", "1"]);
     let addr = master.addr.clone();
     wait_ready_tls(&addr, &["worker-1"], &pki.ca(), None).await;
 
@@ -109,31 +107,25 @@ async fn tls_serves_grpcurl_and_sdk_members_and_local_children() {
         let (ok, text) = grpcurl_raw(&tool, &["-max-time", "3", "-plaintext", &addr, "list"]);
         assert!(!ok, "plaintext is refused: {text}");
     }
-    master.proc.signal("TERM");
-    let status = master
-        .proc
-        .wait_exit(std::time::Duration::from_secs(15))
-        .expect("exit");
-    assert_eq!(status.code(), Some(0));
+    master.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_requires_a_client_certificate_naming_the_member() {
     let pki = Pki::new();
-    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
     let a = pki.leaf("remote-a", &["remote-a"]);
-    let mut master = Master::start(&[
-        "--agent-count",
-        "0",
-        "--worker-count",
-        "1",
-        "--tls-cert",
-        s(&cert),
-        "--tls-key",
-        s(&key),
-        "--tls-client-ca",
-        s(&pki.ca()),
-    ]);
+    let ca = pki.ca();
+    let mut master = tls_master(
+        &pki,
+        &[
+            "--agent-count",
+            "0",
+            "--worker-count",
+            "1",
+            "--tls-client-ca",
+            s(&ca),
+        ],
+    );
     let addr = master.addr.clone();
     // The local worker joined over the master's Unix socket, no certificate needed.
     wait_ready_tls(&addr, &["worker-1"], &pki.ca(), Some(&a)).await;
@@ -197,31 +189,24 @@ async fn mtls_requires_a_client_certificate_naming_the_member() {
         );
         assert!(out.contains("worker-1"), "{out}");
     }
-    master.proc.signal("TERM");
-    let status = master
-        .proc
-        .wait_exit(std::time::Duration::from_secs(15))
-        .expect("exit");
-    assert_eq!(status.code(), Some(0));
+    master.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_handshake_that_stalls_is_closed_after_the_handshake_timeout() {
     use std::io::{Read, Write};
     let pki = Pki::new();
-    let (cert, key) = pki.leaf("server", &["localhost", "127.0.0.1"]);
-    let mut master = Master::start(&[
-        "--agent-count",
-        "0",
-        "--worker-count",
-        "0",
-        "--handshake-timeout",
-        "500ms",
-        "--tls-cert",
-        s(&cert),
-        "--tls-key",
-        s(&key),
-    ]);
+    let mut master = tls_master(
+        &pki,
+        &[
+            "--agent-count",
+            "0",
+            "--worker-count",
+            "0",
+            "--handshake-timeout",
+            "500ms",
+        ],
+    );
     // The start of a ClientHello record announcing 512 bytes, then nothing:
     // enough to count as a handshake begun, never enough to finish it.
     let mut stalled = std::net::TcpStream::connect(&master.addr).expect("connect");
@@ -242,10 +227,5 @@ async fn a_tls_handshake_that_stalls_is_closed_after_the_handshake_timeout() {
     );
     // Everyone else is served as before.
     wait_ready_tls(&master.addr, &[], &pki.ca(), None).await;
-    master.proc.signal("TERM");
-    let status = master
-        .proc
-        .wait_exit(std::time::Duration::from_secs(15))
-        .expect("exit");
-    assert_eq!(status.code(), Some(0));
+    master.stop();
 }
