@@ -117,7 +117,14 @@ def session(name):
             elif kind == "deliver":
                 env = frame.deliver
                 sender = getattr(env, "from")
-                if env.expects_reply and env.action == "add":
+                if env.reply_to:
+                    # Only the master's reply path sets reply_to, on answers
+                    # to our own requests; this example makes none, so it is
+                    # nobody's message. A client that does make requests
+                    # matches reply_to against its own pending ids, which
+                    # must be random (uuid4), not a counter others can guess.
+                    log("IGNORED", "a reply to no request of ours", "FROM", sender)
+                elif env.expects_reply and env.action == "add":
                     args = json.loads(env.data)
                     answer = {"sum": args["a"] + args["b"], "by": name}
                     outbox.put(pb.MemberFrame(reply=pb.Envelope(

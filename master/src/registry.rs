@@ -51,7 +51,7 @@ use roster::Roster;
 use router::*;
 use watching::Watch;
 
-pub use error::RouteError;
+pub use error::{MAX_REQUEST_TIMEOUT, RouteError};
 pub use join::{
     MAX_HOST_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_VERSION_LEN, Via,
     WELCOME_MEMBERS, check_hello,

@@ -147,7 +147,7 @@ async fn only_the_member_asked_can_answer_a_request() {
     let mut b = b.expect("b joins");
     let (c_tx, c) = raw_join(&master, hello("c")).await;
     let mut c = c.expect("c joins");
-    let a = master.join(Role::Worker, "a").await;
+    let a = master.join(Role::Agent, "a").await;
 
     // From a member.
     let asking = {
@@ -189,5 +189,185 @@ async fn only_the_member_asked_can_answer_a_request() {
     b_tx.send(reply(&request.id, "from b")).await.expect("send");
     let answer = asking.await.expect("join").expect("answered").into_inner();
     assert_eq!(answer.reply.expect("reply").data, "from b".as_bytes());
+    master.stop().await;
+}
+
+fn frame(kind: Frame) -> pb::MemberFrame {
+    pb::MemberFrame { kind: Some(kind) }
+}
+
+/// A plain envelope from a raw member, with an ack wanted.
+fn plain(id: &str, target: Target, edit: impl FnOnce(&mut pb::Envelope)) -> pb::Envelope {
+    let mut env = pb::Envelope {
+        id: id.into(),
+        action: "answer".into(),
+        data: "forged".as_bytes().to_vec().into(),
+        target: Some(target.into()),
+        ack: true,
+        ..Default::default()
+    };
+    edit(&mut env);
+    env
+}
+
+/// The next delivery `stream` gets, which must be the marker `id` sent
+/// after the forgeries: anything forged would have come first (FIFO).
+async fn next_is_marker(stream: &mut tonic::Streaming<pb::MasterFrame>, marker: &str) {
+    let env = next_delivery(stream).await;
+    assert_eq!(
+        env.action, marker,
+        "nothing forged was delivered first: {env:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_send_never_passes_as_a_reply() {
+    let master = TestMaster::start(config()).await;
+    // B, the one ready worker, answers requests to a worker; C (joined, not
+    // ready, so never picked) forges; A asks.
+    let (b_tx, b) = raw_join(&master, hello("b")).await;
+    let mut b = b.expect("b joins");
+    b_tx.send(frame(Frame::Ready(pb::Ready {})))
+        .await
+        .expect("ready");
+    let (c_tx, c) = raw_join(&master, hello("c")).await;
+    let mut c = c.expect("c joins");
+    let a = master.join(Role::Agent, "a").await;
+    a.ready().await.expect("ready");
+    // A message from A shows C the shape of A's ids.
+    a.send_to("c", "hi", "from a").await.expect("sent");
+    let seen = next_delivery(&mut c).await;
+    assert_eq!(seen.from, "a");
+    let asking = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.request(Target::Random(Role::Worker), "q", "?", WAIT)
+                .await
+                .map(|m| (m.from.clone(), m.text().map(str::to_string)))
+        })
+    };
+    let request = next_delivery(&mut b).await;
+    assert!(request.expects_reply);
+    // C aims at A's pending request: the id A's last message had, the ones
+    // a counter would give next, and the id the master gave the request.
+    let mut guesses = vec![seen.id.clone(), request.id.clone()];
+    if let Some((prefix, n)) = seen.id.rsplit_once('-')
+        && let Ok(n) = n.parse::<u64>()
+    {
+        guesses.extend((1..=3).map(|k| format!("{prefix}-{}", n + k)));
+    }
+    for (i, guess) in guesses.iter().enumerate() {
+        for target in [Target::Member("a".into()), Target::All] {
+            let id = format!("forged-{i}-{target:?}");
+            let env = plain(&id, target, |e| e.reply_to = guess.clone());
+            c_tx.send(frame(Frame::Send(env))).await.expect("send");
+            let refused = next_result(&mut c).await;
+            assert_eq!(refused.id, id);
+            assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+            assert!(refused.message.contains("reply_to"), "{refused:?}");
+        }
+        // In a batch, and as a request to A, the same.
+        let batch = pb::Envelopes {
+            envelopes: vec![plain(&format!("batched-{i}"), Target::All, |e| {
+                e.reply_to = guess.clone();
+            })],
+        };
+        c_tx.send(frame(Frame::SendBatch(batch)))
+            .await
+            .expect("send");
+        assert_eq!(next_result(&mut c).await.code, Code::InvalidArgument as i32);
+        let req = plain(&format!("req-{i}"), Target::Member("a".into()), |e| {
+            e.reply_to = guess.clone();
+            e.ack = false;
+        });
+        c_tx.send(frame(Frame::Request(req))).await.expect("send");
+        let refused = next_result(&mut c).await;
+        assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+        assert!(refused.message.contains("reply_to"), "{refused:?}");
+    }
+    // Nothing forged reached B (the broadcasts' other receiver) ahead of a
+    // real message; and A's request gets the real reply, from B.
+    let marker = plain("marker", Target::Member("b".into()), |e| {
+        e.action = "marker".into()
+    });
+    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
+    next_is_marker(&mut b, "marker").await;
+    b_tx.send(reply(&request.id, "from b")).await.expect("send");
+    let (from, text) = asking.await.expect("join").expect("answered");
+    assert_eq!((from.as_str(), text.as_deref()), ("b", Some("from b")));
+    assert_eq!(a.dropped_messages(), 0, "A was handed nothing forged");
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn expects_reply_outside_a_request_is_refused_and_reaches_nobody() {
+    let master = TestMaster::start(config()).await;
+    let (_b_tx, b) = raw_join(&master, hello("b")).await;
+    let mut b = b.expect("b joins");
+    let (c_tx, c) = raw_join(&master, hello("c")).await;
+    let mut c = c.expect("c joins");
+    for target in [
+        Target::Member("b".into()),
+        Target::Role(Role::Worker),
+        Target::All,
+    ] {
+        let env = plain("ask", target, |e| e.expects_reply = true);
+        c_tx.send(frame(Frame::Send(env))).await.expect("send");
+        let refused = next_result(&mut c).await;
+        assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+        assert!(refused.message.contains("expects_reply"), "{refused:?}");
+    }
+    let marker = plain("marker", Target::Member("b".into()), |e| {
+        e.action = "marker".into()
+    });
+    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
+    next_is_marker(&mut b, "marker").await;
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn request_timeouts_and_claimed_pids_cannot_be_abused() {
+    let master = TestMaster::start(config()).await;
+    let (_b_tx, b) = raw_join(&master, hello("b")).await;
+    let mut b = b.expect("b joins");
+    let (c_tx, c) = raw_join(&master, hello("c")).await;
+    let mut c = c.expect("c joins");
+    // A wait past any deadline the master can keep.
+    let forever = plain("forever", Target::Member("b".into()), |e| {
+        e.timeout = Some(prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+    });
+    c_tx.send(frame(Frame::Request(forever)))
+        .await
+        .expect("send");
+    let refused = next_result(&mut c).await;
+    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+    assert!(refused.message.contains("at most 3600 s"), "{refused:?}");
+
+    // Two members claim the same pid@host: neither gets what was meant for
+    // "the" one.
+    let claim = |name: &str| hello_with(name, |h| (h.pid, h.host) = (4242, "h".into()));
+    let (_d_tx, d) = raw_join(&master, claim("d")).await;
+    let _d = d.expect("d joins");
+    let (_e_tx, e) = raw_join(&master, claim("e")).await;
+    let _e = e.expect("e joins");
+    c_tx.send(frame(Frame::Send(plain(
+        "to-pid",
+        Target::Member("4242@h".into()),
+        |_| {},
+    ))))
+    .await
+    .expect("send");
+    let refused = next_result(&mut c).await;
+    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+    assert!(refused.message.contains("matches 2 members"), "{refused:?}");
+    // The master serves on.
+    let marker = plain("marker", Target::Member("b".into()), |e| {
+        e.action = "marker".into()
+    });
+    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
+    next_is_marker(&mut b, "marker").await;
     master.stop().await;
 }

@@ -248,7 +248,9 @@ impl Member {
     ) -> Result<Message, Error> {
         let data = data.into();
         check_size(&data)?;
-        let id = self.inner.next_id();
+        // Unguessable, unlike send ids (which receivers see): nobody can aim
+        // a forged answer at it.
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
         // A request to a member by name must be answered by that name.
         let from = match &target {

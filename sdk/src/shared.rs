@@ -178,6 +178,11 @@ impl Inner {
     }
 
     /// Hands a delivered envelope to its waiter or its action's handlers.
+    /// Only the master's reply path delivers `reply_to` (it refuses sends
+    /// that carry it), and it must name one of this member's own requests,
+    /// whose ids are random: an envelope with `reply_to` is a reply to that
+    /// request or, when none waits (it timed out), dropped; never a message
+    /// and never an answer to a send.
     /// Returns the subscriptions that are full, with the message each must
     /// still get: the caller waits for them before it reads on.
     pub(crate) fn deliver(
@@ -192,14 +197,18 @@ impl Inner {
                     drop(waiters);
                     let _ = tx.send(Ok(self.message(env)));
                 }
-                // Not from the member the request went to: not the answer.
+                // Not from the member the request went to, or aimed at a
+                // send's id (which receivers see): not the answer.
                 Some(w) => {
                     waiters.insert(env.reply_to.clone(), w);
                     drop(waiters);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(from = %env.from, "reply from a member the request did not go to ignored");
+                    tracing::warn!(from = %env.from, "reply that does not answer this request ignored");
                 }
-                None => {}
+                None => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(from = %env.from, "reply to no waiting request (timed out) dropped");
+                }
             }
             return waiting;
         }
@@ -248,6 +257,58 @@ impl Inner {
             data: env.data,
             expects_reply: env.expects_reply,
             replier: self.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_to(id: &str, from: &str) -> pb::Envelope {
+        pb::Envelope {
+            id: "r".into(),
+            from: from.into(),
+            action: "a".into(),
+            reply_to: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_an_answer_to_a_waiting_request_is_a_reply() {
+        let inner = Arc::new(Inner::new(Role::Worker));
+        let (ack_tx, mut ack_rx) = oneshot::channel();
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        let send_id = inner.next_id();
+        lock(&inner.waiters).insert(send_id.clone(), Waiter::Ack(ack_tx));
+        lock(&inner.waiters).insert("q".into(), Waiter::Reply(reply_tx, Some("b".into())));
+        let mut any = inner.subscribe_for_test();
+
+        // Aimed at a send's id, from the wrong member, or at nothing: none
+        // is an answer, and none is handed out as a message either.
+        inner.deliver(reply_to(&send_id, "c"));
+        inner.deliver(reply_to("q", "c"));
+        inner.deliver(reply_to("nothing", "c"));
+        assert!(ack_rx.try_recv().is_err(), "the send still waits");
+        assert!(reply_rx.try_recv().is_err(), "the request still waits");
+        assert!(any.try_recv().is_err(), "no handler got a reply");
+        assert_eq!(inner.dropped.load(Ordering::Relaxed), 3);
+
+        inner.deliver(reply_to("q", "b"));
+        let answer = reply_rx.try_recv().expect("answered").expect("ok");
+        assert_eq!(answer.from, "b");
+        assert_eq!(lock(&inner.waiters).len(), 1, "the send's ack still waits");
+    }
+
+    impl Inner {
+        fn subscribe_for_test(&self) -> mpsc::Receiver<Message> {
+            let (tx, rx) = mpsc::channel(8);
+            lock(&self.handlers)
+                .entry(ANY_ACTION.to_string())
+                .or_default()
+                .push(Handler::Stream(tx));
+            rx
         }
     }
 }

@@ -10,8 +10,10 @@
 //!                   {"type":"error","message":"..."}
 //! ```
 //!
-//! `data` is any JSON value, carried as its JSON text. The worker exits with
-//! the payload's status.
+//! `data` is any JSON value, carried as its JSON text. A `send` takes no
+//! other fields: only a `reply`, to the id of a message that had
+//! `"expects_reply":true` (a request the master delivered), answers
+//! anything. The worker exits with the payload's status.
 
 use bytes::BytesMut;
 use cohort::{Member, Message, Role, Target};

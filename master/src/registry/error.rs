@@ -2,7 +2,11 @@
 //! sender or a `Control/Send` caller sees is made from it at the edge.
 
 use cohort_proto::{MemberName, Role};
+use std::time::Duration;
 use tonic::{Code, Status};
+
+/// The longest a request may wait for its reply.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Why routing failed. The messages tell the sender what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,14 +54,36 @@ pub enum RouteError {
     /// No reply came in time.
     #[error("no reply before the request's deadline")]
     Deadline,
+    /// A send, broadcast or request carried `reply_to`: only the master's
+    /// reply path delivers it, so no member can pose as another's answer.
+    #[error(
+        "envelope.reply_to is set only on replies: answer a request with a reply frame; a send, broadcast or request that carries it is refused"
+    )]
+    ReplyToOutsideReply,
+    /// A plain send or broadcast carried `expects_reply`.
+    #[error(
+        "envelope.expects_reply is set only on requests: send a request frame (one member or one of a role) to get a reply"
+    )]
+    ExpectsReplyOnSend,
+    /// A request asked for a longer wait than the master keeps.
+    #[error("envelope.timeout is {0} s; a request waits at most {max} s", max = MAX_REQUEST_TIMEOUT.as_secs())]
+    TimeoutTooLong(u64),
+    /// `pid@host` names more than one member (hosts and pids are what the
+    /// members say they are).
+    #[error("{0} matches {1} members: address one by name or instance id")]
+    Ambiguous(String, usize),
 }
 
 impl From<RouteError> for Status {
     fn from(e: RouteError) -> Status {
         let code = match &e {
-            RouteError::BadTarget(_) | RouteError::EmptyAction | RouteError::RequestToMany => {
-                Code::InvalidArgument
-            }
+            RouteError::BadTarget(_)
+            | RouteError::EmptyAction
+            | RouteError::RequestToMany
+            | RouteError::ReplyToOutsideReply
+            | RouteError::ExpectsReplyOnSend
+            | RouteError::TimeoutTooLong(_)
+            | RouteError::Ambiguous(..) => Code::InvalidArgument,
             RouteError::NotFound(_) | RouteError::NoSuchRequest(_) => Code::NotFound,
             RouteError::NoneReady(_)
             | RouteError::Full(_)

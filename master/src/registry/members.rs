@@ -153,9 +153,20 @@ pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, RouteE
     }
     if let Some((pid, host)) = key.split_once('@')
         && let Ok(pid) = pid.parse::<u32>()
-        && let Some(m) = st.members.values().find(|m| m.pid == pid && m.host == host)
     {
-        return Ok(m.name.clone());
+        // Members report their own pid and host: two that claim the same
+        // are not told apart by guessing.
+        let mut found = st
+            .members
+            .values()
+            .filter(|m| m.pid == pid && m.host == host);
+        if let Some(m) = found.next() {
+            let others = found.count();
+            if others > 0 {
+                return Err(RouteError::Ambiguous(key.to_string(), others + 1));
+            }
+            return Ok(m.name.clone());
+        }
     }
     Err(not_found(key))
 }

@@ -32,6 +32,9 @@ impl Registry {
         mode: Mode,
         now: Instant,
     ) -> Result<Routed, RouteError> {
+        if !env.reply_to.is_empty() {
+            return Err(RouteError::ReplyToOutsideReply);
+        }
         let target = Target::try_from(env.target.as_ref()).map_err(RouteError::BadTarget)?;
         if matches!(target, Target::All | Target::Role(_)) {
             return Err(RouteError::RequestToMany);
@@ -45,6 +48,9 @@ impl Registry {
         let timeout = cohort_proto::time::span(env.timeout.as_ref())
             .filter(|t| !t.is_zero())
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        if timeout > MAX_REQUEST_TIMEOUT {
+            return Err(RouteError::TimeoutTooLong(timeout.as_secs()));
+        }
         env.expects_reply = true;
         let mut routed = deliver(st, from, env, target, mode)?;
         st.pending.insert(

@@ -44,12 +44,20 @@ pub(super) fn route(
     env: pb::Envelope,
     mode: Mode,
 ) -> Result<Routed, RouteError> {
+    if !env.reply_to.is_empty() {
+        return Err(RouteError::ReplyToOutsideReply);
+    }
+    if env.expects_reply {
+        return Err(RouteError::ExpectsReplyOnSend);
+    }
     let target = Target::try_from(env.target.as_ref()).map_err(RouteError::BadTarget)?;
     deliver(st, from, env, target, mode)
 }
 
 /// Stamps the sender and queues the envelope for every member the target
 /// names. A broadcast to nobody is not an error; a targeted send to nobody is.
+/// `reply_to` and `expects_reply` pass through as the caller left them:
+/// only the request and reply paths may set them.
 pub(super) fn deliver(
     st: &mut State,
     from: &str,
