@@ -3,7 +3,9 @@
 //! call, and errors turned into exit codes and words.
 
 use cohort::{Code, MemberBuilder, Role, Target, pb};
+use cohort_proto::auth::Bearer;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// How long a call waits for the master's answer (beyond a request's own
@@ -14,10 +16,12 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// A connected Control client.
 pub struct Ctl {
     master: String,
-    control: pb::control_client::ControlClient<Channel>,
-    health: tonic_health::pb::health_client::HealthClient<Channel>,
-    token: Option<String>,
+    control: pb::control_client::ControlClient<Authed>,
+    health: tonic_health::pb::health_client::HealthClient<Authed>,
 }
+
+/// The channel with the bearer token on every call.
+type Authed = InterceptedService<Channel, Bearer>;
 
 /// `call`'s answer, or unreachable (exit 69) after `limit`.
 async fn answered<T>(
@@ -46,25 +50,19 @@ impl Ctl {
             (cohort::env::MASTER, Some(m)) => Some(m.to_string()),
             _ => std::env::var(k).ok(),
         })?;
-        let (channel, token) = builder.control_channel().await?;
+        let (channel, bearer) = builder.control_channel().await?;
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         Ok(Ctl {
             master: builder.master().to_string(),
-            control: pb::control_client::ControlClient::new(channel.clone())
-                .max_decoding_message_size(max),
-            health: tonic_health::pb::health_client::HealthClient::new(channel),
-            token,
+            control: pb::control_client::ControlClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            )
+            .max_decoding_message_size(max),
+            health: tonic_health::pb::health_client::HealthClient::with_interceptor(
+                channel, bearer,
+            ),
         })
-    }
-
-    fn req<T>(&self, message: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(message);
-        if let Some(t) = &self.token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            r.metadata_mut().insert("authorization", v);
-        }
-        r
     }
 
     /// Every member, page by page.
@@ -76,7 +74,7 @@ impl Ctl {
                 page_token: token,
                 ..Default::default()
             };
-            let r = self.req(page);
+            let r = page;
             let page = answered(&self.master, ANSWER, self.control.list_members(r))
                 .await?
                 .into_inner();
@@ -89,7 +87,7 @@ impl Ctl {
     }
 
     pub async fn info(&mut self) -> anyhow::Result<pb::ClusterInfoResponse> {
-        let r = self.req(pb::ClusterInfoRequest {});
+        let r = pb::ClusterInfoRequest {};
         let info = answered(&self.master, ANSWER, self.control.cluster_info(r)).await?;
         Ok(info.into_inner())
     }
@@ -114,7 +112,7 @@ impl Ctl {
 
     /// The cluster's events: the current state, then what follows.
     pub async fn watch(&mut self) -> anyhow::Result<tonic::Streaming<pb::ClusterEvent>> {
-        let r = self.req(pb::WatchEventsRequest {});
+        let r = pb::WatchEventsRequest {};
         // Bounded until the stream starts; then HTTP/2 keepalive watches it.
         let events = answered(&self.master, ANSWER, self.control.watch_events(r)).await?;
         Ok(events.into_inner())
@@ -148,7 +146,7 @@ impl Ctl {
         &mut self,
         req: pb::LogsRequest,
     ) -> anyhow::Result<tonic::Streaming<pb::LogEntry>> {
-        let r = self.req(req);
+        let r = req;
         let lines = answered(&self.master, ANSWER, self.control.logs(r)).await?;
         Ok(lines.into_inner())
     }
@@ -169,7 +167,7 @@ impl Ctl {
             expect_reply: timeout.is_some(),
             ..Default::default()
         };
-        let r = self.req(msg);
+        let r = msg;
         let limit = timeout.unwrap_or_default() + ANSWER;
         Ok(answered(&self.master, limit, self.control.send(r))
             .await?
@@ -177,10 +175,10 @@ impl Ctl {
     }
 
     pub async fn scale(&mut self, role: Role, count: u32) -> anyhow::Result<()> {
-        let r = self.req(pb::ScaleRequest {
+        let r = pb::ScaleRequest {
             role: role.into(),
             count,
-        });
+        };
         answered(&self.master, ANSWER, self.control.scale(r)).await?;
         Ok(())
     }
@@ -188,14 +186,14 @@ impl Ctl {
     /// Restarts a member, or a role when `which` names one.
     pub async fn restart(&mut self, which: &str, rolling: bool) -> anyhow::Result<()> {
         use pb::restart_request::Which;
-        let which = match crate::target::role(which) {
+        let which = match Role::from_word(which) {
             Ok(role) => Which::Role(role.into()),
             Err(_) => Which::Member(which.to_string()),
         };
-        let r = self.req(pb::RestartRequest {
+        let r = pb::RestartRequest {
             which: Some(which),
             rolling,
-        });
+        };
         // The answer comes once the new instances are ready, which may take
         // long; HTTP/2 keepalive (30 s) tells a master that went silent.
         self.control.restart(r).await?;
@@ -203,13 +201,13 @@ impl Ctl {
     }
 
     pub async fn drain(&mut self, member: String) -> anyhow::Result<()> {
-        let r = self.req(pb::DrainRequest { member });
+        let r = pb::DrainRequest { member };
         answered(&self.master, ANSWER, self.control.drain(r)).await?;
         Ok(())
     }
 
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
-        let r = self.req(pb::ShutdownRequest {});
+        let r = pb::ShutdownRequest {};
         answered(&self.master, ANSWER, self.control.shutdown(r)).await?;
         Ok(())
     }

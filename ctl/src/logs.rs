@@ -24,7 +24,7 @@ pub fn request(
     };
     match which {
         None | Some("all") => {}
-        Some(w) => match crate::target::role(w) {
+        Some(w) => match cohort::Role::from_word(w) {
             Ok(role) => req.role = role.into(),
             Err(_) => req.member = w.to_string(),
         },

@@ -9,11 +9,11 @@
 mod client;
 mod logs;
 mod show;
-mod target;
 mod top;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Ctl;
+use cohort::Role;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action,
             data,
         } => {
-            let target = target::parse(&target)?;
+            let target = target.parse().map_err(anyhow::Error::msg)?;
             let sent = ctl.send(target, action, data, None).await?;
             println!("delivered to {}", sent.delivered);
         }
@@ -233,13 +233,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             timeout,
         } => {
-            let target = target::parse(&target)?;
+            let target = target.parse().map_err(anyhow::Error::msg)?;
             let sent = ctl.send(target, action, data, Some(timeout)).await?;
             let reply = sent.reply.map(|r| r.data).unwrap_or_default();
             println!("{}", String::from_utf8_lossy(&reply));
         }
         Command::Scale { role, count } => {
-            let role = target::role(&role)?;
+            let role = Role::from_word(&role).map_err(anyhow::Error::msg)?;
             ctl.scale(role, count).await?;
             println!("{role}: {count}");
         }

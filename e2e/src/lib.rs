@@ -399,10 +399,9 @@ pub async fn members(addr: &str) -> Vec<cohort_proto::pb::MemberInfo> {
 /// Every member the master lists, asking with a bearer token.
 pub async fn members_with(addr: &str, token: Option<&str>) -> Vec<cohort_proto::pb::MemberInfo> {
     let mut request = tonic::Request::new(cohort_proto::pb::ListMembersRequest::default());
-    if let Some(t) = token {
-        let value = format!("Bearer {t}").parse().expect("token fits a header");
-        request.metadata_mut().insert("authorization", value);
-    }
+    cohort_proto::auth::Bearer::new(token)
+        .expect("token fits a header")
+        .apply(&mut request);
     control(addr)
         .await
         .list_members(request)

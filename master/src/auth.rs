@@ -125,7 +125,7 @@ impl tonic::service::Interceptor for Auth {
         }
         let given = request
             .metadata()
-            .get("authorization")
+            .get(cohort_proto::auth::HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");

@@ -19,7 +19,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 
 /// The environment variable holding a bearer token directly (never a flag:
 /// argv is visible to every local user).
-pub const ENV_TOKEN: &str = "COHORT_TOKEN";
+const ENV_TOKEN: &str = cohort_proto::env::TOKEN;
 
 /// A configuration problem; the message names the key and what is allowed.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ pub use handle::{SlotView, SupervisorHandle};
 use crate::model::{EventKind, MemberSnapshot, MemberState};
 use crate::registry::{Notice, Registry};
 use cohort_process::child;
-use cohort_proto::Role;
+use cohort_proto::{Role, env};
 use rollout::{Progress, Rollout};
 use slot::{Action, Event, Lifecycle, Outcome, Policy, Slot};
 use std::collections::VecDeque;
@@ -275,20 +275,15 @@ impl Supervisor {
         let spec = spawn::SpawnSpec {
             command: &command,
             env: vec![
-                ("COHORT_MASTER".into(), url),
-                ("COHORT_NAME".into(), name.clone()),
-                ("COHORT_ROLE".into(), role.to_string()),
-                ("COHORT_SECRET".into(), secret),
+                (env::MASTER.into(), url),
+                (env::NAME.into(), name.clone()),
+                (env::ROLE.into(), role.to_string()),
+                (env::SECRET.into(), secret),
                 // Parsed and logged once by the master (supervisor/output.rs).
-                ("COHORT_LOG_FORMAT".into(), output::CHILD_LOG_FORMAT.into()),
+                (env::LOG_FORMAT.into(), output::CHILD_LOG_FORMAT.into()),
             ]
             .into_iter()
-            .chain(
-                self.cfg
-                    .token
-                    .clone()
-                    .map(|t| ("COHORT_TOKEN".to_string(), t)),
-            )
+            .chain(self.cfg.token.clone().map(|t| (env::TOKEN.to_string(), t)))
             .collect(),
             listeners,
             name: &name,

@@ -18,9 +18,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// The environment variable that picks the log format (`json` or `text`).
-pub const ENV_LOG_FORMAT: &str = "COHORT_LOG_FORMAT";
-
 /// A layer added beside the output (the SDK's log forwarder).
 pub type Extra = Box<dyn Layer<Registry> + Send + Sync>;
 
@@ -53,7 +50,7 @@ pub fn init(log_format: Option<&str>, filter: Option<&str>, extra: Option<Extra>
 pub fn init_from_env(extra: Option<Extra>) {
     // Under systemd, stderr goes to journald (`JOURNAL_STREAM`): lines with
     // syslog priorities, so `journalctl -p err` shows the errors.
-    let format = std::env::var(ENV_LOG_FORMAT)
+    let format = std::env::var(cohort_proto::env::LOG_FORMAT)
         .ok()
         .or_else(|| std::env::var_os("JOURNAL_STREAM").map(|_| "journal".to_string()));
     let filter = std::env::var("RUST_LOG").ok();

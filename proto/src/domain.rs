@@ -152,6 +152,41 @@ pub enum Target {
     Random(Role),
 }
 
+impl Role {
+    /// A role as an operator types it: `agent`, `worker`, or their plurals.
+    pub fn from_word(s: &str) -> Result<Role, String> {
+        match s {
+            "agent" | "agents" => Ok(Role::Agent),
+            "worker" | "workers" => Ok(Role::Worker),
+            other => Err(format!("{other:?} is not a role: agent or worker")),
+        }
+    }
+}
+
+/// A target as operators and payloads write it, the one grammar of
+/// `cohortctl send`, `cohort-worker --exec` and the tests: `all`; `agents`
+/// or `workers` (every member of the role); `random:ROLE` (`random` alone:
+/// a worker); `member:NAME`, or a bare name, instance id or `pid@host`.
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Target, String> {
+        const FORMS: &str = "all, agents, workers, random:ROLE or a member (NAME or member:NAME)";
+        Ok(match s {
+            "" => return Err(format!("the target is empty: {FORMS}")),
+            "all" => Target::All,
+            "agents" => Target::Role(Role::Agent),
+            "workers" => Target::Role(Role::Worker),
+            "random" => Target::Random(Role::Worker),
+            _ => match (s.strip_prefix("random:"), s.strip_prefix("member:")) {
+                (Some(role), _) => Target::Random(Role::from_word(role)?),
+                (_, Some("")) => return Err(format!("member: names no member: {FORMS}")),
+                (_, Some(member)) => Target::Member(member.to_string()),
+                _ => Target::Member(s.to_string()),
+            },
+        })
+    }
+}
+
 impl From<Target> for pb::Target {
     fn from(t: Target) -> Self {
         use pb::target::Kind;
@@ -237,5 +272,31 @@ mod tests {
             assert_eq!(Target::try_from(Some(&p)), Ok(t));
         }
         assert!(Target::try_from(None).is_err());
+    }
+
+    #[test]
+    fn targets_read_as_operators_type_them() {
+        let rows = [
+            ("all", Target::All),
+            ("workers", Target::Role(Role::Worker)),
+            ("agents", Target::Role(Role::Agent)),
+            ("random:worker", Target::Random(Role::Worker)),
+            ("random:agents", Target::Random(Role::Agent)),
+            ("random", Target::Random(Role::Worker)),
+            ("worker-3", Target::Member("worker-3".into())),
+            ("agent", Target::Member("agent".into())),
+            ("member:worker-2", Target::Member("worker-2".into())),
+            ("1234@host-a", Target::Member("1234@host-a".into())),
+        ];
+        for (text, want) in rows {
+            assert_eq!(text.parse::<Target>().as_ref(), Ok(&want), "{text}");
+        }
+        for bad in ["", "member:", "random:cook", "random:workersss"] {
+            let err = bad.parse::<Target>().expect_err(bad);
+            assert!(err.contains("agent"), "{bad}: {err}");
+        }
+        assert_eq!(Role::from_word("workers"), Ok(Role::Worker));
+        assert!(Role::from_word("workersss").is_err());
+        assert!(Role::from_word("chef").is_err());
     }
 }

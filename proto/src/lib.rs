@@ -3,7 +3,9 @@
 //! master serves for reflection. Nothing here is hand-written but re-exports,
 //! small conversions and the master's pre-encoded frame ([`frame`]).
 
+pub mod auth;
 mod domain;
+pub mod env;
 pub mod frame;
 pub mod log_line;
 pub mod time;

@@ -3,6 +3,7 @@
 
 use crate::Error;
 use cohort_proto::Role;
+use cohort_proto::auth::Bearer;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -195,11 +196,10 @@ impl MemberBuilder {
     /// A channel to the master with this builder's address and TLS, and the
     /// bearer token to send on it: for Control API clients (`cohortctl`)
     /// that reach the master the way members do.
-    pub async fn control_channel(
-        &self,
-    ) -> Result<(tonic::transport::Channel, Option<String>), Error> {
+    pub async fn control_channel(&self) -> Result<(tonic::transport::Channel, Bearer), Error> {
+        let bearer = Bearer::new(self.current_token().as_deref()).map_err(Error::Config)?;
         let channel = crate::transport::connect(&self.master, &self.tls).await?;
-        Ok((channel, self.current_token()))
+        Ok((channel, bearer))
     }
 
     /// The master's address, as given.

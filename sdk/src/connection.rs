@@ -7,6 +7,7 @@ use crate::builder::MemberBuilder;
 use crate::event::Event;
 use crate::shared::{Inner, Waiter, lock};
 use crate::stats::Sampler;
+use cohort_proto::auth::Bearer;
 use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
 use cohort_proto::time::{duration, span};
 use std::collections::VecDeque;
@@ -155,20 +156,9 @@ async fn session(
         kind: Some(Out::Hello(hello)),
     });
     let mut request = tonic::Request::new(Outgoing { rx, stash: None });
-    if let Some(token) = cfg.current_token() {
-        match format!("Bearer {token}").parse() {
-            Ok(v) => {
-                request.metadata_mut().insert("authorization", v);
-            }
-            Err(_) => {
-                return (
-                    false,
-                    Err(Error::Config(
-                        "the token has characters a header cannot carry".into(),
-                    )),
-                );
-            }
-        }
+    match Bearer::new(cfg.current_token().as_deref()) {
+        Ok(bearer) => bearer.apply(&mut request),
+        Err(e) => return (false, Err(Error::Config(e))),
     }
     let response = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),

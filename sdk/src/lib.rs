@@ -47,24 +47,4 @@ pub use tonic::Code;
 pub use transport::TlsFiles;
 
 /// Environment variables a member reads (SPEC §6).
-pub mod env {
-    /// The master's address: `http://127.0.0.1:7420` (a bare `host:port`
-    /// works), `https://…` for TLS, or `unix:///path` for a local socket.
-    pub const MASTER: &str = "COHORT_MASTER";
-    /// The member's name; empty or unset lets the master assign one.
-    pub const NAME: &str = "COHORT_NAME";
-    /// `agent` or `worker` (default `worker`).
-    pub const ROLE: &str = "COHORT_ROLE";
-    /// The one-time secret a master hands its local children.
-    pub const SECRET: &str = "COHORT_SECRET";
-    /// A bearer token for the master.
-    pub const TOKEN: &str = "COHORT_TOKEN";
-    /// A file holding the bearer token.
-    pub const TOKEN_FILE: &str = "COHORT_TOKEN_FILE";
-    /// PEM file of the CA that signed the master's certificate (`https://`).
-    pub const TLS_CA: &str = "COHORT_TLS_CA";
-    /// PEM client certificate for mTLS; its DNS name must be the member name.
-    pub const TLS_CERT: &str = "COHORT_TLS_CERT";
-    /// PEM key of the client certificate.
-    pub const TLS_KEY: &str = "COHORT_TLS_KEY";
-}
+pub use cohort_proto::env;

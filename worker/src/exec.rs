@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! payload → worker  {"type":"ready"}
-//!                   {"type":"send","target":"all"|"workers"|"agent"|"random"|"member:NAME","action":"a","data":ANY}
+//!                   {"type":"send","target":"all"|"workers"|"agent"|"random"|"random:ROLE"|"member:NAME","action":"a","data":ANY}
 //!                   {"type":"reply","to":"ID","data":ANY}
 //! worker → payload  {"type":"message","id":"ID","from":"worker-2","action":"a","data":ANY,"expects_reply":true}
 //!                   {"type":"error","message":"..."}
@@ -16,7 +16,7 @@
 //! anything. The worker exits with the payload's status.
 
 use bytes::BytesMut;
-use cohort::{Member, Message, Role, Target};
+use cohort::{Member, Message, Target};
 use cohort_process::child;
 use cohort_process::lines::Lines;
 use serde_json::{Value, json};
@@ -29,26 +29,21 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
-/// Environment variable naming the channel fd.
-pub const CHANNEL_FD: &str = "COHORT_CHANNEL_FD";
 /// Requests awaiting the payload's reply, at most.
 const MAX_PENDING: usize = 4096;
 /// Longest payload output line forwarded whole (the master keeps 1 KiB).
 const MAX_OUTPUT_LINE: usize = 16 << 10;
 
+/// The shared target grammar (`Target`'s `FromStr`), but a member only as
+/// `member:NAME`: a program's typo must not become a member's name. `agent`
+/// stays the role here, as the payload protocol has always said.
 fn parse_target(t: &str) -> Result<Target, String> {
-    match t {
-        "all" => Ok(Target::All),
-        "workers" => Ok(Target::Role(Role::Worker)),
-        "agent" => Ok(Target::Role(Role::Agent)),
-        "random" => Ok(Target::Random(Role::Worker)),
-        _ => t
-            .strip_prefix("member:")
-            .filter(|m| !m.is_empty())
-            .map(|m| Target::Member(m.to_string()))
-            .ok_or_else(|| {
-                format!("unknown target {t:?}: use all, workers, agent, random or member:NAME")
-            }),
+    let t = if t == "agent" { "agents" } else { t };
+    match t.parse()? {
+        Target::Member(_) if !t.starts_with("member:") => Err(format!(
+            "unknown target {t:?}: use all, agents, workers, random, random:ROLE or member:NAME"
+        )),
+        target => Ok(target),
     }
 }
 
@@ -72,7 +67,7 @@ pub async fn run(
     let theirs_fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .env(CHANNEL_FD, target.to_string())
+        .env(cohort::env::CHANNEL_FD, target.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -246,6 +241,7 @@ async fn handle_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cohort::Role;
 
     #[test]
     fn targets_parse_and_explain_mistakes() {
@@ -254,6 +250,11 @@ mod tests {
         assert_eq!(
             parse_target("member:worker-2"),
             Ok(Target::Member("worker-2".into()))
+        );
+        assert_eq!(parse_target("agent"), Ok(Target::Role(Role::Agent)));
+        assert_eq!(
+            parse_target("random:agent"),
+            Ok(Target::Random(Role::Agent))
         );
         assert!(parse_target("member:").is_err());
         assert!(
