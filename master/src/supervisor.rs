@@ -259,8 +259,8 @@ impl Supervisor {
     fn spawn(&mut self, i: usize) -> Event {
         let (role, name) = (self.entries[i].role, self.entries[i].name.clone());
         let Some(url) = self.cfg.master_url.clone() else {
-            let outcome = Outcome::SpawnFailed("this master has no local members' socket".into());
-            return Event::Died { pid: 0, outcome };
+            let reason = "this master has no local members' socket".into();
+            return Event::SpawnFailed { reason };
         };
         let secret = uuid::Uuid::new_v4().simple().to_string();
         self.registry.reserve(&name, &secret);
@@ -291,9 +291,8 @@ impl Supervisor {
         match spawn::spawn(&spec) {
             Ok(mut child) => {
                 let Some(pid) = child.id() else {
-                    return Event::Died {
-                        pid: 0,
-                        outcome: Outcome::SpawnFailed("the child exited at once".into()),
+                    return Event::SpawnFailed {
+                        reason: "the child exited at once".into(),
                     };
                 };
                 tracing::info!(member.name = %name, pid, "spawned");
@@ -317,9 +316,8 @@ impl Supervisor {
             }
             Err(e) => {
                 let program = command.first().cloned().unwrap_or_default();
-                Event::Died {
-                    pid: 0,
-                    outcome: Outcome::SpawnFailed(format!("{program}: {e}")),
+                Event::SpawnFailed {
+                    reason: format!("{program}: {e}"),
                 }
             }
         }

@@ -104,7 +104,12 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
-    /// The current instance ended (`pid` 0 for a failed spawn).
+    /// The spawn asked for did not give a process.
+    SpawnFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The current instance ended.
     Died {
         /// Its pid.
         pid: u32,
@@ -183,12 +188,41 @@ pub enum Action {
 pub struct Retiree {
     /// Its pid.
     pub pid: u32,
-    /// Kept serving until the slot's next instance is ready.
-    waits: bool,
-    /// When it is killed if it has not ended (`None`: no clock yet).
-    until: Option<Instant>,
-    /// SIGKILL sent.
-    killed: bool,
+    stage: Retiring,
+}
+
+/// Where a retiring instance is on its way out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Retiring {
+    /// Kept serving until the slot's next instance is ready; killed at
+    /// `until` if it is finishing by itself (a fatal error) and has not ended.
+    Serving { until: Option<Instant> },
+    /// Asked to finish (SIGTERM); killed at `until` if it has not ended.
+    Finishing { until: Instant },
+    /// SIGKILL sent; its death is what is left.
+    Killed,
+}
+
+impl Retiring {
+    /// When it is to be killed, if a clock runs.
+    fn until(self) -> Option<Instant> {
+        match self {
+            Retiring::Serving { until } => until,
+            Retiring::Finishing { until } => Some(until),
+            Retiring::Killed => None,
+        }
+    }
+}
+
+/// Why the master killed the current instance on purpose: its death then
+/// reports this, not the signal.
+#[derive(Clone, Debug, PartialEq)]
+enum Condemned {
+    /// Alive but silent: its uptime counts as for any death.
+    Hung(String),
+    /// Never ready within `start_timeout`: an early death, whatever its
+    /// uptime.
+    NeverReady(String),
 }
 
 /// A slot's state.
@@ -200,9 +234,8 @@ pub struct Slot {
     pub restarts: u32,
     early_deaths: u32,
     recent: VecDeque<Instant>,
-    /// The current instance was killed on purpose: why, and whether its
-    /// death counts as early.
-    condemned: Option<(String, bool)>,
+    /// The current instance was killed on purpose, and why.
+    condemned: Option<Condemned>,
     /// Instances retiring: replaced, stopped, or leaving on a fatal error.
     pub retiring: Vec<Retiree>,
 }
@@ -231,8 +264,8 @@ impl Slot {
             }
             _ => None,
         };
-        let drains = self.retiring.iter().filter(|r| !r.killed);
-        own.into_iter().chain(drains.filter_map(|r| r.until)).min()
+        let drains = self.retiring.iter().filter_map(|r| r.stage.until());
+        own.into_iter().chain(drains).min()
     }
 
     /// Every process of the slot: the current instance and those retiring.

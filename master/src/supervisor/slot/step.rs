@@ -6,10 +6,7 @@ use super::*;
 /// sense in the current state changes nothing and returns no action.
 pub fn step(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Vec<Action> {
     if let Event::Died { pid, outcome } = &event
-        && let Some(at) = slot
-            .retiring
-            .iter()
-            .position(|r| r.pid == *pid && *pid != 0)
+        && let Some(at) = slot.retiring.iter().position(|r| r.pid == *pid)
     {
         slot.retiring.remove(at);
         return vec![Action::Retired {
@@ -21,8 +18,8 @@ pub fn step(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Vec
     let mut actions = lifecycle(slot, event, policy, now);
     if tick {
         for r in &mut slot.retiring {
-            if !r.killed && r.until.is_some_and(|t| t <= now) {
-                r.killed = true;
+            if r.stage.until().is_some_and(|t| t <= now) {
+                r.stage = Retiring::Killed;
                 let reason = format!(
                     "still running {} ms after it was asked to finish (drain_timeout)",
                     policy.drain_timeout.as_millis()
@@ -72,16 +69,22 @@ fn lifecycle(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Ve
             slot.lifecycle = L::Spawning;
             vec![Action::Spawn]
         }
-        (L::Spawning, Event::Died { pid: 0, outcome }) => {
-            died(slot, Duration::ZERO, outcome, policy, now)
-        }
+        (L::Spawning, Event::SpawnFailed { reason }) => died(
+            slot,
+            Duration::ZERO,
+            Outcome::SpawnFailed(reason),
+            policy,
+            now,
+        ),
         (L::Starting { pid, since } | L::Ready { pid, since }, Event::Died { pid: p, outcome })
             if *pid == p =>
         {
             let uptime = now.saturating_duration_since(*since);
             match slot.condemned.take() {
-                Some((why, true)) => died(slot, Duration::ZERO, Outcome::Killed(why), policy, now),
-                Some((why, false)) => died(slot, uptime, Outcome::Killed(why), policy, now),
+                Some(Condemned::NeverReady(why)) => {
+                    died(slot, Duration::ZERO, Outcome::Killed(why), policy, now)
+                }
+                Some(Condemned::Hung(why)) => died(slot, uptime, Outcome::Killed(why), policy, now),
                 None => died(slot, uptime, outcome, policy, now),
             }
         }
@@ -89,7 +92,7 @@ fn lifecycle(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Ve
             if *pid == p && slot.condemned.is_none() =>
         {
             let reason = format!("alive but silent ({reason})");
-            slot.condemned = Some((reason.clone(), false));
+            slot.condemned = Some(Condemned::Hung(reason.clone()));
             vec![Action::Kill { pid: p, reason }]
         }
         (L::Starting { pid, since }, Event::Tick)
@@ -101,7 +104,7 @@ fn lifecycle(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Ve
                 policy.start_timeout.as_millis()
             );
             let pid = *pid;
-            slot.condemned = Some((reason.clone(), true));
+            slot.condemned = Some(Condemned::NeverReady(reason.clone()));
             vec![Action::Kill { pid, reason }]
         }
         (_, Event::Stop) => {
@@ -125,9 +128,7 @@ fn retire(slot: &mut Slot, pid: u32, until: Option<Instant>) {
     slot.condemned = None;
     slot.retiring.push(Retiree {
         pid,
-        waits: true,
-        until,
-        killed: false,
+        stage: Retiring::Serving { until },
     });
 }
 
@@ -135,10 +136,10 @@ fn retire(slot: &mut Slot, pid: u32, until: Option<Instant>) {
 /// their drain clock starts unless it already runs.
 fn release(slot: &mut Slot, policy: &Policy, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
-    for r in slot.retiring.iter_mut().filter(|r| r.waits) {
-        r.waits = false;
-        r.until.get_or_insert(now + policy.drain_timeout);
-        if !r.killed {
+    for r in &mut slot.retiring {
+        if let Retiring::Serving { until } = r.stage {
+            let until = until.unwrap_or(now + policy.drain_timeout);
+            r.stage = Retiring::Finishing { until };
             actions.push(Action::Terminate { pid: r.pid });
         }
     }

@@ -66,9 +66,8 @@ fn transitions_follow_the_table() {
         (Event::Tick, 2200, vec![], "Backoff"),
         (Event::Tick, 2300, vec![Action::Spawn], "Spawning"),
         (
-            Event::Died {
-                pid: 0,
-                outcome: Outcome::SpawnFailed("no such file".into()),
+            Event::SpawnFailed {
+                reason: "no such file".into(),
             },
             2300,
             vec![Action::Backoff {
