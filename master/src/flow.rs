@@ -35,7 +35,6 @@
 //! and sends it a heartbeat ack each interval ("alive, held back").
 
 use crate::outbound::{Outbound, PushError};
-use crate::registry::{InstanceId, Registry};
 use cohort_proto::frame::Encoded;
 use cohort_proto::{MemberName, pb};
 use std::time::Duration;
@@ -86,12 +85,12 @@ pub struct Outcome {
 }
 
 /// Pauses a reader whose own member has fallen behind reading the master's
-/// frames to it, until it catches up, vouching for it meanwhile. Returns
-/// false if `stop` fires or the member's queue closes.
+/// frames to it, until it catches up, calling `vouch` for it every
+/// `interval` meanwhile. Returns false if `stop` fires or the member's queue
+/// closes.
 pub async fn pause_for_own_room(
     own: &Outbound,
-    registry: &Registry,
-    sender: &InstanceId,
+    vouch: impl Fn(),
     interval: Duration,
     stop: &CancellationToken,
 ) -> bool {
@@ -102,19 +101,18 @@ pub async fn pause_for_own_room(
     loop {
         tokio::select! {
             room = &mut room => return room.is_ok(),
-            _ = ticker.tick() => registry.vouch(sender),
+            _ = ticker.tick() => vouch(),
             _ = stop.cancelled() => return false,
         }
     }
 }
 
 /// Delivers each waiting envelope as room appears, in order. While it waits
-/// it vouches for `sender` (a member; `None` for `Control/Send`) every
-/// `interval`. Returns `None` if `stop` fires first.
+/// it calls `vouch` for the sender every `interval`. Returns `None` if
+/// `stop` fires first.
 pub async fn wait_for_room(
     waits: Vec<Wait>,
-    registry: &Registry,
-    sender: Option<&InstanceId>,
+    vouch: impl Fn(),
     interval: Duration,
     stop: &CancellationToken,
 ) -> Option<Outcome> {
@@ -129,11 +127,7 @@ pub async fn wait_for_room(
         let delivered = loop {
             tokio::select! {
                 room = &mut room => break room.and_then(|r| w.to.deliver_into(r, w.envelope)),
-                _ = ticker.tick() => {
-                    if let Some(sender) = sender {
-                        registry.vouch(sender);
-                    }
-                }
+                _ = ticker.tick() => vouch(),
                 _ = stop.cancelled() => return None,
             }
         };

@@ -163,10 +163,10 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
                             }
                             if own.control_over() {
                                 registry.hold_back(&instance, true, Instant::now().into_std());
-                                let caught_up = flow::pause_for_own_room(
-                                    &own, &registry, &instance, heartbeat, &cancel,
-                                )
-                                .await;
+                                let vouch = || registry.vouch(&instance);
+                                let caught_up =
+                                    flow::pause_for_own_room(&own, vouch, heartbeat, &cancel)
+                                        .await;
                                 if !caught_up {
                                     break;
                                 }
@@ -210,7 +210,7 @@ async fn wait_out(
     loop {
         let waits = std::mem::take(&mut stall.waits);
         let Some(outcome) =
-            flow::wait_for_room(waits, registry, Some(instance), heartbeat, stop).await
+            flow::wait_for_room(waits, || registry.vouch(instance), heartbeat, stop).await
         else {
             return false;
         };

@@ -2,23 +2,22 @@
 //! `GET /metrics`), with the prometheus-client crate and the usual names:
 //! `cohort_…_total` counters, base units (`_bytes`, `_seconds`, `_ratio`).
 //!
-//! Counters the registry bumps live in [`RoutingMetrics`]; everything
+//! Counters the registry bumps live in its `RoutingMetrics`; everything
 //! that is a state (members by role and state, each member's CPU, memory,
 //! queue, drops, a local slot's restarts) is read at scrape time by
 //! [`ClusterCollector`], so nothing is kept twice.
 
 use crate::admission::Admission;
 use crate::model::{MemberSnapshot, MemberState};
-use crate::registry::{Registry, Routed};
+use crate::registry::{Registry, RoutingMetrics};
 use crate::supervisor::SupervisorHandle;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,40 +30,6 @@ const MAX_CONNECTIONS: usize = 64;
 /// A connection that has not sent a whole request's headers this long
 /// after it opened, or after its last answer, is closed.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the registry counts as it goes.
-#[derive(Clone, Debug)]
-pub struct RoutingMetrics {
-    /// Deliveries the master queued for members (a broadcast to N is N).
-    pub messages_routed: Counter,
-    /// Request to reply, as the master saw it.
-    pub request_seconds: Histogram,
-    /// Heartbeat to its ack, as members measured it.
-    pub heartbeat_rtt_seconds: Histogram,
-    /// Joins refused because the cluster had `[limits] max_members`.
-    pub joins_refused_full: Counter,
-}
-
-impl Default for RoutingMetrics {
-    fn default() -> Self {
-        RoutingMetrics {
-            messages_routed: Counter::default(),
-            joins_refused_full: Counter::default(),
-            // 100 µs … ~6.5 s.
-            request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
-            // 50 µs … ~3.3 s.
-            heartbeat_rtt_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
-        }
-    }
-}
-
-impl RoutingMetrics {
-    /// Counts what one envelope reached, at once or once room frees.
-    pub fn note_routed(&self, routed: &Routed) {
-        let n = u64::from(routed.reached) + routed.waits.len() as u64;
-        self.messages_routed.inc_by(n);
-    }
-}
 
 /// Reads the cluster at scrape time.
 pub struct ClusterCollector {

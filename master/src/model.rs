@@ -1,6 +1,7 @@
 //! What the master knows of the cluster, in its own types: member
 //! snapshots and cluster events as the registry and the supervisor produce
-//! them. Their wire forms are built at the edge ([`crate::membership`]).
+//! them, and the notices the registry sends the supervisor. Their wire
+//! forms are built at the edge ([`crate::membership`]).
 
 use cohort_proto::Role;
 use std::collections::HashMap;
@@ -149,4 +150,46 @@ impl ClusterEvent {
             reason: reason.to_string(),
         }
     }
+}
+
+/// What the registry tells the supervisor about its own (local) members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A local member reported ready.
+    Ready {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A local member is leaving; with `replace` it asks for a replacement
+    /// first (the fatal-error path).
+    Leaving {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+        /// Start a replacement now.
+        replace: bool,
+    },
+    /// A local member's memory stayed above its role's `max_rss`: the
+    /// master asked it to drain; the supervisor starts its replacement now.
+    OverMemory {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+        /// What was measured, against what limit.
+        reason: String,
+    },
+    /// A local member was evicted while its process may live on (silent,
+    /// not reading, never ready): the supervisor kills and replaces it.
+    Evicted {
+        /// Its name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+        /// Why it was evicted.
+        reason: String,
+    },
 }

@@ -14,7 +14,7 @@
 
 use crate::config::{Expect, HealthConfig, MessagingConfig, Overflow};
 use crate::flow::{Outcome, Stall, Then, Wait};
-use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState};
+use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState, Notice};
 use crate::outbound::{self, Outbound, OutboundStream, PushError, Refused};
 use cohort_proto::frame::Encoded;
 use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
@@ -28,13 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 mod barrier;
+mod counters;
 mod error;
 mod events;
 mod health;
 mod join;
 mod listing;
 mod members;
-mod notice;
 mod requests;
 mod roster;
 mod router;
@@ -51,13 +51,13 @@ use roster::Roster;
 use router::*;
 use watching::Watch;
 
+pub use counters::RoutingMetrics;
 pub use error::{MAX_REQUEST_TIMEOUT, RouteError};
 pub use join::{
     MAX_HOST_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_VERSION_LEN, Via,
     WELCOME_MEMBERS, check_hello,
 };
 pub use members::InstanceId;
-pub use notice::Notice;
 pub use requests::Requester;
 pub use router::{ControlSend, Routed};
 
@@ -151,7 +151,7 @@ pub struct Registry {
     cfg: RegistryConfig,
     notices: Option<tokio::sync::mpsc::Sender<Notice>>,
     /// What routing counts, for `[metrics]`.
-    pub metrics: crate::metrics::RoutingMetrics,
+    pub metrics: RoutingMetrics,
     /// Members' recent log lines, for `Control/Logs`.
     pub logs: std::sync::Arc<crate::logs::LogStore>,
     /// Cancelled by [`Registry::close_all`].

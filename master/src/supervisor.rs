@@ -19,8 +19,9 @@ mod timers;
 use handle::*;
 pub use handle::{SlotView, SupervisorHandle};
 
+use crate::model::Notice;
 use crate::model::{EventKind, MemberSnapshot, MemberState};
-use crate::registry::{Notice, Registry};
+use crate::registry::Registry;
 use cohort_process::child;
 use cohort_proto::{Role, env};
 use rollout::{Progress, Rollout};
