@@ -18,25 +18,27 @@
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! pass port 0 and their own shutdown.
 
-pub mod admission;
-pub mod auth;
+pub(crate) mod admission;
+pub(crate) mod auth;
 pub mod config;
-pub mod control;
-pub mod feed;
-pub mod flow;
+pub(crate) mod control;
+pub(crate) mod feed;
+pub(crate) mod flow;
 pub mod json;
-pub mod listen;
-pub mod local;
-pub mod logs;
-pub mod membership;
-pub mod metrics;
-pub mod model;
-pub mod outbound;
-pub mod readiness;
-pub mod registry;
-pub mod server;
-pub mod supervisor;
-pub mod wire;
+pub(crate) mod listen;
+pub(crate) mod local;
+pub(crate) mod logs;
+pub(crate) mod membership;
+pub(crate) mod metrics;
+pub(crate) mod model;
+pub(crate) mod outbound;
+pub(crate) mod readiness;
+pub(crate) mod registry;
+pub(crate) mod server;
+pub(crate) mod supervisor;
+pub(crate) mod wire;
+
+pub use supervisor::stale::{Reaped, reap};
 
 use anyhow::Context;
 use cohort_proto::pb;

@@ -3,7 +3,7 @@
 //! remote members forward over their Join stream.
 //!
 //! Bounded everywhere: the last [`LINES_PER_MEMBER`] lines of each member,
-//! lines cut at [`MAX_LINE`] bytes, [`MAX_BYTES`] in all (the oldest lines
+//! lines cut at [`MAX_LOG_LINE`](cohort_proto::log_line::MAX_LOG_LINE) bytes, [`MAX_BYTES`] in all (the oldest lines
 //! of the whole cluster go first), and a remote member may send at most
 //! [`REMOTE_LINES_PER_SECOND`]; what is over is counted, never queued, so
 //! logging cannot slow messaging or grow memory without bound.
@@ -17,7 +17,8 @@ use tokio::sync::broadcast;
 /// Lines kept per member.
 pub const LINES_PER_MEMBER: usize = 200;
 /// Longest line kept (longer ones are cut, marked with `…`).
-pub use cohort_proto::log_line::MAX_LOG_LINE as MAX_LINE;
+#[cfg(test)]
+use cohort_proto::log_line::MAX_LOG_LINE as MAX_LINE;
 /// Bytes of lines kept for the whole cluster.
 pub const MAX_BYTES: usize = 32 << 20;
 /// Lines per second a remote member may forward.

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
     // Before binding: a dead master's leftovers may hold our ports.
-    let reaped = cohort_master::supervisor::stale::reap(&std::env::temp_dir());
+    let reaped = cohort_master::reap(&std::env::temp_dir());
     for run in &reaped.runs {
         tracing::warn!(run = %run.display(), killed = ?reaped.killed, "removed what a master that died without cleaning up left behind");
     }

@@ -60,7 +60,6 @@ pub enum EventKind {
 /// One member at one moment.
 #[derive(Clone, Debug)]
 pub struct MemberSnapshot {
-    /// Its name.
     pub name: String,
     /// Its current registration (empty for a slot with none).
     pub instance_id: String,
@@ -156,18 +155,11 @@ impl ClusterEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// A local member reported ready.
-    Ready {
-        /// Its name.
-        name: String,
-        /// Its pid.
-        pid: u32,
-    },
+    Ready { name: String, pid: u32 },
     /// A local member is leaving; with `replace` it asks for a replacement
     /// first (the fatal-error path).
     Leaving {
-        /// Its name.
         name: String,
-        /// Its pid.
         pid: u32,
         /// Start a replacement now.
         replace: bool,
@@ -175,9 +167,7 @@ pub enum Notice {
     /// A local member's memory stayed above its role's `max_rss`: the
     /// master asked it to drain; the supervisor starts its replacement now.
     OverMemory {
-        /// Its name.
         name: String,
-        /// Its pid.
         pid: u32,
         /// What was measured, against what limit.
         reason: String,
@@ -185,9 +175,7 @@ pub enum Notice {
     /// A local member was evicted while its process may live on (silent,
     /// not reading, never ready): the supervisor kills and replaces it.
     Evicted {
-        /// Its name.
         name: String,
-        /// Its pid.
         pid: u32,
         /// Why it was evicted.
         reason: String,

@@ -53,13 +53,10 @@ use watching::Watch;
 
 pub use counters::RoutingMetrics;
 pub use error::{MAX_REQUEST_TIMEOUT, RouteError};
-pub use join::{
-    MAX_HOST_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_VERSION_LEN, Via,
-    WELCOME_MEMBERS, check_hello,
-};
+pub use join::{Via, check_hello};
 pub use members::InstanceId;
 pub use requests::Requester;
-pub use router::{ControlSend, Routed};
+pub use router::Routed;
 
 /// How long a request waits for its reply when the sender names no timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -287,7 +287,6 @@ impl Supervisor {
             .chain(self.cfg.token.clone().map(|t| (env::TOKEN.to_string(), t)))
             .collect(),
             listeners,
-            name: &name,
         };
         match spawn::spawn(&spec) {
             Ok(mut child) => {

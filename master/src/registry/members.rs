@@ -181,11 +181,6 @@ impl InstanceId {
     pub fn new() -> InstanceId {
         InstanceId(uuid::Uuid::new_v4().to_string())
     }
-
-    /// The id as text (as members and operators see it).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl Default for InstanceId {

@@ -39,14 +39,12 @@ pub enum Lifecycle {
     Spawning,
     /// Running, not ready yet.
     Starting {
-        /// Its pid.
         pid: u32,
         /// When it was spawned.
         since: Instant,
     },
     /// Running and ready.
     Ready {
-        /// Its pid.
         pid: u32,
         /// When it was spawned.
         since: Instant,
@@ -95,40 +93,22 @@ pub enum Event {
     /// Start the slot (startup, scale up).
     Start,
     /// The executor spawned the instance.
-    Spawned {
-        /// Its pid.
-        pid: u32,
-    },
+    Spawned { pid: u32 },
     /// The instance reported ready.
-    Ready {
-        /// Its pid.
-        pid: u32,
-    },
+    Ready { pid: u32 },
     /// The spawn asked for did not give a process.
-    SpawnFailed {
-        /// Why.
-        reason: String,
-    },
+    SpawnFailed { reason: String },
     /// The current instance ended.
-    Died {
-        /// Its pid.
-        pid: u32,
-        /// How.
-        outcome: Outcome,
-    },
+    Died { pid: u32, outcome: Outcome },
     /// Replace the current instance (operator restart): start a new one
     /// now, without counting a failure; the old one serves until the new
     /// one is ready.
     Replace,
     /// The current instance reported a fatal error and is leaving: replace
     /// it now; its drain clock starts at once.
-    Fatal {
-        /// Its pid.
-        pid: u32,
-    },
+    Fatal { pid: u32 },
     /// The instance is alive but silent: the registry evicted it.
     Hung {
-        /// Its pid.
         pid: u32,
         /// What the registry saw.
         reason: String,
@@ -152,41 +132,27 @@ pub enum Action {
     },
     /// Report a backoff.
     Backoff {
-        /// The delay.
         delay: Duration,
         /// How the previous instance ended.
         outcome: Outcome,
     },
     /// Report that the slot gave up.
-    Failed {
-        /// Why.
-        reason: String,
-    },
+    Failed { reason: String },
     /// Kill the instance's process group; its death follows as `Died`.
     Kill {
-        /// Its pid.
         pid: u32,
         /// Why, for the log and the event that follows.
         reason: String,
     },
     /// Ask a retiring instance's process group to finish (SIGTERM).
-    Terminate {
-        /// Its pid.
-        pid: u32,
-    },
+    Terminate { pid: u32 },
     /// Report that a retiring instance ended.
-    Retired {
-        /// Its pid.
-        pid: u32,
-        /// How.
-        outcome: Outcome,
-    },
+    Retired { pid: u32, outcome: Outcome },
 }
 
 /// An instance on its way out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Retiree {
-    /// Its pid.
     pub pid: u32,
     stage: Retiring,
 }

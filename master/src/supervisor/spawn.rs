@@ -17,8 +17,6 @@ pub struct SpawnSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Shared listeners, in `LISTEN_FDNAMES` order.
     pub listeners: &'a [(String, RawFd)],
-    /// Member name, for log lines.
-    pub name: &'a str,
 }
 
 /// Resolves a relative program name next to the master's own binary, as
