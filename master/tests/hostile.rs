@@ -371,3 +371,45 @@ async fn request_timeouts_and_claimed_pids_cannot_be_abused() {
     next_is_marker(&mut b, "marker").await;
     master.stop().await;
 }
+
+#[tokio::test]
+async fn a_held_message_keeps_its_real_sender_after_the_sender_leaves() {
+    let mut cfg = config();
+    cfg.expect.workers = 2;
+    let master = TestMaster::start(cfg).await;
+    let listener = master.join(Role::Worker, "listener").await;
+    let mut got = listener.on("held");
+    listener.ready().await.expect("ready");
+    // Before ClusterReady, C sends with a `from` of its choosing, then
+    // leaves while the message is held.
+    let (c_tx, c) = raw_join(&master, hello("c")).await;
+    let mut c = c.expect("c joins");
+    let env = plain("held-1", Target::Member("listener".into()), |e| {
+        e.action = "held".into();
+        e.from = "listener".into();
+        e.ack = false;
+    });
+    c_tx.send(frame(Frame::Send(env))).await.expect("send");
+    // A second hello ends C's stream once everything before it was taken.
+    let mut events = watch(&master).await;
+    c_tx.send(hello("c")).await.expect("send");
+    let ended = loop {
+        match tokio::time::timeout(WAIT, c.message())
+            .await
+            .expect("in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ends with a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::FailedPrecondition, "{ended:?}");
+    until_event(&mut events, pb::EventKind::Left, "c").await;
+    // The second worker makes the cluster ready: the held message goes out
+    // under the name of the member that sent it.
+    let second = master.join(Role::Worker, "second").await;
+    second.ready().await.expect("ready");
+    let msg = recv(&mut got).await;
+    assert_eq!(msg.from, "c", "the master stamps the sender, even gone");
+    master.stop().await;
+}

@@ -5,6 +5,10 @@ use super::*;
 
 pub(super) struct Held {
     pub(super) sender: InstanceId,
+    /// The sender's name when it sent: what `from` says if it has gone by
+    /// ClusterReady (never the envelope's own `from`, which is the
+    /// member's to make up).
+    pub(super) name: MemberName,
     pub(super) request: bool,
     pub(super) envelope: pb::Envelope,
 }
@@ -51,6 +55,7 @@ impl Registry {
             .unwrap_or_default();
         st.held.push_back(Held {
             sender: instance,
+            name: sender.clone(),
             request,
             envelope: env,
         });
@@ -92,8 +97,7 @@ impl Registry {
                 // The sender left while its message was held: route it
                 // anyway, under the name it had, as at-most-once allows.
                 None if !h.request => {
-                    let from = h.envelope.from.clone();
-                    let _ = route(st, &from, h.envelope, Mode::Force);
+                    let _ = route(st, h.name.as_str(), h.envelope, Mode::Force);
                 }
                 None => {}
             }
