@@ -150,9 +150,9 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
                         Ok(Some(pb::MemberFrame { kind: Some(kind) })) => {
                             let stall = match registry.on_frame(&instance, kind, now) {
                                 Ok(stall) => stall,
-                                Err(status) => {
-                                    tracing::warn!(error = %status.message(), "closing member stream");
-                                    registry.disconnect(&instance, status);
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "closing member stream");
+                                    registry.disconnect(&instance, e.into());
                                     break;
                                 }
                             };

@@ -13,19 +13,18 @@
 //! hold before it), [`health`] (the sweep) and [`events`].
 
 use crate::config::{Expect, HealthConfig, MessagingConfig, Overflow};
-use crate::flow::{Outcome, Stall, Then, Wait};
-use crate::model::{ClusterEvent, EventKind, MemberSnapshot, MemberState, Notice};
-use crate::outbound::{self, Outbound, OutboundStream, PushError, Refused};
-use cohort_proto::frame::Encoded;
+use crate::flow::Stall;
+use crate::model::{ClusterEvent, EventKind, MemberState, Notice};
+use crate::outbound::{Outbound, OutboundStream};
 use cohort_proto::pb::{self, master_frame::Kind as Out, member_frame::Kind as In};
 use cohort_proto::time::{duration, span};
-use cohort_proto::{MemberName, Role, Target};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use cohort_proto::{MemberName, Role};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{broadcast, oneshot, watch};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 
 mod barrier;
 mod counters;
@@ -38,24 +37,24 @@ mod members;
 mod requests;
 mod roster;
 mod router;
+mod secrets;
 #[cfg(test)]
 mod tests;
 mod watching;
 
-use barrier::*;
-use events::*;
+use barrier::Barrier;
+use events::event;
 use listing::Counts;
-use members::*;
-use requests::*;
+use members::{Presence, not_found, resolve_member};
+use requests::Requests;
 use roster::Roster;
-use router::*;
-use watching::Watch;
+use router::Mode;
+use secrets::Secrets;
 
 pub use counters::RoutingMetrics;
-pub use error::{MAX_REQUEST_TIMEOUT, RouteError};
+pub use error::{RouteError, StreamError};
 pub use join::{Via, check_hello};
 pub use members::InstanceId;
-pub use requests::Requester;
 pub use router::Routed;
 
 /// How long a request waits for its reply when the sender names no timeout.
@@ -100,17 +99,11 @@ fn frame(kind: Out) -> pb::MasterFrame {
 
 struct State {
     members: Roster,
-    by_instance: HashMap<InstanceId, MemberName>,
     last_random: HashMap<Role, MemberName>,
-    cluster_ready: bool,
-    held: VecDeque<Held>,
-    pending: HashMap<String, Pending>,
-    /// The instance that registered with each slot's current secret: a
-    /// secret serves one live registration.
-    secret_holders: HashMap<String, InstanceId>,
-    /// Names of the master's own slots and the one-time secret of each
-    /// slot's newest instance.
-    secrets: HashMap<String, String>,
+    barrier: Barrier,
+    pending: Requests,
+    /// The master's own slots' names and one-time secrets.
+    secrets: Secrets,
     /// While a sweep runs: its events, sent to members as one frame each
     /// at its end (`bool`: members may hear it).
     coalesce: Option<Vec<(ClusterEvent, bool)>>,
@@ -168,13 +161,10 @@ impl Registry {
         Registry {
             state: Mutex::new(State {
                 members: Roster::default(),
-                by_instance: HashMap::new(),
                 last_random: HashMap::new(),
-                cluster_ready: ready,
-                held: VecDeque::new(),
-                pending: HashMap::new(),
-                secret_holders: HashMap::new(),
-                secrets: HashMap::new(),
+                barrier: Barrier::new(ready),
+                pending: Requests::default(),
+                secrets: Secrets::default(),
                 coalesce: None,
                 counts: Counts::default(),
             }),
@@ -230,15 +220,11 @@ impl Registry {
         instance: &InstanceId,
         kind: In,
         now: Instant,
-    ) -> Result<Option<Stall>, Status> {
+    ) -> Result<Option<Stall>, StreamError> {
         let mut st = self.lock();
         let name = self.seen(&mut st, instance, now)?;
         match kind {
-            In::Hello(_) => {
-                return Err(Status::failed_precondition(
-                    "hello may only be the first frame of a Join stream",
-                ));
-            }
+            In::Hello(_) => return Err(StreamError::HelloAgain),
             In::Heartbeat(hb) => {
                 let mut over = None;
                 // Acked at least every quarter of dead_after, not each one:
@@ -330,7 +316,7 @@ impl Registry {
     /// still this instance; `status` ends its stream.
     pub fn disconnect(&self, instance: &InstanceId, status: Status) {
         let mut st = self.lock();
-        if let Some(name) = st.by_instance.get(instance).cloned() {
+        if let Some(name) = st.members.by_instance(instance).cloned() {
             self.remove(&mut st, &name, status);
         }
     }
@@ -345,7 +331,6 @@ impl Registry {
         let Some(m) = st.members.remove(name) else {
             return;
         };
-        st.by_instance.remove(&m.instance_id);
         st.counts.remove(m.role, m.state());
         m.cancel.cancel();
         let mut info = m.info();
@@ -358,11 +343,11 @@ impl Registry {
     }
 
     /// Asks a member to drain.
-    pub fn drain(&self, member: &str) -> Result<(), Status> {
+    pub fn drain(&self, member: &str) -> Result<(), RouteError> {
         let mut st = self.lock();
         let name = resolve_member(&st, member)?;
         let Some(m) = st.members.get_mut(&name) else {
-            return Err(not_found(member).into());
+            return Err(not_found(member));
         };
         let before = m.state();
         m.presence = Presence::Draining;
@@ -390,7 +375,6 @@ impl Registry {
     /// Ends every member stream (master shutdown).
     pub fn close_all(&self, reason: &str) {
         let mut st = self.lock();
-        st.by_instance.clear();
         st.counts = Counts::default();
         for m in st.members.take_all() {
             m.cancel.cancel();

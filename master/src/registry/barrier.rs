@@ -1,16 +1,63 @@
 //! The ready barrier: messages held until ClusterReady, and announcing it
 //! once the expected members are ready.
 
-use super::*;
+use super::error::RouteError;
+use super::events::event;
+use super::members::{InstanceId, Presence};
+use super::router::{Mode, route};
+use super::{Registry, State, frame};
+use crate::flow::Stall;
+use crate::model::EventKind;
+use cohort_proto::pb::{self, master_frame::Kind as Out};
+use cohort_proto::{MemberName, Role};
+use std::collections::VecDeque;
+use std::time::Instant;
 
-pub(super) struct Held {
-    pub(super) sender: InstanceId,
+/// A send or request that came before ClusterReady.
+struct Held {
+    sender: InstanceId,
     /// The sender's name when it sent: what `from` says if it has gone by
     /// ClusterReady (never the envelope's own `from`, which is the
     /// member's to make up).
-    pub(super) name: MemberName,
-    pub(super) request: bool,
-    pub(super) envelope: pb::Envelope,
+    name: MemberName,
+    request: bool,
+    envelope: pb::Envelope,
+}
+
+/// Whether ClusterReady was announced, and what waits for it.
+pub(super) struct Barrier {
+    open: bool,
+    held: VecDeque<Held>,
+}
+
+impl Barrier {
+    /// A barrier open from the start when nothing is expected.
+    pub(super) fn new(open: bool) -> Barrier {
+        Barrier {
+            open,
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Whether ClusterReady was announced.
+    pub(super) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Keeps `held` for ClusterReady, up to `limit` messages.
+    fn hold(&mut self, held: Held, limit: usize) -> Result<(), RouteError> {
+        if self.held.len() >= limit {
+            return Err(RouteError::HeldFull(self.held.len()));
+        }
+        self.held.push_back(held);
+        Ok(())
+    }
+
+    /// Opens the barrier; returns what it held, in order.
+    fn open(&mut self) -> VecDeque<Held> {
+        self.open = true;
+        std::mem::take(&mut self.held)
+    }
 }
 
 impl Registry {
@@ -38,32 +85,25 @@ impl Registry {
         request: bool,
         now: Instant,
     ) -> Option<Stall> {
-        if st.cluster_ready {
+        if st.barrier.is_open() {
             return self.dispatch(st, sender, env, request, self.mode(), now);
         }
-        if st.held.len() >= self.cfg.messaging.held_messages {
-            let status = RouteError::HeldFull(st.held.len());
-            if let Some(m) = st.members.get_mut(sender) {
-                m.push_result(env.id, Err(status));
-            }
-            return None;
-        }
-        let instance = st
-            .members
-            .get(sender)
-            .map(|m| m.instance_id.clone())
-            .unwrap_or_default();
-        st.held.push_back(Held {
-            sender: instance,
+        let m = st.members.get_mut(sender)?;
+        let id = env.id.clone();
+        let held = Held {
+            sender: m.instance_id.clone(),
             name: sender.clone(),
             request,
             envelope: env,
-        });
+        };
+        if let Err(full) = st.barrier.hold(held, self.cfg.messaging.held_messages) {
+            m.push_result(id, Err(full));
+        }
         None
     }
 
     pub(super) fn check_cluster_ready(&self, st: &mut State, now: Instant) {
-        if st.cluster_ready {
+        if st.barrier.is_open() {
             return;
         }
         let ready = |role| {
@@ -79,7 +119,7 @@ impl Registry {
         {
             return;
         }
-        st.cluster_ready = true;
+        let held = st.barrier.open();
         tracing::info!(members = st.members.len(), "cluster ready");
         for m in st.members.values_mut() {
             let _ = m.push(frame(Out::ClusterReady(pb::ClusterReady {})));
@@ -88,8 +128,8 @@ impl Registry {
         self.ready_tx.send_replace(true);
         // Held messages go out at once, ahead of anything sent after this,
         // without waiting: they are bounded by `held_messages`.
-        while let Some(h) = st.held.pop_front() {
-            let sender = st.by_instance.get(&h.sender).cloned();
+        for h in held {
+            let sender = st.members.by_instance(&h.sender).cloned();
             match sender {
                 Some(name) => {
                     let _ = self.dispatch(st, &name, h.envelope, h.request, Mode::Force, now);

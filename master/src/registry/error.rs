@@ -74,6 +74,27 @@ pub enum RouteError {
     Ambiguous(String, usize),
 }
 
+/// Why a member's stream ends while it reads: the member must join again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The registry no longer has this instance.
+    #[error("this member was evicted; reconnect and join again")]
+    Evicted,
+    /// A second hello on a stream.
+    #[error("hello may only be the first frame of a Join stream")]
+    HelloAgain,
+}
+
+impl From<StreamError> for Status {
+    fn from(e: StreamError) -> Status {
+        let code = match e {
+            StreamError::Evicted => Code::Unavailable,
+            StreamError::HelloAgain => Code::FailedPrecondition,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
 impl From<RouteError> for Status {
     fn from(e: RouteError) -> Status {
         let code = match &e {

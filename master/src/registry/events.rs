@@ -1,6 +1,11 @@
 //! Cluster events: to `WatchEvents` watchers and to ready members.
-
-use super::*;
+use super::members::Presence;
+use super::watching::Watch;
+use super::{Registry, State, frame};
+use crate::model::{ClusterEvent, EventKind, MemberSnapshot};
+use cohort_proto::pb;
+use cohort_proto::pb::master_frame::Kind as Out;
+use tokio::sync::broadcast;
 
 pub(super) fn event(kind: EventKind, member: Option<MemberSnapshot>, reason: &str) -> ClusterEvent {
     ClusterEvent::now(kind, member, reason)
@@ -31,7 +36,7 @@ impl Registry {
             .values()
             .map(|m| event(EventKind::Current, Some(m.info()), ""))
             .collect();
-        if st.cluster_ready {
+        if st.barrier.is_open() {
             now.push(event(EventKind::ClusterReady, None, ""));
         }
         (now, self.events.subscribe())

@@ -1,7 +1,14 @@
 //! Health: the sweep that marks silent members SUSPECT, evicts the dead,
 //! the never-ready and the slow consumers; vouching for held-back senders.
-
-use super::*;
+use super::events::event;
+use super::members::{InstanceId, Member, Presence};
+use super::requests::expire_requests;
+use super::{Registry, State, frame};
+use crate::model::{EventKind, Notice};
+use cohort_proto::pb::master_frame::Kind as Out;
+use cohort_proto::{MemberName, Role, pb};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Heartbeats in a row over `max_rss` before a member is drained: one
 /// spike (a burst of work, a GC cycle) is not enough.
@@ -58,7 +65,7 @@ impl Registry {
     /// Marks a member's reader as waiting for room (or done waiting).
     pub fn hold_back(&self, instance: &InstanceId, held: bool, now: Instant) {
         let mut st = self.lock();
-        let Some(name) = st.by_instance.get(instance).cloned() else {
+        let Some(name) = st.members.by_instance(instance).cloned() else {
             return;
         };
         if let Some(m) = st.members.get_mut(&name) {
@@ -71,7 +78,7 @@ impl Registry {
     /// not read; its heartbeat clock and its own ack watchdog stay content.
     pub fn vouch(&self, instance: &InstanceId) {
         let mut st = self.lock();
-        let Some(name) = st.by_instance.get(instance).cloned() else {
+        let Some(name) = st.members.by_instance(instance).cloned() else {
             return;
         };
         if let Some(m) = st.members.get_mut(&name) {

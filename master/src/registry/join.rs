@@ -1,7 +1,18 @@
 //! Admission: checking a hello (bounded fields, reserved names, the agent
 //! role, local children's one-time secrets) and registering the member.
-
-use super::*;
+use super::events::event;
+use super::members::{InstanceId, Member, Presence};
+use super::secrets::Claim;
+use super::watching::Watch;
+use super::error::StreamError;
+use super::{CONTROL_SENDER, Joined, Registry, State, frame};
+use crate::model::{EventKind, MemberState};
+use crate::outbound;
+use cohort_proto::pb::master_frame::Kind as Out;
+use cohort_proto::{MemberName, Role, pb};
+use std::time::{Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
 
 /// Most members listed in a welcome.
 pub const WELCOME_MEMBERS: usize = 64;
@@ -88,15 +99,11 @@ impl Registry {
                 "the member name {CONTROL_SENDER} is reserved: it is the sender of Control/Send"
             )));
         }
-        let local = match st.secrets.get(name.as_str()) {
-            None => false,
-            Some(secret)
-                if via == Via::LocalSocket
-                    && crate::auth::same(secret.as_bytes(), hello.secret.as_bytes()) =>
-            {
-                let holder = st.secret_holders.get(name.as_str());
+        let local = match st.secrets.claim(name.as_str(), via, &hello.secret) {
+            Claim::Free => false,
+            Claim::Owner { holder } => {
                 if let Some(holder) = holder
-                    && st.by_instance.contains_key(holder)
+                    && st.members.by_instance(holder).is_some()
                 {
                     return Err(Status::already_exists(format!(
                         "the one-time COHORT_SECRET of {name} is in use by instance {holder}: \
@@ -105,13 +112,13 @@ impl Registry {
                 }
                 true
             }
-            Some(_) if via == Via::Network && !hello.secret.is_empty() => {
+            Claim::SecretOverNetwork => {
                 return Err(Status::permission_denied(
                     "a one-time COHORT_SECRET is accepted only on the master's private socket, \
                      by the children it starts itself",
                 ));
             }
-            Some(_) => {
+            Claim::NotOwner => {
                 return Err(Status::permission_denied(format!(
                     "member name {name} belongs to a member this master starts itself; \
                      only that process (holding its one-time COHORT_SECRET) may use it"
@@ -226,18 +233,16 @@ impl Registry {
                     .map(|m| (&m.info()).into())
                     .collect(),
             },
-            cluster_ready: st.cluster_ready,
+            cluster_ready: st.barrier.is_open(),
         };
         // The queue is empty: the welcome always fits.
         let _ = member.outbound.push(frame(Out::Welcome(welcome)));
         self.publish_to(&mut st, event(EventKind::Joined, Some(info), ""), false);
-        st.by_instance.insert(instance_id.clone(), name.clone());
         if local {
-            st.secret_holders
-                .insert(name.to_string(), instance_id.clone());
+            st.secrets.held_by(name.as_str(), instance_id.clone());
         }
         st.counts.add(role, MemberState::Joined);
-        st.members.insert(name.clone(), member);
+        st.members.insert(member);
         tracing::info!(member.name = %name, member.role = %role, instance = %instance_id, "member joined");
         Ok(Joined {
             instance_id,
@@ -254,10 +259,13 @@ impl Registry {
         st: &mut State,
         instance: &InstanceId,
         now: Instant,
-    ) -> Result<MemberName, Status> {
-        let gone = || Status::unavailable("this member was evicted; reconnect and join again");
-        let name = st.by_instance.get(instance).cloned().ok_or_else(gone)?;
-        let m = st.members.get_mut(&name).ok_or_else(gone)?;
+    ) -> Result<MemberName, StreamError> {
+        let name = st
+            .members
+            .by_instance(instance)
+            .cloned()
+            .ok_or(StreamError::Evicted)?;
+        let m = st.members.get_mut(&name).ok_or(StreamError::Evicted)?;
         m.last_seen = now;
         if std::mem::replace(&mut m.suspect, false) {
             st.counts.moved(m.role, MemberState::Suspect, m.state());
@@ -272,14 +280,12 @@ impl Registry {
     /// `secret` may use it from now on.
     pub fn reserve(&self, name: &str, secret: &str) {
         let mut st = self.lock();
-        st.secrets.insert(name.to_string(), secret.to_string());
-        st.secret_holders.remove(name);
+        st.secrets.reserve(name, secret);
     }
 
     /// Frees a slot's name (scale down).
     pub fn release(&self, name: &str) {
         let mut st = self.lock();
-        st.secrets.remove(name);
-        st.secret_holders.remove(name);
+        st.secrets.release(name);
     }
 }

@@ -1,7 +1,11 @@
 //! What the Control API reads: members one by one, a page at a time, and
 //! counted.
-
-use super::*;
+use super::members::{Member, not_found, resolve_member};
+use super::{Registry, Summary};
+use crate::model::{MemberSnapshot, MemberState};
+use cohort_proto::{MemberName, Role};
+use std::collections::BTreeMap;
+use tonic::Status;
 
 impl Registry {
     /// Every member, ordered by name.
@@ -53,7 +57,7 @@ impl Registry {
         let st = self.lock();
         Summary {
             counts: st.counts.0.iter().map(|((r, s), n)| (*r, *s, *n)).collect(),
-            cluster_ready: st.cluster_ready,
+            cluster_ready: st.barrier.is_open(),
         }
     }
 }

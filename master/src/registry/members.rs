@@ -1,7 +1,16 @@
 //! One connected member as the registry keeps it, and finding members by
 //! name, instance id or `pid@host`.
-
-use super::*;
+use super::error::RouteError;
+use super::watching::Watch;
+use super::{State, frame};
+use crate::model::{MemberSnapshot, MemberState};
+use crate::outbound::{Outbound, PushError};
+use cohort_proto::pb::master_frame::Kind as Out;
+use cohort_proto::{MemberName, Role, pb};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
 
 /// Where a member is in its life, as far as the registry knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +134,7 @@ impl Member {
 
 impl State {
     pub(super) fn free_name(&self, role: Role) -> MemberName {
-        let taken = |n: &str| self.members.contains_key(n) || self.secrets.contains_key(n);
+        let taken = |n: &str| self.members.contains_key(n) || self.secrets.is_reserved(n);
         if role == Role::Agent && !taken("agent") {
             return MemberName::parse("agent").unwrap_or_else(|_| unreachable!());
         }
@@ -148,7 +157,7 @@ pub(super) fn resolve_member(st: &State, key: &str) -> Result<MemberName, RouteE
     if let Some(name) = st.members.name(key) {
         return Ok(name.clone());
     }
-    if let Some(name) = st.by_instance.get(key) {
+    if let Some(name) = st.members.by_instance(key) {
         return Ok(name.clone());
     }
     if let Some((pid, host)) = key.split_once('@')

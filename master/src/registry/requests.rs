@@ -1,7 +1,16 @@
 //! Request/reply: pending requests, their deadlines, and accepting a reply
 //! only from the instance the request was delivered to.
 
-use super::*;
+use super::error::{MAX_REQUEST_TIMEOUT, RouteError};
+use super::members::InstanceId;
+use super::router::{Mode, Routed, deliver, offer_to};
+use super::{DEFAULT_REQUEST_TIMEOUT, Registry, State};
+use crate::flow::{Stall, Then};
+use cohort_proto::frame::Encoded;
+use cohort_proto::{MemberName, Target, pb};
+use std::collections::HashMap;
+use std::time::Instant;
+use tokio::sync::oneshot;
 
 /// Who waits for a reply.
 pub enum Requester {
@@ -12,14 +21,68 @@ pub enum Requester {
 }
 
 pub(super) struct Pending {
-    pub(super) requester: Requester,
-    pub(super) original_id: String,
+    requester: Requester,
+    original_id: String,
     /// The instance the request was delivered to: the only one whose reply
     /// is accepted.
-    pub(super) responder: Option<InstanceId>,
-    pub(super) deadline: Instant,
+    responder: Option<InstanceId>,
+    deadline: Instant,
     /// When it was sent on.
-    pub(super) sent: Instant,
+    sent: Instant,
+}
+
+/// The requests waiting for their replies, by the id the master gave each.
+#[derive(Default)]
+pub(super) struct Requests {
+    pending: HashMap<String, Pending>,
+}
+
+impl Requests {
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A fresh id for a request: unguessable, so no member can aim a reply
+    /// at another's request.
+    fn new_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    fn insert(&mut self, id: String, request: Pending) {
+        self.pending.insert(id, request);
+    }
+
+    /// The request `id` answered by `replier`, if it waits and went to
+    /// that instance; anyone else's answer leaves it waiting.
+    fn answer(&mut self, id: &str, replier: Option<&InstanceId>) -> Option<Pending> {
+        let addressed = self
+            .pending
+            .get(id)
+            .is_some_and(|p| p.responder.is_some() && p.responder.as_ref() == replier);
+        if addressed {
+            self.pending.remove(id)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets a request that can no longer be answered.
+    pub(super) fn cancel(&mut self, id: &str) {
+        self.pending.remove(id);
+    }
+
+    /// Takes out every request past its deadline.
+    fn expired(&mut self, now: Instant) -> Vec<Pending> {
+        let ids: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        ids.iter()
+            .filter_map(|id| self.pending.remove(id))
+            .collect()
+    }
 }
 
 impl Registry {
@@ -42,8 +105,7 @@ impl Registry {
         if st.pending.len() >= self.cfg.messaging.pending_requests {
             return Err(RouteError::TooManyPending(st.pending.len()));
         }
-        // Unguessable, so no member can aim a reply at another's request.
-        let rid = uuid::Uuid::new_v4().simple().to_string();
+        let rid = Requests::new_id();
         let original_id = std::mem::replace(&mut env.id, rid.clone());
         let timeout = cohort_proto::time::span(env.timeout.as_ref())
             .filter(|t| !t.is_zero())
@@ -74,18 +136,9 @@ impl Registry {
         mut env: pb::Envelope,
     ) -> Option<Stall> {
         let replier_instance = st.members.get(replier).map(|m| &m.instance_id);
-        let addressed = st
-            .pending
-            .get(&env.reply_to)
-            .is_some_and(|p| p.responder.is_some() && p.responder.as_ref() == replier_instance);
         // A reply from anyone but the instance that got the request is
         // refused as if no such request existed: it reveals nothing.
-        let pending = if addressed {
-            st.pending.remove(&env.reply_to)
-        } else {
-            None
-        };
-        let Some(p) = pending else {
+        let Some(p) = st.pending.answer(&env.reply_to, replier_instance) else {
             let status = RouteError::NoSuchRequest(env.reply_to.clone());
             if let Some(m) = st.members.get_mut(replier) {
                 m.push_result(env.id, Err(status));
@@ -108,7 +161,7 @@ impl Registry {
             }
             Requester::Member(instance) => instance,
         };
-        let requester = st.by_instance.get(&instance).cloned();
+        let requester = st.members.by_instance(&instance).cloned();
         let routed = match requester {
             Some(name) => offer_to(st, replier.as_str(), &name, Encoded::new(&env), self.mode()),
             None => Err(RouteError::RequesterLeft),
@@ -136,18 +189,9 @@ impl Registry {
 
 /// Answers DEADLINE_EXCEEDED for every request past its deadline.
 pub(super) fn expire_requests(st: &mut State, now: Instant) {
-    let expired: Vec<String> = st
-        .pending
-        .iter()
-        .filter(|(_, p)| p.deadline <= now)
-        .map(|(k, _)| k.clone())
-        .collect();
-    for key in expired {
-        let Some(p) = st.pending.remove(&key) else {
-            continue;
-        };
+    for p in st.pending.expired(now) {
         if let Requester::Member(instance) = p.requester {
-            let name = st.by_instance.get(&instance).cloned();
+            let name = st.members.by_instance(&instance).cloned();
             if let Some(m) = name.and_then(|n| st.members.get_mut(&n)) {
                 m.push_result(p.original_id, Err(RouteError::Deadline));
             }

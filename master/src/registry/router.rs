@@ -1,7 +1,15 @@
 //! Routing: targets → deliveries into the members' queues, with what to do
 //! when a queue is full (wait, drop, or force).
-
-use super::*;
+use super::error::RouteError;
+use super::members::{InstanceId, Member, Presence, not_found, resolve_member};
+use super::requests::Requester;
+use super::{CONTROL_SENDER, Registry, State};
+use crate::flow::{Outcome, Stall, Then, Wait};
+use crate::outbound::{PushError, Refused};
+use cohort_proto::frame::Encoded;
+use cohort_proto::{MemberName, Role, Target, pb};
+use std::time::Instant;
+use tokio::sync::oneshot;
 
 /// What to do with a delivery whose receiver's queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,11 +215,11 @@ impl Registry {
         now: Instant,
     ) -> Option<Stall> {
         let mut st = self.lock();
-        let name = st.by_instance.get(instance).cloned()?;
+        let name = st.members.by_instance(instance).cloned()?;
         if let Some(rid) = &then.request
             && !outcome.cut_off.is_empty()
         {
-            st.pending.remove(rid);
+            st.pending.cancel(rid);
         }
         let result = match outcome.cut_off.first() {
             Some(cut) if then.targeted || then.request.is_some() => {

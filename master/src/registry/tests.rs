@@ -1,8 +1,11 @@
 //! The registry on its own, with an injected clock: no sockets, no sleeps.
 
+use super::watching::Watch;
 use super::*;
 use crate::config::Config;
+use cohort_proto::Target;
 use tokio_stream::StreamExt;
+use tonic::Code;
 
 const MS: Duration = Duration::from_millis(1);
 

@@ -1,8 +1,9 @@
 //! Which membership events a member hears (`Hello.watch`): none unless it
 //! asks, so a cluster of N workers is not N² event frames; an agent or a
 //! dashboard asks for all, a worker for the few members it cares about.
+use crate::model::MemberSnapshot;
+use cohort_proto::{MemberName, Role, pb};
 
-use super::*;
 use std::collections::HashSet;
 
 /// Most names a member may watch one by one (it can watch roles or all).
