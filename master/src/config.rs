@@ -12,10 +12,6 @@ pub use sections::*;
 use layer::{Layer, LayerError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
-
-/// Default gRPC address of the master.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 
 /// The environment variable holding a bearer token directly (never a flag:
 /// argv is visible to every local user).
@@ -99,61 +95,86 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The configuration with nothing set: [`Layer::defaults`].
     fn default() -> Self {
-        Config {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
+        Config::try_from(Layer::defaults())
+            .unwrap_or_else(|e| unreachable!("the defaults layer sets every key: {e}"))
+    }
+}
+
+impl TryFrom<Layer> for Config {
+    type Error = ConfigError;
+
+    /// The configuration from merged layers (over the defaults, which set
+    /// every key that has one).
+    fn try_from(l: Layer) -> Result<Config, ConfigError> {
+        fn need<T>(v: Option<T>, key: &str) -> Result<T, ConfigError> {
+            v.ok_or_else(|| value_err(key, "is not set and has no default"))
+        }
+        // An empty path (`token_file = ""`) means none.
+        let path = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let (h, r, m) = (l.health, l.restart, l.messaging);
+        Ok(Config {
+            listen: need(l.listen, "listen")?,
             agent: RoleConfig {
-                count: 1,
-                command: vec!["cohort-agent".into()],
-                max_rss: None,
+                count: need(l.agent.count, "agent.count")?,
+                command: need(l.agent.command, "agent.command")?,
+                max_rss: l.agent.max_rss,
             },
             worker: RoleConfig {
-                count: WorkerCount::Auto,
-                command: vec!["cohort-worker".into()],
-                max_rss: None,
+                count: need(l.worker.count, "worker.count")?,
+                command: need(l.worker.command, "worker.command")?,
+                max_rss: l.worker.max_rss,
             },
-            listeners: vec![ListenerConfig {
-                name: "http".into(),
-                addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            }],
-            expect: Expect::default(),
+            listeners: l.listeners,
+            expect: Expect {
+                agents: need(l.expect.agents, "expect.agents")?,
+                workers: need(l.expect.workers, "expect.workers")?,
+            },
             health: HealthConfig {
-                heartbeat_interval: Duration::from_secs(1),
-                suspect_after: Duration::from_secs(3),
-                dead_after: Duration::from_secs(10),
+                heartbeat_interval: need(h.heartbeat_interval, "health.heartbeat_interval")?,
+                suspect_after: need(h.suspect_after, "health.suspect_after")?,
+                dead_after: need(h.dead_after, "health.dead_after")?,
             },
             restart: RestartConfig {
-                min_uptime: Duration::from_secs(1),
-                backoff_initial: Duration::from_millis(200),
-                backoff_max: Duration::from_secs(30),
-                drain_timeout: Duration::from_secs(30),
-                kill_timeout: Duration::from_secs(5),
-                max_restarts: 0,
-                restart_window: Duration::from_secs(60),
-                start_timeout: Duration::from_secs(30),
+                min_uptime: need(r.min_uptime, "restart.min_uptime")?,
+                backoff_initial: need(r.backoff_initial, "restart.backoff_initial")?,
+                backoff_max: need(r.backoff_max, "restart.backoff_max")?,
+                drain_timeout: need(r.drain_timeout, "restart.drain_timeout")?,
+                kill_timeout: need(r.kill_timeout, "restart.kill_timeout")?,
+                max_restarts: need(r.max_restarts, "restart.max_restarts")?,
+                restart_window: need(r.restart_window, "restart.restart_window")?,
+                start_timeout: need(r.start_timeout, "restart.start_timeout")?,
             },
-            metrics_listen: None,
-            metrics_per_member: true,
-            limits: crate::listen::ConnectionLimits {
-                max_connections: 10_000,
-                handshake_timeout: Duration::from_secs(10),
-            },
-            join_rate: 5000,
-            max_members: 20_000,
             messaging: MessagingConfig {
-                queue_messages: 1024,
-                queue_bytes: 8 * 1024 * 1024,
-                slow_consumer_timeout: Duration::from_secs(5),
-                held_messages: 4096,
-                pending_requests: 65_536,
-                overflow: Overflow::Block,
+                queue_messages: need(m.queue_messages, "messaging.queue_messages")?,
+                queue_bytes: need(m.queue_bytes, "messaging.queue_bytes")?,
+                slow_consumer_timeout: need(
+                    m.slow_consumer_timeout,
+                    "messaging.slow_consumer_timeout",
+                )?,
+                held_messages: need(m.held_messages, "messaging.held_messages")?,
+                pending_requests: need(m.pending_requests, "messaging.pending_requests")?,
+                overflow: need(m.overflow, "messaging.overflow")?,
             },
-            token_file: None,
+            limits: crate::listen::ConnectionLimits {
+                max_connections: need(l.limits.max_connections, "limits.max_connections")?,
+                handshake_timeout: need(l.limits.handshake_timeout, "limits.handshake_timeout")?,
+            },
+            join_rate: need(l.limits.join_rate, "limits.join_rate")?,
+            max_members: need(l.limits.max_members, "limits.max_members")?,
+            metrics_listen: l.metrics.listen,
+            metrics_per_member: need(l.metrics.per_member, "metrics.per_member")?,
+            token_file: path(l.auth.token_file),
             tokens: Vec::new(),
             warnings: Vec::new(),
-            insecure: false,
-            tls: TlsConfig::default(),
-        }
+            insecure: l.insecure,
+            tls: TlsConfig {
+                cert: path(l.tls.cert),
+                key: path(l.tls.key),
+                client_ca: path(l.tls.client_ca),
+            },
+        })
     }
 }
 
@@ -184,8 +205,8 @@ impl Config {
             }
             None => Layer::default(),
         };
-        let mut cfg = Config::default();
-        cfg.apply(file.under(from_env).under(flags));
+        let merged = Layer::defaults().under(file).under(from_env).under(flags);
+        let mut cfg = Config::try_from(merged)?;
         if let Some(path) = &cfg.token_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -214,72 +235,6 @@ impl Config {
         }
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// Takes what the merged layer sets; the rest keeps its default.
-    fn apply(&mut self, l: Layer) {
-        fn set<T>(slot: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        }
-        set(&mut self.listen, l.listen);
-        self.insecure = l.insecure;
-        if !l.listeners.is_empty() {
-            self.listeners = l.listeners;
-        }
-        set(&mut self.agent.count, l.agent.count);
-        set(&mut self.agent.command, l.agent.command);
-        set(&mut self.worker.count, l.worker.count);
-        set(&mut self.worker.command, l.worker.command);
-        if l.agent.max_rss.is_some() {
-            self.agent.max_rss = l.agent.max_rss;
-        }
-        if l.worker.max_rss.is_some() {
-            self.worker.max_rss = l.worker.max_rss;
-        }
-        set(&mut self.expect.agents, l.expect.agents);
-        set(&mut self.expect.workers, l.expect.workers);
-        let h = &mut self.health;
-        set(&mut h.heartbeat_interval, l.health.heartbeat_interval);
-        set(&mut h.suspect_after, l.health.suspect_after);
-        set(&mut h.dead_after, l.health.dead_after);
-        let r = &mut self.restart;
-        set(&mut r.min_uptime, l.restart.min_uptime);
-        set(&mut r.backoff_initial, l.restart.backoff_initial);
-        set(&mut r.backoff_max, l.restart.backoff_max);
-        set(&mut r.drain_timeout, l.restart.drain_timeout);
-        set(&mut r.kill_timeout, l.restart.kill_timeout);
-        set(&mut r.max_restarts, l.restart.max_restarts);
-        set(&mut r.restart_window, l.restart.restart_window);
-        set(&mut r.start_timeout, l.restart.start_timeout);
-        let m = &mut self.messaging;
-        set(&mut m.queue_messages, l.messaging.queue_messages);
-        set(&mut m.queue_bytes, l.messaging.queue_bytes);
-        set(
-            &mut m.slow_consumer_timeout,
-            l.messaging.slow_consumer_timeout,
-        );
-        set(&mut m.held_messages, l.messaging.held_messages);
-        set(&mut m.pending_requests, l.messaging.pending_requests);
-        set(&mut m.overflow, l.messaging.overflow);
-        if l.metrics.listen.is_some() {
-            self.metrics_listen = l.metrics.listen;
-        }
-        set(&mut self.metrics_per_member, l.metrics.per_member);
-        set(&mut self.limits.max_connections, l.limits.max_connections);
-        set(
-            &mut self.limits.handshake_timeout,
-            l.limits.handshake_timeout,
-        );
-        set(&mut self.join_rate, l.limits.join_rate);
-        set(&mut self.max_members, l.limits.max_members);
-        // An empty path (`token_file = ""`) means none.
-        let path = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
-        self.token_file = path(l.auth.token_file);
-        self.tls.cert = path(l.tls.cert);
-        self.tls.key = path(l.tls.key);
-        self.tls.client_ca = path(l.tls.client_ca);
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -165,8 +165,7 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
                                 registry.hold_back(&instance, true, Instant::now().into_std());
                                 let vouch = || registry.vouch(&instance);
                                 let caught_up =
-                                    flow::pause_for_own_room(&own, vouch, heartbeat, &cancel)
-                                        .await;
+                                    flow::pause_for_own_room(&own, vouch, heartbeat, &cancel).await;
                                 if !caught_up {
                                     break;
                                 }
@@ -175,9 +174,7 @@ impl cohort_proto::server::membership_server::Membership for MembershipService {
                         }
                         Ok(Some(_)) => {} // an empty frame carries nothing
                         Ok(None) => {
-                            registry.disconnect(
-                                &instance,
-                                Status::unavailable("stream closed"));
+                            registry.disconnect(&instance, Status::unavailable("stream closed"));
                             break;
                         }
                         Err(status) => {

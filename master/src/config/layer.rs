@@ -1,12 +1,14 @@
 //! Every setting declared once: a [`Layer`] of `Option`s is at the same
 //! time the TOML file's shape (serde), the flags (clap derive, which also
 //! writes `--help`), and, through the flags' names, the environment
-//! (`--dead-after` → `COHORT_DEAD_AFTER`). Layers merge file → environment
-//! → flags; what none sets keeps its default.
+//! (`--dead-after` → `COHORT_DEAD_AFTER`). Layers merge defaults → file →
+//! environment → flags. The defaults are one more layer,
+//! [`Layer::defaults`], the only place they are written: `--help` shows
+//! them from there, and the configuration is made from the merged layers.
 
 use super::values::{bytes, duration, parse_listener, parse_overflow, parse_worker_count};
 use super::{ListenerConfig, Overflow, WorkerCount};
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser};
 use cohort_process::{parse_bytes, parse_duration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -37,15 +39,14 @@ pub(super) struct Layer {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// gRPC address; port 0 = ephemeral [default: 127.0.0.1:7420].
+    /// gRPC address; port 0 = ephemeral.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Allow a non-loopback listen address without a token or TLS.
     #[arg(long)]
     #[serde(skip)]
     pub insecure: bool,
-    /// A shared listener for the workers (repeatable; port 0 allowed)
-    /// [default: http=127.0.0.1:8080].
+    /// A shared listener for the workers (repeatable; port 0 allowed).
     #[arg(long = "listener", value_name = "NAME=ADDR", value_parser = parse_listener)]
     #[serde(rename = "listener", default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerConfig>,
@@ -90,7 +91,7 @@ pub(super) struct MetricsLayer {
     #[arg(id = "metrics-listen", long = "metrics-listen", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Series per member (six each); false keeps the cluster's totals
-    /// only, for clusters of thousands [default: true].
+    /// only, for clusters of thousands.
     #[arg(
         id = "metrics-per-member",
         long = "metrics-per-member",
@@ -103,7 +104,7 @@ pub(super) struct MetricsLayer {
 #[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AgentLayer {
-    /// Local agents to run: 0 or 1 [default: 1].
+    /// Local agents to run: 0 or 1.
     #[arg(id = "agent-count", long = "agent-count", value_name = "N")]
     pub count: Option<u32>,
     /// Replace the agent gracefully when its memory stays above this (512MiB, 1GiB).
@@ -119,7 +120,7 @@ pub(super) struct AgentLayer {
 #[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WorkerLayer {
-    /// Local workers to run, or auto (one per CPU) [default: auto].
+    /// Local workers to run, or auto (one per CPU).
     #[arg(id = "worker-count", long = "worker-count", value_name = "N|auto", value_parser = parse_worker_count)]
     pub count: Option<WorkerCount>,
     /// Replace a worker gracefully when its memory stays above this (512MiB, 1GiB).
@@ -147,15 +148,15 @@ pub(super) struct ExpectLayer {
 #[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HealthLayer {
-    /// How often members heartbeat [default: 1s].
+    /// How often members heartbeat.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub heartbeat_interval: Option<Duration>,
-    /// Silence after which a member is SUSPECT [default: 3s].
+    /// Silence after which a member is SUSPECT.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub suspect_after: Option<Duration>,
-    /// Silence after which a member is evicted [default: 10s].
+    /// Silence after which a member is evicted.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub dead_after: Option<Duration>,
@@ -165,36 +166,36 @@ pub(super) struct HealthLayer {
 #[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RestartLayer {
-    /// A run at least this long respawns at once [default: 1s].
+    /// A run at least this long respawns at once.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub min_uptime: Option<Duration>,
-    /// First delay after an early death [default: 200ms].
+    /// First delay after an early death.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub backoff_initial: Option<Duration>,
-    /// Cap on that delay [default: 30s].
+    /// Cap on that delay.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub backoff_max: Option<Duration>,
-    /// How long a retiring member may finish its work [default: 30s].
+    /// How long a retiring member may finish its work.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub drain_timeout: Option<Duration>,
-    /// At shutdown, time to exit after --drain-timeout before SIGKILL [default: 5s].
+    /// At shutdown, time to exit after --drain-timeout before SIGKILL.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub kill_timeout: Option<Duration>,
     /// Restarts within --restart-window before a slot is FAILED; 0 = never
-    /// give up [default: 0].
+    /// give up.
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<u32>,
-    /// The window --max-restarts counts in [default: 60s].
+    /// The window --max-restarts counts in.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub restart_window: Option<Duration>,
     /// Per startup stage, and per member: one not ready this long after it
-    /// started (or joined) is killed (or dropped) [default: 30s].
+    /// started (or joined) is killed (or dropped).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub start_timeout: Option<Duration>,
@@ -204,24 +205,24 @@ pub(super) struct RestartLayer {
 #[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MessagingLayer {
-    /// Messages queued for one member [default: 1024].
+    /// Messages queued for one member.
     #[arg(long, value_name = "N")]
     pub queue_messages: Option<usize>,
-    /// Bytes queued for one member [default: 8388608].
+    /// Bytes queued for one member.
     #[arg(long, value_name = "BYTES")]
     pub queue_bytes: Option<usize>,
     /// A receiver that takes nothing this long while senders wait is
-    /// disconnected [default: 5s].
+    /// disconnected.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub slow_consumer_timeout: Option<Duration>,
-    /// Messages held before ClusterReady [default: 4096].
+    /// Messages held before ClusterReady.
     #[arg(long, value_name = "N")]
     pub held_messages: Option<usize>,
-    /// Requests awaiting replies at once [default: 65536].
+    /// Requests awaiting replies at once.
     #[arg(long, value_name = "N")]
     pub pending_requests: Option<usize>,
-    /// A full receiver queue makes senders wait (block) or drops [default: block].
+    /// A full receiver queue makes senders wait (block) or drops.
     #[arg(long, value_name = "block|drop", value_parser = parse_overflow)]
     pub overflow: Option<Overflow>,
 }
@@ -230,20 +231,19 @@ pub(super) struct MessagingLayer {
 #[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LimitsLayer {
-    /// Connections on the gRPC address at once [default: 10000].
+    /// Connections on the gRPC address at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// A connection that starts no handshake this long is closed [default: 10s].
+    /// A connection that starts no handshake this long is closed.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub handshake_timeout: Option<Duration>,
     /// Joins from the network admitted a second (a tenth of a second's
-    /// worth at once); more wait their turn, up to 10 s; 0 = no limit
-    /// [default: 5000].
+    /// worth at once); more wait their turn, up to 10 s; 0 = no limit.
     #[arg(long, value_name = "N")]
     pub join_rate: Option<u32>,
     /// Members registered at once; a join beyond gets RESOURCE_EXHAUSTED
-    /// (the master's own children always join); 0 = no limit [default: 20000].
+    /// (the master's own children always join); 0 = no limit.
     #[arg(long, value_name = "N")]
     pub max_members: Option<usize>,
 }
@@ -295,10 +295,98 @@ fn clap_error(e: clap::Error) -> LayerError {
 }
 
 impl Layer {
+    /// Every setting's default. A setting left out here (a memory limit,
+    /// the metrics listener, auth, TLS) is off unless set.
+    pub fn defaults() -> Layer {
+        let secs = Duration::from_secs;
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Layer {
+            config: None,
+            listen: Some(loopback(7420)),
+            insecure: false,
+            listeners: vec![ListenerConfig {
+                name: "http".into(),
+                addr: loopback(8080),
+            }],
+            agent: AgentLayer {
+                count: Some(1),
+                max_rss: None,
+                command: Some(vec!["cohort-agent".into()]),
+            },
+            worker: WorkerLayer {
+                count: Some(WorkerCount::Auto),
+                max_rss: None,
+                command: Some(vec!["cohort-worker".into()]),
+            },
+            expect: ExpectLayer {
+                agents: Some(0),
+                workers: Some(0),
+            },
+            health: HealthLayer {
+                heartbeat_interval: Some(secs(1)),
+                suspect_after: Some(secs(3)),
+                dead_after: Some(secs(10)),
+            },
+            restart: RestartLayer {
+                min_uptime: Some(secs(1)),
+                backoff_initial: Some(Duration::from_millis(200)),
+                backoff_max: Some(secs(30)),
+                drain_timeout: Some(secs(30)),
+                kill_timeout: Some(secs(5)),
+                max_restarts: Some(0),
+                restart_window: Some(secs(60)),
+                start_timeout: Some(secs(30)),
+            },
+            messaging: MessagingLayer {
+                queue_messages: Some(1024),
+                queue_bytes: Some(8 * 1024 * 1024),
+                slow_consumer_timeout: Some(secs(5)),
+                held_messages: Some(4096),
+                pending_requests: Some(65_536),
+                overflow: Some(Overflow::Block),
+            },
+            limits: LimitsLayer {
+                max_connections: Some(10_000),
+                handshake_timeout: Some(secs(10)),
+                join_rate: Some(5000),
+                max_members: Some(20_000),
+            },
+            metrics: MetricsLayer {
+                listen: None,
+                per_member: Some(true),
+            },
+            auth: AuthLayer::default(),
+            tls: TlsLayer::default(),
+        }
+    }
+
+    /// The flags as clap parses them, each one's help ending in its default
+    /// from [`Layer::defaults`].
+    pub fn command() -> clap::Command {
+        let defaults = defaults_by_flag();
+        let mut cmd = <Layer as CommandFactory>::command();
+        let args: Vec<(String, String)> = cmd
+            .get_arguments()
+            .filter_map(|a| Some((a.get_id().to_string(), a.get_long()?.to_string())))
+            .collect();
+        for (id, long) in args {
+            if let Some(text) = defaults.get(&long) {
+                cmd = cmd.mut_arg(id, |a| {
+                    let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                    a.help(format!("{help} [default: {text}]"))
+                });
+            }
+        }
+        cmd
+    }
+
     /// The flags (without the program name).
     pub fn from_flags(args: &[String]) -> Result<Layer, LayerError> {
         let argv = std::iter::once("cohort-master".to_string()).chain(args.iter().cloned());
-        Layer::try_parse_from(argv).map_err(clap_error)
+        let matches = Layer::command()
+            .try_get_matches_from(argv)
+            .map_err(clap_error)?;
+        Layer::from_arg_matches(&matches).map_err(clap_error)
     }
 
     /// The environment twins of the flags, each read through `env`; an error
@@ -309,8 +397,8 @@ impl Layer {
             let Some(value) = env(&var) else {
                 continue;
             };
-            let argv = ["cohort-master".to_string(), format!("--{flag}={value}")];
-            let layer = Layer::try_parse_from(argv).map_err(|e| match clap_error(e) {
+            let argv = [format!("--{flag}={value}")];
+            let layer = Layer::from_flags(&argv).map_err(|e| match e {
                 LayerError::Bad(m) | LayerError::Info(m) => (var.clone(), m),
             })?;
             merged = merged.under(layer);
@@ -346,9 +434,62 @@ fn merge(base: &mut serde_json::Value, top: serde_json::Value) {
     }
 }
 
+/// Each default as `--help` shows it, by flag name: a key of section
+/// `[s]` is the flag `--s-key` or `--key`, whichever exists.
+fn defaults_by_flag() -> std::collections::HashMap<String, String> {
+    use serde_json::Value;
+    let flags: Vec<String> = <Layer as CommandFactory>::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let shown = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let listeners: Vec<String> = items
+                .iter()
+                .filter_map(|l| Some(format!("{}={}", l["name"].as_str()?, l["addr"].as_str()?)))
+                .collect();
+            (!listeners.is_empty()).then(|| listeners.join(", "))
+        }
+        _ => None,
+    };
+    let mut out = std::collections::HashMap::new();
+    let Ok(Value::Object(top)) = serde_json::to_value(Layer::defaults()) else {
+        return out;
+    };
+    for (key, value) in &top {
+        let entries: Vec<(String, &Value)> = match value {
+            Value::Object(section) => section
+                .iter()
+                .map(|(k, v)| {
+                    let k = k.replace('_', "-");
+                    let prefixed = format!("{key}-{k}");
+                    (
+                        if flags.contains(&prefixed) {
+                            prefixed
+                        } else {
+                            k
+                        },
+                        v,
+                    )
+                })
+                .collect(),
+            v => vec![(key.clone(), v)],
+        };
+        for (flag, v) in entries {
+            if let Some(text) = shown(v).filter(|_| flags.contains(&flag)) {
+                out.insert(flag, text);
+            }
+        }
+    }
+    out
+}
+
 /// `(COHORT_NAME, flag-name)` for every flag that has an environment twin.
 pub(super) fn env_twins() -> Vec<(String, String)> {
-    Layer::command()
+    <Layer as CommandFactory>::command()
         .get_arguments()
         .filter(|a| a.get_action().takes_values())
         .filter_map(|a| a.get_long())

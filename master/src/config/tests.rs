@@ -2,6 +2,7 @@
 
 use super::*;
 use std::collections::HashMap;
+use std::time::Duration;
 
 fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let env: HashMap<String, String> = env
@@ -26,6 +27,35 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.worker.count, WorkerCount::Auto);
     assert_eq!(c.health.suspect_after, Duration::from_secs(3));
     assert_eq!(c.restart.backoff_initial, Duration::from_millis(200));
+}
+
+#[test]
+fn help_shows_each_default_from_the_one_place_it_is_written() {
+    let help = Layer::command().render_help().to_string();
+    let mut shown = 0;
+    for arg in Layer::command().get_arguments() {
+        let (Some(long), Some(text)) = (arg.get_long(), arg.get_help()) else {
+            continue;
+        };
+        let text = text.to_string();
+        let Some(default) = text
+            .rsplit_once("[default: ")
+            .and_then(|(_, d)| d.strip_suffix(']'))
+        else {
+            continue;
+        };
+        assert!(help.contains(&format!("[default: {default}]")), "--{long}");
+        // Given as a flag, the default shown changes nothing.
+        let flag = format!("--{long}={default}");
+        let c = load(&[flag.as_str()], &[]).unwrap_or_else(|e| panic!("{flag}: {e}"));
+        assert_eq!(c, Config::default(), "{flag}");
+        shown += 1;
+    }
+    assert!(shown >= 28, "only {shown} flags show a default");
+    assert!(
+        help.contains("--heartbeat-interval <DUR>     How often members heartbeat [default: 1s]"),
+        "{help}"
+    );
 }
 
 #[test]

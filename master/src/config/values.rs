@@ -43,6 +43,7 @@ pub(super) mod duration {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
+            Some(d) if d.subsec_millis() == 0 => s.serialize_str(&format!("{}s", d.as_secs())),
             Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
             None => s.serialize_none(),
         }

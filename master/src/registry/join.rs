@@ -1,10 +1,10 @@
 //! Admission: checking a hello (bounded fields, reserved names, the agent
 //! role, local children's one-time secrets) and registering the member.
+use super::error::StreamError;
 use super::events::event;
 use super::members::{InstanceId, Member, Presence};
 use super::secrets::Claim;
 use super::watching::Watch;
-use super::error::StreamError;
 use super::{CONTROL_SENDER, Joined, Registry, State, frame};
 use crate::model::{EventKind, MemberState};
 use crate::outbound;
