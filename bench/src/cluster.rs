@@ -88,16 +88,9 @@ pub(crate) fn start_master_on(
     Ok(Master { child, addr })
 }
 
+/// Resident memory of `pid` in KiB.
 pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    cohort_e2e::rss_bytes(pid) / 1024
 }
 
 fn get_pid(web: &str) -> Option<u64> {

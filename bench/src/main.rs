@@ -25,6 +25,7 @@ mod members;
 
 use anyhow::{Context, bail};
 use cohort::{Member, MemberBuilder, Role, Target};
+use cohort_e2e::cpu_seconds;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -236,20 +237,6 @@ pub(crate) fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-/// CPU seconds (user + system) the process has used, from /proc.
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 async fn wait_ready(member: &Member, names: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for name in names {
@@ -360,7 +347,7 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
         wait_ready(&a, &["logger".to_string()]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (log_rate, log_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
-        let rss_logging = cluster::rss_kib(master_pid);
+        let rss_logging = cohort_e2e::rss_bytes(master_pid) / 1024;
         drop(logger);
         // Again while a local child floods its output, which the master
         // reads, parses and logs.

@@ -9,7 +9,8 @@
 //! the members already there ([`crate::join_storm`]).
 
 use crate::cluster::{Master, rss_kib, start_master, start_master_on};
-use crate::{cpu_seconds, percentile, runtime, us};
+use crate::{percentile, runtime, us};
+use cohort_e2e::cpu_seconds;
 use cohort_e2e::light::{Light, PER_CONNECTION, ready_count, state_count};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
 use std::time::{Duration, Instant};

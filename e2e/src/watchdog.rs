@@ -66,9 +66,12 @@ fn trip() {
             let _ = writeln!(out, "{line}");
         }
         // Gone already, perhaps: nothing to do then.
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
     std::process::exit(101);
 }

@@ -3,7 +3,7 @@
 //! Prometheus server scraping it on 127.0.0.1 and answering a query.
 
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, control, http, wait_ready};
+use cohort_e2e::{Master, control, eventually_within, http, wait_ready};
 use cohort_proto::pb;
 use std::time::{Duration, Instant};
 
@@ -80,19 +80,13 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     // What Prometheus answers for `expr` once it has a sample of it.
     let query = |expr: &str, want: &dyn Fn(&str) -> bool| -> String {
         let path = format!("/api/v1/query?query={}", encode(expr));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, body)) = http(&web_addr, "GET", &path)
-                && want(&body)
-            {
-                return body;
+        let what = format!("Prometheus answering {expr} as wanted");
+        eventually_within(&what, Duration::from_secs(60), || {
+            match http(&web_addr, "GET", &path) {
+                Ok((200, body)) if want(&body) => Some(body),
+                _ => None,
             }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never answered {expr} as wanted"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        })
     };
     let ready = r#"cohort_members{role="worker",state="ready"}"#;
     let body = query(ready, &|b| b.contains("\"value\""));
@@ -164,8 +158,7 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     // evaluate), over series this master exports; and their unit tests
     // (synthetic series: each alert fires on what it is about, not before
     // its time) pass.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let rules = loop {
+    let rules = eventually_within("8 healthy rules", Duration::from_secs(60), || {
         let (_, body) = http(&web_addr, "GET", "/api/v1/rules").expect("rules");
         let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
         let rules: Vec<serde_json::Value> = v["data"]["groups"]
@@ -174,12 +167,8 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        if rules.len() >= 8 && rules.iter().all(|r| r["health"] == "ok") {
-            break rules;
-        }
-        assert!(Instant::now() < deadline, "rules not all healthy: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        (rules.len() >= 8 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+    });
     for rule in &rules {
         exported(rule["query"].as_str().unwrap_or_default());
     }

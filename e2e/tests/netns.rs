@@ -217,12 +217,7 @@ fn start_master(net: &Net, token_file: &std::path::Path) -> Proc {
 
 #[test]
 fn partition_eviction_rejoin_and_master_restart_across_hosts() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    if !is_root || Command::new("ip").arg("-V").output().is_err() {
+    if !cohort_e2e::is_root() || Command::new("ip").arg("-V").output().is_err() {
         if std::env::var_os("CI").is_some() {
             panic!("CI runs as root with iproute2: this test must run there");
         }

@@ -10,7 +10,7 @@
 
 use cohort_e2e::light::{Light, ready_count};
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, bin, control, watch};
+use cohort_e2e::{Master, bin, control, eventually_async_within, watch};
 use cohort_proto::pb::{self, member_frame::Kind as Out};
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,9 @@ const MEMBERS: usize = 2_000;
 
 async fn wait_ready(addr: &str, n: usize, what: &str) -> Duration {
     let t = Instant::now();
-    let mut ready = 0;
-    while t.elapsed() < Duration::from_secs(120) {
-        ready = ready_count(addr).await;
-        if ready == n {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{what}: {ready} of {n} READY after 120 s");
+    let all = async || (ready_count(addr).await == n).then_some(());
+    eventually_async_within(&format!("{what}: {n} READY"), Duration::from_secs(120), all).await;
+    t.elapsed()
 }
 
 /// Every member, page by page; with the sum of their dropped messages.

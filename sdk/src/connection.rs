@@ -492,3 +492,128 @@ impl Stream for Outgoing {
         Poll::Ready(Some(pb::MemberFrame { kind: Some(kind) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn send(id: &str) -> pb::MemberFrame {
+        pb::MemberFrame {
+            kind: Some(Out::Send(pb::Envelope {
+                id: id.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn heartbeat() -> pb::MemberFrame {
+        pb::MemberFrame {
+            kind: Some(Out::Heartbeat(pb::Heartbeat::default())),
+        }
+    }
+
+    /// What the stream yields for what was queued: each frame as the ids
+    /// of its sends (a batch) or its kind.
+    async fn frames(queued: Vec<pb::MemberFrame>) -> Vec<String> {
+        let (tx, rx) = mpsc::channel(1024);
+        for f in queued {
+            tx.try_send(f).expect("room");
+        }
+        drop(tx);
+        let out: Vec<pb::MemberFrame> = Outgoing { rx, stash: None }.collect().await;
+        out.into_iter()
+            .map(|f| match f.kind {
+                Some(Out::Send(e)) => format!("send {}", e.id),
+                Some(Out::SendBatch(b)) => format!("batch of {}", b.envelopes.len()),
+                Some(Out::Heartbeat(_)) => "heartbeat".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn queued_sends_travel_as_one_batch_and_nothing_passes_another() {
+        let queued = vec![send("a"), send("b"), send("c"), heartbeat(), send("d")];
+        assert_eq!(
+            frames(queued).await,
+            ["batch of 3", "heartbeat", "send d"],
+            "a lone send stays a plain send (any master reads it)"
+        );
+        // A batch is bounded; the rest follows in order.
+        let many = (0..MAX_BATCH + 10).map(|i| send(&i.to_string())).collect();
+        assert_eq!(
+            frames(many).await,
+            [format!("batch of {MAX_BATCH}"), "batch of 10".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_keep_the_order_of_the_sends() {
+        let (tx, rx) = mpsc::channel(16);
+        for i in 0..5 {
+            tx.try_send(send(&i.to_string())).expect("room");
+        }
+        let mut out = Outgoing { rx, stash: None };
+        let Some(Some(Out::SendBatch(b))) = out.next().await.map(|f| f.kind) else {
+            panic!("a batch");
+        };
+        let ids: Vec<&str> = b.envelopes.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["0", "1", "2", "3", "4"]);
+    }
+
+    fn beat(dead_after: Duration) -> (Beat, mpsc::Receiver<pb::MemberFrame>) {
+        let (tx, rx) = mpsc::channel(16);
+        let beat = Beat {
+            ticker: tokio::time::interval(Duration::from_secs(1)),
+            tx,
+            seq: 0,
+            last_ack: Instant::now(),
+            dead_after,
+            sent: VecDeque::new(),
+            rtt: None,
+        };
+        (beat, rx)
+    }
+
+    fn sent(rx: &mut mpsc::Receiver<pb::MemberFrame>) -> pb::Heartbeat {
+        match rx.try_recv().map(|f| f.kind) {
+            Ok(Some(Out::Heartbeat(hb))) => hb,
+            other => panic!("a heartbeat, not {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_master_that_stops_acking_is_left_after_dead_after() {
+        let mut sampler = Sampler::new();
+        let (mut beat, mut rx) = beat(Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        beat.beat(&mut sampler, true).expect("within dead_after");
+        assert_eq!(sent(&mut rx).seq, 1);
+        // An ack (even a vouch, seq 0) restarts the clock.
+        beat.acked(0);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        beat.beat(&mut sampler, true).expect("acked 9 s ago");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        let err = beat.beat(&mut sampler, true).expect_err("silent too long");
+        assert!(err.to_string().contains("no heartbeat ack"), "{err}");
+        // Without the watch (while the master holds this member back) it
+        // beats on.
+        beat.beat(&mut sampler, false).expect("not watched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_measures_its_heartbeat_round_trip_and_the_next_beat_carries_it() {
+        let mut sampler = Sampler::new();
+        let (mut beat, mut rx) = beat(Duration::from_secs(10));
+        beat.beat(&mut sampler, true).expect("beat");
+        assert_eq!(sent(&mut rx).rtt, None, "nothing acked yet");
+        tokio::time::advance(Duration::from_millis(40)).await;
+        beat.acked(1);
+        beat.acked(0); // a vouch measures nothing
+        beat.beat(&mut sampler, true).expect("beat");
+        let hb = sent(&mut rx);
+        assert_eq!(hb.seq, 2);
+        assert_eq!(span(hb.rtt.as_ref()), Some(Duration::from_millis(40)));
+    }
+}

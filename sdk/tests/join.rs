@@ -3,9 +3,11 @@
 //! library's unit tests check from a clean start.
 
 use cohort::{Code, MemberBuilder, Role};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
-#[tokio::test]
+// On paused time: the join's timers, not this machine's speed, decide.
+#[tokio::test(start_paused = true)]
 async fn a_first_join_gives_up_at_its_timeout_not_a_backoff_later() {
     // Nothing listens on port 1: each try is refused at once. The first
     // backoff is about a second (0.8–1.2 s).

@@ -1,0 +1,58 @@
+//! The tools `scripts/venv` installs: grpcurl, and Python with grpcio.
+
+use crate::{WAIT, workspace};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tool from the test venv, or `None` (with a note) when it is missing
+/// outside CI. In CI a missing tool is a failure: `scripts/test` installs it.
+pub fn venv_tool(name: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os("COHORT_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv"));
+    let path = venv.join("bin").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing: scripts/test installs it (scripts/venv)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/test (it installs grpcurl and grpcio)",
+        path.display()
+    );
+    None
+}
+
+/// Runs grpcurl with `args` against `addr`; returns stdout, or panics with
+/// stderr when grpcurl fails.
+pub fn grpcurl(tool: &Path, args: &[&str]) -> String {
+    let out = grpcurl_command(tool, args).output().expect("run grpcurl");
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// grpcurl with `args`, given at most [`WAIT`] unless they say otherwise.
+fn grpcurl_command(tool: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tool);
+    if !args.contains(&"-max-time") {
+        cmd.args(["-max-time", &WAIT.as_secs().to_string()]);
+    }
+    cmd.args(args);
+    cmd
+}
+
+/// Runs grpcurl and returns (success, stdout + stderr) without asserting.
+pub fn grpcurl_raw(tool: &Path, args: &[&str]) -> (bool, String) {
+    let out = grpcurl_command(tool, args).output().expect("run grpcurl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
