@@ -607,9 +607,16 @@ fn members_stop_at_sigterm_even_before_they_joined() {
     for binary in ["cohort-worker", "cohort-agent"] {
         let mut cmd = std::process::Command::new(bin(binary));
         cmd.env("COHORT_MASTER", "http://127.0.0.1:1")
-            .env("COHORT_HTTP_ADDR", "127.0.0.1:0");
+            .env("COHORT_HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "cohort=debug");
         let mut proc = cohort_e2e::Proc::spawn(binary, cmd);
-        std::thread::sleep(Duration::from_millis(500));
+        // Once it has failed a join and waits to retry, it is in the loop
+        // a SIGTERM must end.
+        cohort_e2e::eventually("a join retry", || {
+            proc.stderr()
+                .contains("reconnecting after delay")
+                .then_some(())
+        });
         proc.signal("TERM");
         let status = proc
             .wait_exit(Duration::from_secs(5))
@@ -624,9 +631,11 @@ fn shutdown_gives_local_members_their_drain_before_sigkill() {
     // drain_timeout (3 s), so it must not be killed at kill_timeout (1 s).
     let dir = tempfile::tempdir().expect("dir");
     let done = dir.path().join("drained");
+    let started = dir.path().join("started");
     let script = format!(
-        "trap 'sleep 2; echo drained > {}; exit 0' TERM; while :; do sleep 0.1; done",
-        done.display()
+        "trap 'sleep 2; echo drained > {}; exit 0' TERM; touch {}; while :; do sleep 0.1; done",
+        done.display(),
+        started.display()
     );
     let cfg = config_file(
         &dir,
@@ -636,7 +645,8 @@ fn shutdown_gives_local_members_their_drain_before_sigkill() {
         ),
     );
     let mut master = Master::start(&["--config", &cfg]);
-    std::thread::sleep(Duration::from_millis(500));
+    // The member's trap is set once it has touched its file.
+    cohort_e2e::eventually("the member started", || started.exists().then_some(()));
     master.proc.signal("TERM");
     let status = master
         .proc
@@ -673,7 +683,15 @@ async fn members_still_reach_each_other_while_the_master_drains_its_workers() {
     b.ready().await.expect("b ready");
     let mut events = watch(&master.addr).await;
     master.proc.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The drain has begun once the master says so; the worker's trap holds
+    // it there for 3 s.
+    cohort_e2e::eventually("the drain", || {
+        master
+            .proc
+            .stderr()
+            .contains("stopping local members")
+            .then_some(())
+    });
     assert!(
         master.proc.child.try_wait().expect("wait").is_none(),
         "still draining"

@@ -386,13 +386,15 @@ async fn a_restarted_master_clears_what_a_killed_one_left_behind() {
     let own_tmp = [("TMPDIR", dir.path().as_os_str())];
     let mut first = Master::start_env(&["--config", config, "--listener", &listener], &own_tmp);
     let first_pid = first.proc.child.id();
-    let sleeper = cohort_e2e::eventually("the wrapped sleep", || {
+    let (sh, sleeper) = cohort_e2e::eventually("the wrapped sleep", || {
         let sh = children_of(first_pid).into_iter().next()?;
-        children_of(sh).into_iter().next()
+        Some((sh, children_of(sh).into_iter().next()?))
     });
     kill(first_pid, "KILL");
     assert!(first.proc.wait_exit(Duration::from_secs(10)).is_some());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The wrapper ends with its master (parent-death signal); its own child
+    // is what a next master must find.
+    cohort_e2e::eventually("the wrapper gone", || (!alive(sh)).then_some(()));
     assert!(alive(sleeper), "the wrapper's child outlived the master");
 
     let mut second = Master::start_env(&["--config", config, "--listener", &listener], &own_tmp);

@@ -10,7 +10,7 @@
 
 use cohort_e2e::light::{Light, ready_count};
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, bin, control, eventually_async_within, watch};
+use cohort_e2e::{Master, bin, control, eventually_async, eventually_async_within, watch};
 use cohort_proto::pb::{self, member_frame::Kind as Out};
 use std::time::{Duration, Instant};
 
@@ -172,7 +172,15 @@ async fn a_join_whose_turn_is_more_than_ten_seconds_away_is_refused_with_a_reaso
             tokio::spawn(async move { raw_join(&channel, format!("j-{i}")).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The master has sorted them once its counters say so and the two it
+    // answered at once have their answers.
+    eventually_async("1 join refused, 10 waiting", || async {
+        let text = scrape(&metrics);
+        let sorted = value(&text, "cohort_joins_waiting") == Some(10.0)
+            && value(&text, "cohort_joins_refused_total") == Some(1.0);
+        (sorted && joins.iter().filter(|j| j.is_finished()).count() == 2).then_some(())
+    })
+    .await;
     let (mut admitted, mut refused) = (0, Vec::new());
     let mut waiting = Vec::new();
     for j in joins {
@@ -196,15 +204,9 @@ async fn a_join_whose_turn_is_more_than_ten_seconds_away_is_refused_with_a_reaso
     assert_eq!(value(&text, "cohort_joins_waiting"), Some(10.0));
     assert_eq!(value(&text, "cohort_joins_refused_total"), Some(1.0));
     // The next one waiting goes in its turn, within a second.
-    let next = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if waiting.iter().any(|j| j.is_finished()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    next.await.expect("a waiting join was admitted in its turn");
+    let admitted_next = async || waiting.iter().any(|j| j.is_finished()).then_some(());
+    let within = Duration::from_secs(5);
+    eventually_async_within("a waiting join admitted in its turn", within, admitted_next).await;
     // Joins still waiting do not hold up a shutdown: they are told why.
     let still: Vec<_> = waiting.into_iter().filter(|j| !j.is_finished()).collect();
     assert!(still.len() >= 8, "{} still waiting", still.len());

@@ -476,12 +476,20 @@ async fn a_replacement_waits_for_its_name_while_the_old_instance_leaves() {
     // still terminating when the new one starts.
     let master = TestMaster::start(config()).await;
     let old = master.join(Role::Worker, "fixed").await;
+    // The SDK's own account of its join (this test's runtime is this
+    // thread, so its tasks log here).
+    let logs = Logs::default();
+    let _logging = tracing::subscriber::set_default(logs.subscriber());
     let new = tokio::spawn(
         MemberBuilder::new(master.url(), Role::Worker)
             .name("fixed")
             .join(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Refused while the name is held, it waits to try again.
+    eventually("the join refused and retried", || {
+        logs.text().contains("reconnecting after delay")
+    })
+    .await;
     assert!(!new.is_finished(), "joined while the name was held");
     old.close().await;
     let new = tokio::time::timeout(Duration::from_secs(20), new)
@@ -555,4 +563,36 @@ async fn members_hear_the_events_of_whom_they_watch_and_workers_none_by_default(
     assert!(about(&mut watched).iter().all(|n| n == "target"));
     assert_eq!(about(&mut quiet_events), Vec::<String>::new());
     master.stop().await;
+}
+
+/// Log lines written on this thread while its subscriber is set.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let logs = self.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("cohort=debug")
+            .with_writer(move || logs.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

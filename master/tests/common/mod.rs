@@ -83,6 +83,19 @@ pub fn config() -> Config {
     c
 }
 
+/// Polls `check` every 20 ms until it holds, or panics with `what` after
+/// [`WAIT`].
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let polled = async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, polled)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
 pub async fn recv(sub: &mut Subscription) -> Message {
     tokio::time::timeout(WAIT, sub.recv())
         .await
