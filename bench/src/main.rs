@@ -22,10 +22,10 @@
 mod cluster;
 mod join_storm;
 mod members;
+mod rows;
 
 use anyhow::{Context, bail};
 use cohort::{Member, MemberBuilder, Role, Target};
-use cohort_e2e::cpu_seconds;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -302,111 +302,40 @@ fn messaging(options: &Options) -> anyhow::Result<()> {
     }
 
     let report = runtime()?.block_on(async {
-        let a = MemberBuilder::new(url.clone(), Role::Agent).name("driver").join().await?;
+        let a = MemberBuilder::new(url.clone(), Role::Agent)
+            .name("driver")
+            .join()
+            .await?;
         let mut all = vec!["responder".to_string(), "sink".to_string()];
         all.extend(bcast.iter().cloned());
         wait_ready(&a, &all).await?;
-
-        // 1. request/reply, A → master → B → master → A.
-        let target = Target::Member("responder".into());
-        for _ in 0..1000 / scale {
-            a.request(target.clone(), "req", "warm", Duration::from_secs(5)).await?;
-        }
-        let mut lat = Vec::with_capacity(requests);
-        for _ in 0..requests {
-            let t = Instant::now();
-            a.request(target.clone(), "req", "0123456789abcdef", Duration::from_secs(5)).await?;
-            lat.push(t.elapsed());
-        }
-        lat.sort();
-        let rr = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-
-        // 2. one-way relay A → master → B, 64-byte payloads; then again
-        // while a remote member logs LOG_RATE lines a second (forwarded
-        // to the master, which keeps what its rate allows).
-        let mut done = a.on("done");
-        let (rate, received, cpu_per_million) = relay_run(&a, &mut done, master_pid, relay).await?;
-        // Again while /metrics is scraped back to back (far more than any
-        // Prometheus would).
-        let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let scraper = {
-            let (on, metrics) = (scraping.clone(), metrics.clone());
-            std::thread::spawn(move || {
-                let mut n = 0u32;
-                while on.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
-                    n += 1;
-                    let _ = cohort_e2e::http(&metrics, "GET", "/metrics");
-                }
-                n
-            })
+        let mut run = rows::Run {
+            done: a.on("done"),
+            a,
+            url: url.clone(),
+            master_pid,
+            relay,
         };
-        let (scraped_rate, scraped_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
-        scraping.store(false, std::sync::atomic::Ordering::Relaxed);
-        let scrapes = scraper.join().unwrap_or(0);
-        let logger = spawn_self(&["member", &url, "logger", "logger"])?;
-        wait_ready(&a, &["logger".to_string()]).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (log_rate, log_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
-        let rss_logging = cohort_e2e::rss_bytes(master_pid) / 1024;
-        drop(logger);
-        // Again while a local child floods its output, which the master
-        // reads, parses and logs.
-        a.post(Target::Member("worker-1".into()), "flood", "").await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (chatty_rate, chatty_received, _) = relay_run(&a, &mut done, master_pid, relay).await?;
-        let mut control = cohort_proto::pb::control_client::ControlClient::connect(url.clone()).await?;
-        control
-            .scale(cohort_proto::pb::ScaleRequest {
-                role: cohort_proto::pb::Role::Worker as i32,
-                count: 0,
-            })
-            .await?;
-
-        // 2b. the same from a plain gRPC client: one frame per message, no
-        // batches, no acks, as a Python or Go member is usually written.
-        let (plain_rate, plain_received) = plain_relay(&url, relay).await?;
-
-        // 3. broadcast to 8 members until the last one has it: only the
-        // eight broadcast members stay.
-        drop(pair);
-        for gone in ["responder", "sink"] {
-            while a.send_to(gone, "noop", "").await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        let mut lats = a.on_with_capacity("lat", 1 << 16);
-        let mut bl = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            a.post(Target::Role(Role::Worker), "bcast", now_ns().to_string()).await?;
-            let mut worst = 0u128;
-            for _ in 0..BROADCAST_MEMBERS {
-                let m = tokio::time::timeout(Duration::from_secs(10), lats.recv())
-                    .await
-                    .context("broadcast answer")?
-                    .context("closed")?;
-                worst = worst.max(m.text().unwrap_or("0").parse()?);
-            }
-            bl.push(Duration::from_nanos(u64::try_from(worst).unwrap_or(u64::MAX)));
-        }
-        bl.sort();
-        a.close().await;
-        anyhow::Ok(format!(
-            "| request/reply A→master→B→master→A ({requests} requests) | p50 {} | p99 {} |\n\
-             | one-way relay A→master→B, 64 B, SDK sender ({relay} sent) | {:.0} msg/s | {received} received ({} lost), master {cpu_per_million:.2} CPU-s per million |\n\
-             | the same while /metrics is scraped back to back ({scrapes} scrapes) | {scraped_rate:.0} msg/s | {scraped_received} received |\n\
-             | the same while a local child prints as fast as it can | {chatty_rate:.0} msg/s | {chatty_received} received |\n\
-             | the same while a remote member logs {LOG_RATE} lines/s | {log_rate:.0} msg/s | {log_received} received; master RSS {:.1} MiB |\n\
-             | one-way relay, 64 B, plain unbatched gRPC sender ({relay} sent) | {plain_rate:.0} msg/s | {plain_received} received ({} lost) |\n\
-             | broadcast to {BROADCAST_MEMBERS}, until the last has it ({rounds} rounds) | p50 {} | p99 {} |\n",
-            us(rr.0),
-            us(rr.1),
-            rate,
-            relay as u64 - received,
-            rss_logging as f64 / 1024.0,
-            relay as u64 - plain_received,
-            us(percentile(&bl, 0.5)),
-            us(percentile(&bl, 0.99)),
-        ))
+        let request_reply = rows::request_reply(&run.a, requests, 1000 / scale).await?;
+        let relay_row = rows::relay(&mut run).await?;
+        let scraped = rows::relay_while_scraped(&mut run, &metrics).await?;
+        let logging = rows::relay_while_a_member_logs(&mut run).await?;
+        let chatty = rows::relay_while_a_child_floods(&mut run).await?;
+        let plain = rows::plain_relay(&url, relay).await?;
+        let broadcast = rows::broadcast(&run.a, pair, rounds).await?;
+        run.a.close().await;
+        anyhow::Ok(
+            [
+                request_reply,
+                relay_row,
+                scraped,
+                chatty,
+                logging,
+                plain,
+                broadcast,
+            ]
+            .concat(),
+        )
     })?;
     drop(members);
     drop(master);
@@ -449,85 +378,4 @@ pub(crate) fn write_report(out: &str, text: &str) -> anyhow::Result<()> {
     }
     std::fs::write(out, text)?;
     Ok(())
-}
-
-/// Relays `n` 64-byte messages from `a` to `sink` through the SDK: msg/s,
-/// how many the sink counted, and the master's CPU-s per million.
-async fn relay_run(
-    a: &Member,
-    done: &mut cohort::Subscription,
-    master_pid: u32,
-    n: usize,
-) -> anyhow::Result<(f64, u64, f64)> {
-    let payload = bytes_64();
-    let cpu0 = cpu_seconds(master_pid);
-    let t = Instant::now();
-    let sink = Target::Member("sink".into());
-    for _ in 0..n {
-        a.post(sink.clone(), "relay", payload.clone()).await?;
-    }
-    a.post(sink.clone(), "relay", "END").await?;
-    let got = tokio::time::timeout(Duration::from_secs(120), done.recv())
-        .await
-        .context("relay did not finish")?
-        .context("closed")?;
-    let elapsed = t.elapsed();
-    let cpu = cpu_seconds(master_pid) - cpu0;
-    let received: u64 = got.text().unwrap_or("0").parse()?;
-    let rate = received as f64 / elapsed.as_secs_f64();
-    Ok((rate, received, cpu / (received.max(1) as f64) * 1e6))
-}
-
-/// Relays `n` 64-byte messages to `sink` from a raw tonic Join stream, one
-/// `send` frame each; returns messages/s and how many the sink counted.
-async fn plain_relay(url: &str, n: usize) -> anyhow::Result<(f64, u64)> {
-    use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
-    let mut client = pb::membership_client::MembershipClient::connect(url.to_string()).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let frame = |kind| pb::MemberFrame { kind: Some(kind) };
-    tx.send(frame(Out::Hello(pb::Hello {
-        role: pb::Role::Worker as i32,
-        name: "plain".into(),
-        ..Default::default()
-    })))
-    .await?;
-    let mut inbound = client
-        .join(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut done_tx = Some(done_tx);
-        while let Ok(Some(f)) = inbound.message().await {
-            if let Some(In::Deliver(env)) = f.kind
-                && env.action == "done"
-                && let Some(tx) = done_tx.take()
-            {
-                let _ = tx.send(env.data);
-            }
-        }
-    });
-    let envelope = |data: Vec<u8>| {
-        frame(Out::Send(pb::Envelope {
-            action: "relay".into(),
-            data: data.into(),
-            target: Some(Target::Member("sink".into()).into()),
-            ..Default::default()
-        }))
-    };
-    let t = Instant::now();
-    for _ in 0..n {
-        tx.send(envelope(bytes_64())).await?;
-    }
-    tx.send(envelope(b"END".to_vec())).await?;
-    let data = tokio::time::timeout(Duration::from_secs(120), done_rx)
-        .await
-        .context("plain relay did not finish")??;
-    let elapsed = t.elapsed();
-    let received: u64 = std::str::from_utf8(&data)?.parse()?;
-    Ok((received as f64 / elapsed.as_secs_f64(), received))
-}
-
-fn bytes_64() -> Vec<u8> {
-    vec![b'x'; 64]
 }
