@@ -210,12 +210,33 @@ fn plain(id: &str, target: Target, edit: impl FnOnce(&mut pb::Envelope)) -> pb::
     env
 }
 
-/// The next delivery `stream` gets, which must be the marker `id` sent
-/// after the forgeries: anything forged would have come first (FIFO).
-async fn next_is_marker(stream: &mut tonic::Streaming<pb::MasterFrame>, marker: &str) {
-    let env = next_delivery(stream).await;
+type Frames = tokio::sync::mpsc::Sender<pb::MemberFrame>;
+
+/// Sends `frame` from a raw member and checks that the master refuses it
+/// with INVALID_ARGUMENT naming `needle`.
+async fn refusal(
+    tx: &Frames,
+    stream: &mut tonic::Streaming<pb::MasterFrame>,
+    frame: pb::MemberFrame,
+    needle: &str,
+) -> pb::SendResult {
+    tx.send(frame).await.expect("send");
+    let refused = next_result(stream).await;
+    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+    assert!(refused.message.contains(needle), "{refused:?}");
+    refused
+}
+
+/// Sends a marker from C to B and checks it is B's next delivery: anything
+/// forged before it would have come first (FIFO per sender).
+async fn marker_is_next(c_tx: &Frames, b: &mut tonic::Streaming<pb::MasterFrame>) {
+    let marker = plain("marker", Target::Member("b".into()), |e| {
+        e.action = "marker".into();
+    });
+    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
+    let env = next_delivery(b).await;
     assert_eq!(
-        env.action, marker,
+        env.action, "marker",
         "nothing forged was delivered first: {env:?}"
     );
 }
@@ -260,11 +281,8 @@ async fn a_plain_send_never_passes_as_a_reply() {
         for target in [Target::Member("a".into()), Target::All] {
             let id = format!("forged-{i}-{target:?}");
             let env = plain(&id, target, |e| e.reply_to = guess.clone());
-            c_tx.send(frame(Frame::Send(env))).await.expect("send");
-            let refused = next_result(&mut c).await;
+            let refused = refusal(&c_tx, &mut c, frame(Frame::Send(env)), "reply_to").await;
             assert_eq!(refused.id, id);
-            assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
-            assert!(refused.message.contains("reply_to"), "{refused:?}");
         }
         // In a batch, and as a request to A, the same.
         let batch = pb::Envelopes {
@@ -272,26 +290,16 @@ async fn a_plain_send_never_passes_as_a_reply() {
                 e.reply_to = guess.clone();
             })],
         };
-        c_tx.send(frame(Frame::SendBatch(batch)))
-            .await
-            .expect("send");
-        assert_eq!(next_result(&mut c).await.code, Code::InvalidArgument as i32);
+        refusal(&c_tx, &mut c, frame(Frame::SendBatch(batch)), "reply_to").await;
         let req = plain(&format!("req-{i}"), Target::Member("a".into()), |e| {
             e.reply_to = guess.clone();
             e.ack = false;
         });
-        c_tx.send(frame(Frame::Request(req))).await.expect("send");
-        let refused = next_result(&mut c).await;
-        assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
-        assert!(refused.message.contains("reply_to"), "{refused:?}");
+        refusal(&c_tx, &mut c, frame(Frame::Request(req)), "reply_to").await;
     }
     // Nothing forged reached B (the broadcasts' other receiver) ahead of a
     // real message; and A's request gets the real reply, from B.
-    let marker = plain("marker", Target::Member("b".into()), |e| {
-        e.action = "marker".into()
-    });
-    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
-    next_is_marker(&mut b, "marker").await;
+    marker_is_next(&c_tx, &mut b).await;
     b_tx.send(reply(&request.id, "from b")).await.expect("send");
     let (from, text) = asking.await.expect("join").expect("answered");
     assert_eq!((from.as_str(), text.as_deref()), ("b", Some("from b")));
@@ -312,16 +320,9 @@ async fn expects_reply_outside_a_request_is_refused_and_reaches_nobody() {
         Target::All,
     ] {
         let env = plain("ask", target, |e| e.expects_reply = true);
-        c_tx.send(frame(Frame::Send(env))).await.expect("send");
-        let refused = next_result(&mut c).await;
-        assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
-        assert!(refused.message.contains("expects_reply"), "{refused:?}");
+        refusal(&c_tx, &mut c, frame(Frame::Send(env)), "expects_reply").await;
     }
-    let marker = plain("marker", Target::Member("b".into()), |e| {
-        e.action = "marker".into()
-    });
-    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
-    next_is_marker(&mut b, "marker").await;
+    marker_is_next(&c_tx, &mut b).await;
     master.stop().await;
 }
 
@@ -339,12 +340,13 @@ async fn request_timeouts_and_claimed_pids_cannot_be_abused() {
             nanos: 0,
         });
     });
-    c_tx.send(frame(Frame::Request(forever)))
-        .await
-        .expect("send");
-    let refused = next_result(&mut c).await;
-    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
-    assert!(refused.message.contains("at most 3600 s"), "{refused:?}");
+    refusal(
+        &c_tx,
+        &mut c,
+        frame(Frame::Request(forever)),
+        "at most 3600 s",
+    )
+    .await;
 
     // Two members claim the same pid@host: neither gets what was meant for
     // "the" one.
@@ -353,22 +355,16 @@ async fn request_timeouts_and_claimed_pids_cannot_be_abused() {
     let _d = d.expect("d joins");
     let (_e_tx, e) = raw_join(&master, claim("e")).await;
     let _e = e.expect("e joins");
-    c_tx.send(frame(Frame::Send(plain(
-        "to-pid",
-        Target::Member("4242@h".into()),
-        |_| {},
-    ))))
-    .await
-    .expect("send");
-    let refused = next_result(&mut c).await;
-    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
-    assert!(refused.message.contains("matches 2 members"), "{refused:?}");
+    let to_pid = plain("to-pid", Target::Member("4242@h".into()), |_| {});
+    refusal(
+        &c_tx,
+        &mut c,
+        frame(Frame::Send(to_pid)),
+        "matches 2 members",
+    )
+    .await;
     // The master serves on.
-    let marker = plain("marker", Target::Member("b".into()), |e| {
-        e.action = "marker".into()
-    });
-    c_tx.send(frame(Frame::Send(marker))).await.expect("send");
-    next_is_marker(&mut b, "marker").await;
+    marker_is_next(&c_tx, &mut b).await;
     master.stop().await;
 }
 
