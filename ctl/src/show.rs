@@ -169,6 +169,17 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
         .map(|c| json!({"role": role(c.role), "state": state(c.state), "count": c.count}))
         .collect();
     let uptime_ms = span(i.uptime.as_ref()).map_or(0, |d| d.as_millis() as u64);
+    let timing = i.settings.unwrap_or_default();
+    let shown = |d| match span(d) {
+        Some(d) if d.subsec_millis() == 0 => format!("{}s", d.as_secs()),
+        Some(d) => format!("{}ms", d.as_millis()),
+        None => "?".to_string(),
+    };
+    let (beat, suspect, dead) = (
+        shown(timing.heartbeat_interval.as_ref()),
+        shown(timing.suspect_after.as_ref()),
+        shown(timing.dead_after.as_ref()),
+    );
     if as_json {
         return json!({
             "version": i.version,
@@ -179,6 +190,9 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
             "expected_workers": i.expected_workers,
             "counts": counts,
             "listeners": i.listeners.iter().map(|l| json!({"name": l.name, "addr": l.addr})).collect::<Vec<_>>(),
+            "heartbeat_interval": beat,
+            "suspect_after": suspect,
+            "dead_after": dead,
         })
         .to_string();
     }
@@ -196,6 +210,9 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
             i.expected_workers
         ),
     ];
+    out.push(format!(
+        "health     heartbeats every {beat}; a silent member is SUSPECT after {suspect}, evicted after {dead} (a closed stream or exited child at once)"
+    ));
     for c in &i.counts {
         out.push(format!(
             "members    {} {}: {}",

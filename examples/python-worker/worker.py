@@ -79,11 +79,19 @@ def session(name):
                 return
             yield frame
 
-    def heartbeat(interval):
+    # The master hands out the heartbeat interval, in the welcome and again
+    # (a settings frame) as the cluster grows or shrinks past its budget.
+    timing = {"interval": 1.0}
+
+    def heartbeat():
         seq = 0
-        while not done.wait(interval):
+        while not done.wait(timing["interval"]):
             seq += 1
             outbox.put(pb.MemberFrame(heartbeat=pb.Heartbeat(seq=seq)))
+
+    def follow(settings):
+        heard["limit"] = max(seconds(settings.dead_after), 1.0)
+        timing["interval"] = max(seconds(settings.heartbeat_interval), 0.1)
 
     outbox.put(pb.MemberFrame(hello=pb.Hello(role=pb.ROLE_WORKER, name=name, pid=os.getpid(),
                                              host=os.uname().nodename, version="python-example")))
@@ -108,10 +116,8 @@ def session(name):
             kind = frame.WhichOneof("kind")
             if kind == "welcome":
                 name = frame.welcome.name
-                settings = frame.welcome.settings
-                heard["limit"] = max(seconds(settings.dead_after), 1.0)
-                interval = max(seconds(settings.heartbeat_interval), 0.1)
-                threading.Thread(target=heartbeat, args=(interval,), daemon=True).start()
+                follow(frame.welcome.settings)
+                threading.Thread(target=heartbeat, daemon=True).start()
                 outbox.put(pb.MemberFrame(ready=pb.Ready()))
                 log("WELCOME", name)
             elif kind == "deliver":
@@ -132,6 +138,9 @@ def session(name):
                         data=json.dumps(answer).encode())))
                 else:
                     log("GOT", env.action, env.data.decode(errors="replace"), "FROM", sender)
+            elif kind == "settings":
+                follow(frame.settings)
+                log("SETTINGS", f"heartbeat every {timing['interval']:g} s")
             elif kind == "drain":
                 log("DRAIN", frame.drain.reason)
                 return name, True

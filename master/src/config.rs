@@ -135,6 +135,10 @@ impl TryFrom<Layer> for Config {
                 heartbeat_interval: need(h.heartbeat_interval, "health.heartbeat_interval")?,
                 suspect_after: need(h.suspect_after, "health.suspect_after")?,
                 dead_after: need(h.dead_after, "health.dead_after")?,
+                max_heartbeats_per_second: need(
+                    h.max_heartbeats_per_second,
+                    "health.max_heartbeats_per_second",
+                )?,
             },
             restart: RestartConfig {
                 min_uptime: need(r.min_uptime, "restart.min_uptime")?,

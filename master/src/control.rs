@@ -394,6 +394,7 @@ impl cohort_proto::server::control_server::Control for ControlService {
             listeners: self.listeners.clone(),
             expected_agents: self.expect.0,
             expected_workers: self.expect.1,
+            settings: Some(self.registry.settings()),
         }))
     }
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 mod barrier;
+mod budget;
 mod counters;
 mod error;
 mod events;
@@ -43,6 +44,7 @@ mod tests;
 mod watching;
 
 use barrier::Barrier;
+use budget::{Budget, Timing};
 use events::event;
 use listing::Counts;
 use members::{Presence, not_found, resolve_member};
@@ -97,6 +99,16 @@ fn frame(kind: Out) -> pb::MasterFrame {
     pb::MasterFrame { kind: Some(kind) }
 }
 
+/// `timing` as members are told it.
+fn settings(timing: Timing) -> pb::Settings {
+    pb::Settings {
+        heartbeat_interval: Some(duration(timing.heartbeat_interval)),
+        suspect_after: Some(duration(timing.suspect_after)),
+        dead_after: Some(duration(timing.dead_after)),
+        max_message_bytes: u32::try_from(cohort_proto::MAX_MESSAGE_BYTES).unwrap_or(u32::MAX),
+    }
+}
+
 struct State {
     members: Roster,
     last_random: HashMap<Role, MemberName>,
@@ -109,6 +121,8 @@ struct State {
     coalesce: Option<Vec<(ClusterEvent, bool)>>,
     /// Members by role and state, kept as they change: ClusterInfo in O(1).
     counts: Counts,
+    /// The heartbeat timings the cluster's size allows.
+    budget: Budget,
 }
 
 /// A registered member's stream: what the Join handler needs.
@@ -167,6 +181,7 @@ impl Registry {
                 secrets: Secrets::default(),
                 coalesce: None,
                 counts: Counts::default(),
+                budget: Budget::new(cfg.health),
             }),
             events,
             ready_tx,
@@ -197,19 +212,14 @@ impl Registry {
         self.ready_tx.subscribe()
     }
 
-    /// How often members heartbeat.
+    /// How often members heartbeat now.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.cfg.health.heartbeat_interval
+        self.lock().budget.timing().heartbeat_interval
     }
 
-    /// The settings members must follow.
+    /// The settings members must follow now.
     pub fn settings(&self) -> pb::Settings {
-        pb::Settings {
-            heartbeat_interval: Some(duration(self.cfg.health.heartbeat_interval)),
-            suspect_after: Some(duration(self.cfg.health.suspect_after)),
-            dead_after: Some(duration(self.cfg.health.dead_after)),
-            max_message_bytes: u32::try_from(cohort_proto::MAX_MESSAGE_BYTES).unwrap_or(u32::MAX),
-        }
+        settings(self.lock().budget.timing())
     }
 
     /// Handles one frame from a member's stream. An error ends that stream;
@@ -227,12 +237,17 @@ impl Registry {
             In::Hello(_) => return Err(StreamError::HelloAgain),
             In::Heartbeat(hb) => {
                 let mut over = None;
-                // Acked at least every quarter of dead_after, not each one:
-                // the member's one-way-partition watchdog waits dead_after
-                // for an ack, and 10,000 members' acks every second would
-                // be most of an idle master's work.
-                let every = self.cfg.health.dead_after / 4;
                 if let Some(m) = st.members.get_mut(&name) {
+                    // Timings it was told to shorten apply once it beats
+                    // again: it has heard of them by its next beat.
+                    if let Some(t) = m.next_timing.take() {
+                        m.timing = t;
+                    }
+                    // Acked at least every quarter of dead_after, not each
+                    // one: the member's one-way-partition watchdog waits
+                    // dead_after for an ack, and 10,000 members' acks every
+                    // second would be most of an idle master's work.
+                    let every = m.timing.dead_after / 4;
                     m.cpu_percent = hb.cpu_percent;
                     m.rss_bytes = hb.rss_bytes;
                     if let Some(rtt) = span(hb.rtt.as_ref()) {
@@ -332,6 +347,7 @@ impl Registry {
             return;
         };
         st.counts.remove(m.role, m.state());
+        self.rebudget(st, st.members.len());
         m.cancel.cancel();
         let mut info = m.info();
         info.state = MemberState::Gone;
@@ -362,6 +378,32 @@ impl Registry {
             event(EventKind::Draining, Some(info), "operator drain"),
         );
         Ok(())
+    }
+
+    /// Fits the heartbeat budget to a cluster of `members`; when the
+    /// timings change, every member registered is told. Longer silences apply at once,
+    /// shorter ones from each member's next heartbeat, when it has had the
+    /// chance to hear of them.
+    fn rebudget(&self, st: &mut State, members: usize) {
+        let Some(timing) = st.budget.fit(members) else {
+            return;
+        };
+        tracing::info!(
+            members,
+            heartbeat_interval_ms = timing.heartbeat_interval.as_millis() as u64,
+            dead_after_ms = timing.dead_after.as_millis() as u64,
+            "heartbeat budget: members heartbeat at a new interval"
+        );
+        let told = frame(Out::Settings(settings(timing)));
+        for m in st.members.values_mut() {
+            if timing.dead_after >= m.timing.dead_after {
+                m.timing = timing;
+                m.next_timing = None;
+            } else {
+                m.next_timing = Some(timing);
+            }
+            let _ = m.push(told.clone());
+        }
     }
 
     fn notify(&self, notice: Notice) {

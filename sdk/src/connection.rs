@@ -206,13 +206,7 @@ async fn session(
         }
         Err(s) => return (false, Err(s.into())),
     };
-    let settings = welcome.settings.unwrap_or_default();
-    let heartbeat = span(settings.heartbeat_interval.as_ref())
-        .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(10));
-    let dead_after = span(settings.dead_after.as_ref())
-        .unwrap_or(Duration::from_secs(10))
-        .max(Duration::from_millis(100));
+    let (heartbeat, dead_after) = timings(&welcome.settings.unwrap_or_default());
     tracing::info!(member.name = %welcome.name, instance = %welcome.instance_id, "joined the master");
     *name = Some(welcome.name.clone());
     let reconnected = first.is_none();
@@ -239,17 +233,7 @@ async fn session(
     }
 
     let mut log_ticker = tokio::time::interval(LOG_FLUSH);
-    let mut ticker = tokio::time::interval(heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut beat = Beat {
-        ticker,
-        tx,
-        seq: 0,
-        last_ack: Instant::now(),
-        dead_after,
-        sent: VecDeque::new(),
-        rtt: None,
-    };
+    let mut beat = Beat::new(tx, heartbeat, dead_after);
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return (true, Ok(())),
@@ -276,6 +260,15 @@ async fn session(
                             beat.acked(ack.seq);
                             continue;
                         }
+                        In::Settings(s) => {
+                            let (interval, dead_after) = timings(&s);
+                            tracing::debug!(
+                                interval_ms = interval.as_millis() as u64,
+                                "the master set a new heartbeat interval"
+                            );
+                            beat.retime(interval, dead_after);
+                            continue;
+                        }
                         other => match dispatch(inner, other) {
                             Some(end) => return (true, Err(end)),
                             None => continue,
@@ -293,6 +286,18 @@ async fn session(
     }
 }
 
+/// The heartbeat interval and `dead_after` the master gave, within sane
+/// bounds.
+fn timings(settings: &pb::Settings) -> (Duration, Duration) {
+    let heartbeat = span(settings.heartbeat_interval.as_ref())
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    let dead_after = span(settings.dead_after.as_ref())
+        .unwrap_or(Duration::from_secs(10))
+        .max(Duration::from_millis(100));
+    (heartbeat, dead_after)
+}
+
 /// Heartbeats and the ack watchdog of one session.
 struct Beat {
     ticker: tokio::time::Interval,
@@ -307,6 +312,30 @@ struct Beat {
 }
 
 impl Beat {
+    /// Heartbeats every `interval` on `tx`, the ack clock starting now.
+    fn new(tx: mpsc::Sender<pb::MemberFrame>, interval: Duration, dead_after: Duration) -> Beat {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Beat {
+            ticker,
+            tx,
+            seq: 0,
+            last_ack: Instant::now(),
+            dead_after,
+            sent: VecDeque::new(),
+            rtt: None,
+        }
+    }
+
+    /// New timings from the master: beats every `interval` from now on,
+    /// and waits `dead_after` for an ack.
+    fn retime(&mut self, interval: Duration, dead_after: Duration) {
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.ticker = ticker;
+        self.dead_after = dead_after;
+    }
+
     /// An ack came: the master is there, and (unless it only vouches,
     /// seq 0) one heartbeat's round trip is known.
     fn acked(&mut self, seq: u64) {
@@ -387,7 +416,7 @@ async fn deliver(
 fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
     match kind {
         // The session loop takes these itself.
-        In::Deliver(_) | In::DeliverBatch(_) | In::HeartbeatAck(_) => {}
+        In::Deliver(_) | In::DeliverBatch(_) | In::HeartbeatAck(_) | In::Settings(_) => {}
         In::ClusterReady(_) => {
             inner.cluster_ready.send_replace(true);
             let _ = inner.events.send(Event::ClusterReady);
@@ -564,16 +593,7 @@ mod tests {
 
     fn beat(dead_after: Duration) -> (Beat, mpsc::Receiver<pb::MemberFrame>) {
         let (tx, rx) = mpsc::channel(16);
-        let beat = Beat {
-            ticker: tokio::time::interval(Duration::from_secs(1)),
-            tx,
-            seq: 0,
-            last_ack: Instant::now(),
-            dead_after,
-            sent: VecDeque::new(),
-            rtt: None,
-        };
-        (beat, rx)
+        (Beat::new(tx, Duration::from_secs(1), dead_after), rx)
     }
 
     fn sent(rx: &mut mpsc::Receiver<pb::MemberFrame>) -> pb::Heartbeat {
@@ -600,6 +620,23 @@ mod tests {
         // Without the watch (while the master holds this member back) it
         // beats on.
         beat.beat(&mut sampler, false).expect("not watched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_timings_from_the_master_set_the_beat_and_the_watchdog() {
+        let mut sampler = Sampler::new();
+        let (mut beat, _rx) = beat(Duration::from_secs(10));
+        beat.retime(Duration::from_secs(8), Duration::from_secs(80));
+        let t0 = Instant::now();
+        beat.ticker.tick().await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(8),
+            "the next beat in one new interval"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        beat.beat(&mut sampler, true)
+            .expect("68 s without an ack is within the new dead_after");
     }
 
     #[tokio::test(start_paused = true)]

@@ -160,6 +160,11 @@ pub(super) struct HealthLayer {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub dead_after: Option<Duration>,
+    /// Heartbeats a second for the whole cluster: past it, members get a
+    /// longer interval (doubling), and the two silences above grow with it;
+    /// 0 = always the ones above.
+    #[arg(long, value_name = "N")]
+    pub max_heartbeats_per_second: Option<u32>,
 }
 
 /// `[restart]`.
@@ -326,6 +331,7 @@ impl Layer {
                 heartbeat_interval: Some(secs(1)),
                 suspect_after: Some(secs(3)),
                 dead_after: Some(secs(10)),
+                max_heartbeats_per_second: Some(1000),
             },
             restart: RestartLayer {
                 min_uptime: Some(secs(1)),

@@ -74,6 +74,10 @@ pub struct HealthConfig {
     pub suspect_after: Duration,
     /// Silence after which a member is evicted.
     pub dead_after: Duration,
+    /// Heartbeats a second for the whole cluster: a larger cluster gets a
+    /// longer interval, and `suspect_after` and `dead_after` with it
+    /// (0 = always the configured ones).
+    pub max_heartbeats_per_second: u32,
 }
 
 /// `[restart]` policy (used by local supervision).

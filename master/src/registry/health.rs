@@ -95,7 +95,6 @@ impl Registry {
     }
 
     fn sweep_locked(&self, st: &mut State, now: Instant) {
-        let h = self.cfg.health;
         let mut evict = Vec::new();
         let mut suspects = Vec::new();
         for m in st.members.values_mut() {
@@ -106,6 +105,7 @@ impl Registry {
                 false => now.saturating_duration_since(m.last_seen),
             };
             let joining = now.saturating_duration_since(m.joined_at);
+            let h = m.timing;
             if silent >= h.dead_after {
                 evict.push((
                     m.name.clone(),

@@ -5,7 +5,7 @@ use super::events::event;
 use super::members::{InstanceId, Member, Presence};
 use super::secrets::Claim;
 use super::watching::Watch;
-use super::{CONTROL_SENDER, Joined, Registry, State, frame};
+use super::{CONTROL_SENDER, Joined, Registry, State, frame, settings};
 use crate::model::{EventKind, MemberState};
 use crate::outbound;
 use cohort_proto::pb::master_frame::Kind as Out;
@@ -176,6 +176,10 @@ impl Registry {
             )));
         }
         let watch = Watch::from_hello(hello.watch.as_ref()).map_err(Status::invalid_argument)?;
+        // The newcomer's welcome carries the timings of the cluster it
+        // makes; the others are told if they change.
+        let members = st.members.len() + 1;
+        self.rebudget(&mut st, members);
         let instance_id = InstanceId::new();
         let m_cfg = self.cfg.messaging;
         let bounds = outbound::Bounds {
@@ -201,6 +205,8 @@ impl Registry {
             rss_bytes: 0,
             heartbeat_rtt: None,
             last_seen: now,
+            timing: st.budget.timing(),
+            next_timing: None,
             acked_at: None,
             over_memory: 0,
             joined_at: now,
@@ -217,7 +223,7 @@ impl Registry {
         let welcome = pb::Welcome {
             name: name.to_string(),
             instance_id: instance_id.to_string(),
-            settings: Some(self.settings()),
+            settings: Some(settings(st.budget.timing())),
             // Bounded: a welcome must fit in a frame however large the
             // cluster; Control/ListMembers lists them all.
             // Costs what it lists: a member that watches nobody (most

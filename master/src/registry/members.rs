@@ -1,5 +1,6 @@
 //! One connected member as the registry keeps it, and finding members by
 //! name, instance id or `pid@host`.
+use super::budget::Timing;
 use super::error::RouteError;
 use super::watching::Watch;
 use super::{State, frame};
@@ -40,6 +41,10 @@ pub(super) struct Member {
     pub(super) rss_bytes: u64,
     pub(super) heartbeat_rtt: Option<std::time::Duration>,
     pub(super) last_seen: Instant,
+    /// The timings its silence is judged by.
+    pub(super) timing: Timing,
+    /// Shorter timings it was told, applied at its next heartbeat.
+    pub(super) next_timing: Option<Timing>,
     /// Heartbeats in a row over its role's `max_rss`.
     pub(super) over_memory: u8,
     /// When its last heartbeat was acked (`None`: never).

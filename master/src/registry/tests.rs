@@ -9,6 +9,7 @@ use tonic::Code;
 
 const MS: Duration = Duration::from_millis(1);
 
+mod budget;
 mod subscriptions;
 
 fn registry(expect_workers: u32) -> (Registry, tokio::sync::mpsc::Receiver<Notice>) {
@@ -106,6 +107,10 @@ async fn frames(j: &mut Joined) -> Vec<String> {
                     format!("result {} {:?}", r.id, Code::from_i32(r.code))
                 }
                 Ok(Some(Out::HeartbeatAck(_))) => "ack".into(),
+                Ok(Some(Out::Settings(s))) => format!(
+                    "heartbeat every {:?}",
+                    span(s.heartbeat_interval.as_ref()).unwrap_or_default()
+                ),
                 Ok(Some(Out::Drain(d))) => format!(
                     "drain within {} ms",
                     cohort_proto::time::span(d.deadline.as_ref()).map_or(0, |d| d.as_millis())
