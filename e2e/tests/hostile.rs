@@ -229,16 +229,52 @@ async fn connections_that_never_speak_are_bounded_and_closed() {
             .contains("connection limit reached")
             .then_some(())
     });
-    // Every one of them is closed by the master before long.
+    // Every one of them is closed by the master before long (the refused
+    // ones after an HTTP/2 greeting they never answer).
     for mut s in silent {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        let mut buf = [0u8; 1];
-        let n = s.read(&mut buf);
-        assert!(matches!(n, Ok(0) | Err(_)), "closed by the master: {n:?}");
+        let mut greeting = Vec::new();
+        let end = s.read_to_end(&mut greeting);
+        let timed_out = end
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(!timed_out, "closed by the master: {end:?}");
     }
     // And the master serves as before.
     assert!(members(&master.addr).await.is_empty());
+    stop(&mut master, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_past_max_connections_is_told_why_and_counted() {
+    use cohort::{Code, MemberBuilder, Role};
+    let mut master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--max-connections",
+        "2",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = cohort_e2e::metrics::address(&mut master);
+    // Two members, a connection each: the limit.
+    let (_a, _b, _sub) = pair(&master.url()).await;
+    let err = MemberBuilder::new(master.url(), Role::Worker)
+        .name("third")
+        .join_timeout(Duration::from_secs(1))
+        .join()
+        .await
+        .expect_err("no room for a third connection");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.to_string().contains("max_connections"), "{err}");
+    let text = cohort_e2e::metrics::scrape(&metrics);
+    let refused = cohort_e2e::metrics::value(&text, "cohort_connections_refused_total");
+    assert!(refused.is_some_and(|n| n >= 1.0), "{text}");
+    // It says what descriptors it may use (raised to the hard limit).
+    assert!(master.proc.stderr().contains("open-files limit"));
     stop(&mut master, &[]);
 }
 

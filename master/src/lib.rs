@@ -141,6 +141,10 @@ pub async fn run(
     // Through a shutdown's drain too: members are still read and routed.
     tasks.spawn(registry.clone().sweep_every(registry.closed()));
     let admission = Arc::new(admission::Admission::new(config.join_rate));
+    let refusals = listen::Refusals {
+        answer: !config.tls.enabled(),
+        ..Default::default()
+    };
     if let Some(at) = config.metrics_listen {
         let listener = TcpListener::bind(at).await.map_err(|source| BindError {
             what: "metrics ([metrics] listen)".into(),
@@ -153,6 +157,7 @@ pub async fn run(
         let metrics = metrics::registry(
             &registry.metrics,
             &admission,
+            &refusals,
             registry.clone(),
             supervisor.clone(),
             config.metrics_per_member,
@@ -206,7 +211,7 @@ pub async fn run(
             config.limits.handshake_timeout,
         )?)?
         .add_routes(services.network)
-        .serve_with_incoming_shutdown(listen::incoming(listener, config.limits), drained),
+        .serve_with_incoming_shutdown(listen::incoming(listener, config.limits, refusals), drained),
     );
     tracing::info!(listen.addr = %addr, "master serving");
     let early = tokio::select! {

@@ -1,9 +1,14 @@
 //! Accepting connections on the gRPC address, with bounds: at most
-//! `max_connections` at once (more are closed at accept, with a log line),
-//! and a connection that has not sent the first bytes of its HTTP/2 (or
-//! TLS) handshake within `handshake_timeout` is closed, so silent sockets
-//! cannot pile up. Established connections are watched by HTTP/2
-//! keepalive.
+//! `max_connections` at once, and a connection that has not sent the first
+//! bytes of its HTTP/2 (or TLS) handshake within `handshake_timeout` is
+//! closed, so silent sockets cannot pile up. Established connections are
+//! watched by HTTP/2 keepalive.
+//!
+//! A connection past the limit is counted, logged (once a second), and,
+//! on a plaintext address, answered: every call it makes gets
+//! RESOURCE_EXHAUSTED saying why, as a gRPC status (at most
+//! [`ANSWERING`] such connections at once, each for at most
+//! `handshake_timeout`; past that, and over TLS, it is closed).
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +24,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// Bytes a client sends first: the HTTP/2 connection preface is 24; a TLS
 /// ClientHello is longer.
 const HANDSHAKE_BYTES: usize = 24;
+
+/// Refused connections answered with a status at once; more are closed.
+pub const ANSWERING: usize = 32;
 
 /// The bounds on connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,9 +99,11 @@ impl AsyncWrite for Connection {
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    refusals: Refusals,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let answering = Arc::new(Semaphore::new(ANSWERING));
     tokio::spawn(async move {
         let mut last_refusal_log: Option<Instant> = None;
         let mut refused = 0u64;
@@ -113,14 +123,20 @@ pub fn incoming(
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 refused += 1;
+                refusals.count.inc();
                 if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     tracing::warn!(
                         max_connections = limits.max_connections,
                         refused,
                         peer.addr = ?stream.peer_addr().ok(),
-                        "connection limit reached: closing new connections (raise [limits] max_connections if this is expected)"
+                        "connection limit reached: refusing new connections (raise [limits] max_connections if this is expected)"
                     );
                     last_refusal_log = Some(Instant::now());
+                }
+                if refusals.answer
+                    && let Ok(slot) = answering.clone().try_acquire_owned()
+                {
+                    tokio::spawn(answer_refused(stream, limits, slot));
                 }
                 continue;
             };
@@ -162,4 +178,39 @@ async fn started(stream: &TcpStream) -> bool {
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+}
+
+/// What happens to connections past `max_connections`.
+#[derive(Clone, Debug, Default)]
+pub struct Refusals {
+    /// Counts them (`cohort_connections_refused_total`).
+    pub count: prometheus_client::metrics::counter::Counter,
+    /// Answer their calls with a status (plaintext only: over TLS the
+    /// handshake is tonic's, after this).
+    pub answer: bool,
+}
+
+/// Serves a refused connection for a little while: each call gets
+/// RESOURCE_EXHAUSTED and the reason, then the connection closes.
+async fn answer_refused(stream: TcpStream, limits: ConnectionLimits, _slot: OwnedSemaphorePermit) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let message = format!(
+        "the master has {} connections open, the most [limits] max_connections allows: \
+         retry later, or raise max_connections",
+        limits.max_connections
+    );
+    let service = hyper::service::service_fn(move |_| {
+        let response = hyper::Response::builder()
+            .header("content-type", "application/grpc")
+            .header(
+                "grpc-status",
+                (tonic::Code::ResourceExhausted as i32).to_string(),
+            )
+            .header("grpc-message", message.as_str())
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new());
+        async move { response }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(limits.handshake_timeout, connection).await;
 }

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    open_files(config.limits.max_connections);
     // Before binding: a dead master's leftovers may hold our ports.
     let reaped = cohort_master::reap(&std::env::temp_dir());
     for run in &reaped.runs {
@@ -74,4 +75,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown signal received");
     })
     .await
+}
+
+/// Descriptors the master needs beside its connections: listeners, its
+/// children's pipes and sockets, logs.
+const OWN_FILES: u64 = 256;
+
+/// Raises the open-files soft limit to the hard one, and says so; warns when
+/// even that is too few for `max_connections`.
+fn open_files(max_connections: usize) {
+    match cohort_process::raise_open_files() {
+        Ok((before, now)) => {
+            tracing::info!(soft_before = before, soft = now, "open-files limit");
+            let needed = max_connections as u64 + OWN_FILES;
+            if now < needed {
+                tracing::warn!(
+                    limit = now,
+                    max_connections,
+                    "the open-files limit is below [limits] max_connections plus the master's own: \
+                     connections past it fail at accept; raise LimitNOFILE (systemd) or ulimit -Hn"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
 }

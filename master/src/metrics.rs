@@ -8,6 +8,7 @@
 //! [`ClusterCollector`], so nothing is kept twice.
 
 use crate::admission::Admission;
+use crate::listen::Refusals;
 use crate::model::{MemberSnapshot, MemberState};
 use crate::registry::{Registry, RoutingMetrics};
 use crate::supervisor::SupervisorHandle;
@@ -197,6 +198,7 @@ impl Collector for ClusterCollector {
 pub fn registry(
     routing: &RoutingMetrics,
     admission: &Admission,
+    refusals: &Refusals,
     cluster: Arc<Registry>,
     supervisor: SupervisorHandle,
     per_member: bool,
@@ -226,6 +228,11 @@ pub fn registry(
         "cohort_joins_refused",
         "Joins refused because their turn was more than 10 s away.",
         admission.refused.clone(),
+    );
+    r.register(
+        "cohort_connections_refused",
+        "Connections refused because [limits] max_connections were open.",
+        refusals.count.clone(),
     );
     r.register(
         "cohort_joins_refused_full",

@@ -8,9 +8,13 @@
 //! and counted. Per-sender FIFO follows from each member's frames being
 //! handled in order by one task and pushed into FIFO queues.
 //!
-//! The state and its operations, one concept a file: [`join`] (admission),
-//! [`members`], [`router`], [`requests`], [`barrier`] (ClusterReady and the
-//! hold before it), [`health`] (the sweep) and [`events`].
+//! The state is composed of parts that own theirs, each in its file with
+//! private fields: the [`roster`] (members by name, in order, and by
+//! instance), the pending [`requests`], the [`barrier`] (ClusterReady and
+//! what it holds), the slots' [`secrets`], the heartbeat [`budget`] and the
+//! [`counters`] routing keeps. The operations over them, one concept a
+//! file: [`join`] (admission), [`members`], [`router`], [`health`] (the
+//! sweep), [`events`] and [`listing`].
 
 use crate::config::{Expect, HealthConfig, MessagingConfig, Overflow};
 use crate::flow::Stall;

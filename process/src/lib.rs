@@ -137,6 +137,18 @@ pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{v:?} is out of range"))
 }
 
+/// Raises this process's open-files soft limit to its hard limit: a master
+/// with thousands of members needs a descriptor for each connection, and
+/// the usual soft limit is 1,024. Returns the soft limit before and after.
+pub fn raise_open_files() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard.max(soft)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_bytes, parse_duration};

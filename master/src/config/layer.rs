@@ -352,7 +352,7 @@ impl Layer {
                 overflow: Some(Overflow::Block),
             },
             limits: LimitsLayer {
-                max_connections: Some(10_000),
+                max_connections: Some(20_000),
                 handshake_timeout: Some(secs(10)),
                 join_rate: Some(5000),
                 max_members: Some(20_000),
