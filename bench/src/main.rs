@@ -20,6 +20,7 @@
 //! ```
 
 mod cluster;
+mod floor;
 mod join_storm;
 mod members;
 mod rows;
@@ -39,7 +40,7 @@ const LOG_RATE: u64 = 50_000;
 const LOG_FOR: Duration = Duration::from_secs(300);
 
 /// Kills the child when dropped, so a failed run leaves nothing behind.
-struct Guard(Child);
+pub(crate) struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -64,6 +65,15 @@ enum Bench {
         /// The master's own flags.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The readers of the floor row of `members`, in their own process
+    /// (internal).
+    #[command(hide = true)]
+    FloorReaders {
+        /// Where the writer listens.
+        addr: String,
+        /// How many connections.
+        n: usize,
     },
     /// A member of a messaging run, in its own process (internal).
     #[command(hide = true)]
@@ -106,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Members(o) => members::run(&o),
         Bench::Master { args } => run_master(&args),
         Bench::Member { url, name, mode } => run_member(&url, &name, &mode),
+        Bench::FloorReaders { addr, n } => floor::readers(&addr, n),
     }
 }
 
@@ -200,14 +211,14 @@ fn run_member(url: &str, name: &str, mode: &str) -> anyhow::Result<()> {
     })
 }
 
-fn now_ns() -> u128 {
+pub(crate) fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
 }
 
-fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
+pub(crate) fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
     spawn_self_logging(args, "warn", Stdio::inherit())
 }
 

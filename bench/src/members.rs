@@ -1,6 +1,8 @@
 //! `cohort-bench members`: what membership costs the real `cohort-master`
-//! with its default configuration: joining N members (over ~100 streams per
-//! connection, heartbeats at 1 s, each reporting ready), the master's RSS,
+//! with its default configuration: joining N members (each on its own
+//! connection, as members in separate processes are, and once 100 to a
+//! connection, labelled; heartbeating at the interval the master hands
+//! out, each reporting ready), the master's RSS,
 //! idle CPU, `ListMembers` and `cohortctl ls` with them joined, a broadcast
 //! to all (to the last receiver, and the master's CPU), all of them back
 //! after a `kill -9` of the master; a storm of 2,000 Join streams that send
@@ -11,7 +13,7 @@
 use crate::cluster::{Master, rss_kib, start_master, start_master_on};
 use crate::{percentile, runtime, us};
 use cohort_e2e::cpu_seconds;
-use cohort_e2e::light::{Light, PER_CONNECTION, ready_count, state_count};
+use cohort_e2e::light::{Light, ready_count, state_count};
 use cohort_proto::pb::{self, member_frame::Kind as Frame};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -33,6 +35,9 @@ impl Drop for Members {
 fn frame(kind: Frame) -> pb::MemberFrame {
     pb::MemberFrame { kind: Some(kind) }
 }
+
+/// Streams per connection of the storm, and of the multiplexed row.
+const PER_CONNECTION: usize = 100;
 
 /// Joins `n` members named `{prefix}-i` that say hello and nothing else,
 /// and never read their stream.
@@ -120,9 +125,11 @@ fn took(r: Result<Duration, usize>, n: usize) -> String {
     }
 }
 
-/// One row per N: join, evictions, RSS, idle CPU, ListMembers, broadcast
-/// to all, and the reconnect storm after `kill -9` of the master.
-async fn scale(n: usize) -> anyhow::Result<String> {
+/// One row per N, with `per_connection` members on each connection: join,
+/// evictions, the heartbeat interval handed out, RSS, idle CPU,
+/// ListMembers, broadcast to all, and the reconnect storm after `kill -9`
+/// of the master.
+async fn scale(n: usize, per_connection: usize) -> anyhow::Result<String> {
     let mut master = start_master(&["--agent-count", "0", "--worker-count", "0"], None)?;
     let addr = master.addr.clone();
     let pid = master.child.id();
@@ -142,7 +149,7 @@ async fn scale(n: usize) -> anyhow::Result<String> {
             }
         }
     });
-    let members = Light::start(&addr, n, "m", "to-all");
+    let members = Light::multiplexed(&addr, n, "m", "to-all", per_connection);
     let joined = all_ready(&addr, n).await;
     let cpu = cpu_seconds(pid) - cpu0;
     // Idle with heartbeats: three windows of 5 s, the median and the
@@ -157,6 +164,7 @@ async fn scale(n: usize) -> anyhow::Result<String> {
     let idle = windows[1];
     let after = rss_kib(pid);
     let evicted = left.load(std::sync::atomic::Ordering::Relaxed);
+    let beat = heartbeat_interval(&addr).await?;
     let (listed, bytes, times) = list(&addr).await?;
     let ls = cohortctl_ls(&addr, n)?;
     // Broadcast to all: time until the last member has it.
@@ -195,8 +203,12 @@ async fn scale(n: usize) -> anyhow::Result<String> {
     let suspect = state_count(&addr, pb::MemberState::Suspect).await;
     drop(members);
     drop(restarted);
+    let topology = match per_connection {
+        1 => format!("{n}, one connection each"),
+        k => format!("{n}, {k} to a connection"),
+    };
     Ok(format!(
-        "| {n} | {} ({cpu:.1} CPU-s) | {evicted} | {} → {} ({:.1} KiB per member) | {idle:.1} % ({:.1}–{:.1}) | {} ({listed} listed, {} KiB) | {} | {} / {} ({per_broadcast:.1} ms master CPU) | {} ({suspect} SUSPECT) |\n",
+        "| {topology} | {} ({cpu:.1} CPU-s) | {evicted} | {beat} | {} → {} ({:.1} KiB per member) | {idle:.1} % ({:.1}–{:.1}) | {} ({listed} listed, {} KiB) | {} | {} / {} ({per_broadcast:.1} ms master CPU) | {} ({suspect} SUSPECT) |\n",
         took(joined, n),
         mib(before),
         mib(after),
@@ -210,6 +222,20 @@ async fn scale(n: usize) -> anyhow::Result<String> {
         us(percentile(&rounds, 0.99)),
         took(back, n),
     ))
+}
+
+/// The heartbeat interval the master hands out now.
+async fn heartbeat_interval(addr: &str) -> anyhow::Result<String> {
+    let info = pb::control_client::ControlClient::connect(format!("http://{addr}"))
+        .await?
+        .cluster_info(pb::ClusterInfoRequest {})
+        .await?
+        .into_inner();
+    let interval = info
+        .settings
+        .and_then(|s| cohort_proto::time::span(s.heartbeat_interval.as_ref()))
+        .unwrap_or_default();
+    Ok(format!("{} s", interval.as_secs_f64()))
 }
 
 /// The wall time of `cohortctl ls` (the real binary, piped: every page,
@@ -294,11 +320,17 @@ pub fn run(options: &crate::Options) -> anyhow::Result<()> {
     };
     let storm_n = if quick { 500 } else { 2000 };
     let scale_n = sizes.last().copied().unwrap_or(1000);
+    // A connection each: a descriptor each, here and in the master.
+    cohort_process::raise_open_files()?;
     let rows = runtime()?.block_on(async {
         let mut rows = String::new();
         for &n in sizes {
-            rows.push_str(&scale(n).await?);
+            rows.push_str(&scale(n, 1).await?);
         }
+        // Beside it, as the earlier figures were taken: members multiplexed
+        // on HTTP/2 connections, as behind one proxy or host.
+        rows.push_str(&scale(scale_n, PER_CONNECTION).await?);
+        let floor = crate::floor::row(scale_n).await?;
         let storm_row = storm(storm_n).await?;
         // The default admission, and none (what it was before it) to
         // show what it is for.
@@ -313,19 +345,22 @@ pub fn run(options: &crate::Options) -> anyhow::Result<()> {
             )
             .await?,
         );
-        anyhow::Ok((rows, storm_row, during))
+        anyhow::Ok((rows, storm_row, during, floor))
     })?;
     let text = format!(
         "# Membership benchmark\n\nCommand: `cargo build --release --bins && cargo run --release -p cohort-bench -- members{}`\n\
          Machine: {}; the real cohort-master with its default configuration; members are raw gRPC streams from one\n\
-         driver process, {PER_CONNECTION} per connection, heartbeating every second.\n\n\
-         | members | all joined and READY | evicted | master RSS before → after | master CPU idle with heartbeats, median of three 5 s windows (range) | ListMembers (first page, p50 of 5) | `cohortctl ls`, every member (p50 of 5) | broadcast to all, last receiver p50 / p99 (20), master CPU per broadcast | all back after kill -9 + restart |\n|---|---|---|---|---|---|---|---|---|\n{}\n\
+         driver process, each on its own connection (the last row: {PER_CONNECTION} to a connection), heartbeating at the\n\
+         interval the master hands out (the heartbeat budget, `[health] max_heartbeats_per_second`).\n\n\
+         | members | all joined and READY | evicted | heartbeat interval | master RSS before → after | master CPU idle with heartbeats, median of three 5 s windows (range) | ListMembers (first page, p50 of 5) | `cohortctl ls`, every member (p50 of 5) | broadcast to all, last receiver p50 / p99 (20), master CPU per broadcast | all back after kill -9 + restart |\n|---|---|---|---|---|---|---|---|---|---|\n{}\n\
+         | floor | p50 / p99 |\n|---|---|\n{}\n\
          | storm | cost | memory |\n|---|---|---|\n{}\n\
          While the light members join at once, two SDK members already in the cluster exchange requests back to\n\
          back; the second row turns join admission off (`--join-rate 0`, not a default) to show what it is for.\n\n{}",
         if quick { " --quick" } else { "" },
         crate::machine(),
         rows.0,
+        rows.3,
         rows.1,
         rows.2,
     );

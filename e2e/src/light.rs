@@ -1,16 +1,16 @@
-//! Light members for scale tests and benchmarks: raw Join streams, many
-//! per connection, that say hello and ready, heartbeat every second, count
-//! the deliveries of one action, and join again with the SDK's jittered
-//! backoff (shortened) when their stream ends.
+//! Light members for scale tests and benchmarks: raw Join streams that say
+//! hello and ready, heartbeat at the interval the master gives them (the
+//! welcome, then `settings` frames), count the deliveries of one action,
+//! and join again with the SDK's jittered backoff (shortened) when their
+//! stream ends. Each has its own connection, as members in separate
+//! processes do; [`Light::multiplexed`] puts many on one.
 
 use cohort_proto::pb::{self, master_frame::Kind as In, member_frame::Kind as Out};
+use cohort_proto::time::span;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Streams per connection, as many members behind one host would share.
-pub const PER_CONNECTION: usize = 100;
 
 /// `n` light members; dropping this ends them.
 pub struct Light {
@@ -20,13 +20,30 @@ pub struct Light {
 
 impl Light {
     /// Starts `n` members named `{prefix}-{i}` against the master at
-    /// `addr`, counting deliveries of `action`. Must run in a tokio runtime.
+    /// `addr`, each on its own connection, counting deliveries of `action`.
+    /// Must run in a tokio runtime.
     pub fn start(addr: &str, n: usize, prefix: &str, action: &'static str) -> Light {
+        Light::multiplexed(addr, n, prefix, action, 1)
+    }
+
+    /// [`Light::start`] with `per_connection` members sharing each
+    /// connection (HTTP/2 streams), as members behind one proxy would.
+    pub fn multiplexed(
+        addr: &str,
+        n: usize,
+        prefix: &str,
+        action: &'static str,
+        per_connection: usize,
+    ) -> Light {
+        // A descriptor per connection: past the usual soft limit of 1,024.
+        if let Err(e) = cohort_process::raise_open_files() {
+            eprintln!("cannot raise the open-files limit: {e}");
+        }
         let received = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::with_capacity(n);
         let mut channel = None;
         for i in 0..n {
-            if i % PER_CONNECTION == 0 {
+            if i % per_connection.max(1) == 0 {
                 channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                     .ok()
                     .map(|e| e.connect_lazy());
@@ -81,12 +98,16 @@ async fn member(
             .await
         {
             attempt = 0;
+            // The interval the master gives, in ms (the welcome's, then
+            // each settings frame's).
+            let interval = AtomicU64::new(1000);
             // In this task, not one of their own: dropping the member
             // (aborting this task) ends its stream.
             let beat = async {
                 let mut seq = 0;
                 loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let ms = interval.load(Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     seq += 1;
                     let hb = pb::Heartbeat {
                         seq,
@@ -99,8 +120,21 @@ async fn member(
             };
             let mut inbound = response.into_inner();
             let read = async {
+                let follow = |s: Option<&pb::Settings>| {
+                    if let Some(d) = s.and_then(|s| span(s.heartbeat_interval.as_ref())) {
+                        interval.store(d.as_millis().max(10) as u64, Ordering::Relaxed);
+                    }
+                };
                 while let Ok(Some(f)) = inbound.message().await {
                     let n = match f.kind {
+                        Some(In::Welcome(w)) => {
+                            follow(w.settings.as_ref());
+                            0
+                        }
+                        Some(In::Settings(s)) => {
+                            follow(Some(&s));
+                            0
+                        }
                         Some(In::Deliver(e)) => usize::from(e.action == action),
                         Some(In::DeliverBatch(b)) => {
                             b.envelopes.iter().filter(|e| e.action == action).count()
