@@ -184,7 +184,7 @@ impl cohort_proto::server::control_server::Control for ControlService {
                 .iter()
                 .find(|x| x.name == member)
                 .map(|m| Response::new(m.into()))
-                .ok_or(e),
+                .ok_or_else(|| e.into()),
         }
     }
 

@@ -1,11 +1,11 @@
 //! What the Control API reads: members one by one, a page at a time, and
 //! counted.
+use super::error::RouteError;
 use super::members::{Member, not_found, resolve_member};
 use super::{Registry, Summary};
 use crate::model::{MemberSnapshot, MemberState};
 use cohort_proto::{MemberName, Role};
 use std::collections::BTreeMap;
-use tonic::Status;
 
 impl Registry {
     /// Every member, ordered by name.
@@ -32,13 +32,13 @@ impl Registry {
     }
 
     /// One member by name, instance id or `pid@host`.
-    pub fn get(&self, member: &str) -> Result<MemberSnapshot, Status> {
+    pub fn get(&self, member: &str) -> Result<MemberSnapshot, RouteError> {
         let st = self.lock();
         let name = resolve_member(&st, member)?;
         st.members
             .get(&name)
             .map(Member::info)
-            .ok_or_else(|| not_found(member).into())
+            .ok_or_else(|| not_found(member))
     }
 
     /// Whether a member of this name is registered.
