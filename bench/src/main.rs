@@ -22,6 +22,7 @@
 mod cluster;
 mod floor;
 mod join_storm;
+mod local;
 mod members;
 mod rows;
 
@@ -59,12 +60,24 @@ enum Bench {
     Cluster(Options),
     /// Joining 1,000 and 5,000 members, ListMembers, a storm of silent joins.
     Members(Options),
+    /// Request/reply between two local members, beside Node's cluster IPC.
+    Local(Options),
     /// The master of a messaging run, in its own process (internal).
     #[command(hide = true)]
     Master {
         /// The master's own flags.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// A local child of `local`'s master (internal).
+    #[command(hide = true)]
+    LocalMember {
+        /// Where the asker writes its figures.
+        result: String,
+        /// How many requests it times.
+        n: usize,
+        /// `current-thread` or `multi-thread`.
+        flavor: String,
     },
     /// The readers of the floor row of `members`, in their own process
     /// (internal).
@@ -114,9 +127,11 @@ fn main() -> anyhow::Result<()> {
         Bench::Messaging(o) => messaging(&o),
         Bench::Cluster(o) => cluster::run(&o),
         Bench::Members(o) => members::run(&o),
+        Bench::Local(o) => local::run(&o),
         Bench::Master { args } => run_master(&args),
         Bench::Member { url, name, mode } => run_member(&url, &name, &mode),
         Bench::FloorReaders { addr, n } => floor::readers(&addr, n),
+        Bench::LocalMember { result, n, flavor } => local::member(&result, n, &flavor),
     }
 }
 
@@ -224,7 +239,11 @@ pub(crate) fn spawn_self(args: &[&str]) -> anyhow::Result<Guard> {
 
 /// [`spawn_self`] with the log filter and stderr given (the master logs at
 /// its default, info, as in production, into `stderr`).
-fn spawn_self_logging(args: &[&str], filter: &str, stderr: Stdio) -> anyhow::Result<Guard> {
+pub(crate) fn spawn_self_logging(
+    args: &[&str],
+    filter: &str,
+    stderr: Stdio,
+) -> anyhow::Result<Guard> {
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
         .args(args)
