@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&server)
         .extern_path(".cohort.v1", "crate::pb")
         .extern_path(".cohort.v1.MasterFrame", "crate::frame::OutFrame")
+        .codec_path("crate::codec::SmallCodec")
         .compile_fds(fds)?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -4,6 +4,7 @@
 //! small conversions and the master's pre-encoded frame ([`frame`]).
 
 pub mod auth;
+pub mod codec;
 mod domain;
 pub mod env;
 pub mod frame;
