@@ -10,13 +10,20 @@
 //!   `cohort-master`, `cohort-agent` and `cohort-worker` binaries (built
 //!   next to this one: `cargo build --release --bins` first).
 //!
-//! - `members`: joining 1,000 and 5,000 members, the master's RSS and
-//!   `ListMembers` latency with them, and a storm of 2,000 silent joins,
-//!   against the real `cohort-master` (`cargo build --release --bins` first).
+//! - `members`: 1,000, 5,000 and 10,000 members, each on its own
+//!   connection (and 10,000 multiplexed, labelled): joining, the heartbeat
+//!   interval handed out, the master's memory, idle CPU, `ListMembers`,
+//!   `cohortctl ls`, broadcast to all beside a floor row (64 bytes to each
+//!   of N sockets), a `kill -9` of the master; a storm of 2,000 silent
+//!   joins; what a join storm costs two members already there; against
+//!   the real `cohort-master` (`cargo build --release --bins` first);
+//! - `local`: request/reply between two local members over the master's
+//!   Unix socket (current-thread and multi-thread runtimes), beside Node's
+//!   `cluster` IPC in the same run.
 //!
 //! ```text
 //! cargo run --release -p cohort-bench -- messaging [--out FILE] [--quick]
-//! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster [--out FILE] [--quick]
+//! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster|members|local [--out FILE] [--quick]
 //! ```
 
 mod cluster;
@@ -58,7 +65,7 @@ enum Bench {
     Messaging(Options),
     /// Respawn latency, startup and RSS of the real binaries.
     Cluster(Options),
-    /// Joining 1,000 and 5,000 members, ListMembers, a storm of silent joins.
+    /// 1,000 to 10,000 members on their own connections, a floor, storms.
     Members(Options),
     /// Request/reply between two local members, beside Node's cluster IPC.
     Local(Options),
