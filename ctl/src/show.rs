@@ -170,11 +170,8 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
         .collect();
     let uptime_ms = span(i.uptime.as_ref()).map_or(0, |d| d.as_millis() as u64);
     let timing = i.settings.unwrap_or_default();
-    let shown = |d| match span(d) {
-        Some(d) if d.subsec_millis() == 0 => format!("{}s", d.as_secs()),
-        Some(d) => format!("{}ms", d.as_millis()),
-        None => "?".to_string(),
-    };
+    // As grpcurl shows a Duration ("16s", "0.200s").
+    let shown = |d: Option<&_>| d.map_or("?".to_string(), ToString::to_string);
     let (beat, suspect, dead) = (
         shown(timing.heartbeat_interval.as_ref()),
         shown(timing.suspect_after.as_ref()),

@@ -218,8 +218,10 @@ async fn connections_that_never_speak_are_bounded_and_closed() {
         "--handshake-timeout",
         "500ms",
     ]);
-    // 80 sockets that never send a byte: 50 are taken, 30 refused at once.
-    let silent: Vec<std::net::TcpStream> = (0..80)
+    // 120 sockets that never send a byte: 50 are taken, 70 refused at once,
+    // more than the master answers with a status at a time (32): the rest
+    // are closed unanswered.
+    let silent: Vec<std::net::TcpStream> = (0..120)
         .map(|_| std::net::TcpStream::connect(&master.addr).expect("connect"))
         .collect();
     cohort_e2e::eventually("the limit's log line", || {
