@@ -44,16 +44,54 @@ async fn answered<T>(
 
 impl Ctl {
     /// Connects to `master` (or `COHORT_MASTER`) with the environment's
-    /// token and TLS settings.
+    /// token and TLS settings. With several masters (a comma-separated
+    /// list), to the leader: the first master that answers, or the leader
+    /// a standby names; a standby itself when no leader is known (its
+    /// `ClusterInfo` says so).
     pub async fn connect(master: Option<&str>) -> anyhow::Result<Ctl> {
         let builder = MemberBuilder::from_lookup(|k| match (k, master) {
             (cohort::env::MASTER, Some(m)) => Some(m.to_string()),
             _ => std::env::var(k).ok(),
         })?;
-        let (channel, bearer) = builder.control_channel().await?;
+        let masters = builder.masters().to_vec();
+        if masters.len() < 2 {
+            return Ctl::at(&builder, builder.master()).await;
+        }
+        let mut standby = None;
+        let mut failure = None;
+        for m in &masters {
+            let mut ctl = match Ctl::at(&builder, m).await {
+                Ok(ctl) => ctl,
+                Err(e) => {
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            match ctl.info().await {
+                Ok(info) if info.master_role == "standby" && !info.leader.is_empty() => {
+                    match Ctl::at(&builder, &info.leader).await {
+                        Ok(leader) => return Ok(leader),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                Ok(info) if info.master_role == "standby" => standby = standby.or(Some(ctl)),
+                Ok(_) => return Ok(ctl),
+                Err(e) => failure = Some(e),
+            }
+        }
+        match (standby, failure) {
+            (Some(ctl), _) => Ok(ctl),
+            (None, Some(e)) => Err(e),
+            (None, None) => anyhow::bail!("no master to connect to"),
+        }
+    }
+
+    /// Connects to one master.
+    async fn at(builder: &MemberBuilder, master: &str) -> anyhow::Result<Ctl> {
+        let (channel, bearer) = builder.control_channel_to(master).await?;
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         Ok(Ctl {
-            master: builder.master().to_string(),
+            master: master.to_string(),
             control: pb::control_client::ControlClient::with_interceptor(
                 channel.clone(),
                 bearer.clone(),

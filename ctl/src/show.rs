@@ -190,6 +190,10 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
             "heartbeat_interval": beat,
             "suspect_after": suspect,
             "dead_after": dead,
+            "master_role": i.master_role,
+            "leader": i.leader,
+            "term": i.term,
+            "masters": i.masters,
         })
         .to_string();
     }
@@ -220,6 +224,15 @@ pub fn info(i: &pb::ClusterInfoResponse, as_json: bool) -> String {
     }
     for l in &i.listeners {
         out.push(format!("listener   {} {}", l.name, l.addr));
+    }
+    if !i.master_role.is_empty() {
+        let leader = match i.leader.as_str() {
+            "" => "none known (an election is in progress or etcd is unreachable)",
+            l => l,
+        };
+        out.push(format!("role       {} (term {})", i.master_role, i.term));
+        out.push(format!("leader     {leader}"));
+        out.push(format!("masters    {}", i.masters.join(", ")));
     }
     out.join("\n")
 }

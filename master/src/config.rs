@@ -92,6 +92,8 @@ pub struct Config {
     pub insecure: bool,
     /// `[tls]`: serve gRPC over TLS (and require client certificates).
     pub tls: TlsConfig,
+    /// `[ha]`: one of several masters electing a leader through etcd.
+    pub ha: Option<HaConfig>,
 }
 
 impl Default for Config {
@@ -178,6 +180,15 @@ impl TryFrom<Layer> for Config {
                 key: path(l.tls.key),
                 client_ca: path(l.tls.client_ca),
             },
+            ha: match l.ha.etcd.filter(|e| !e.is_empty()) {
+                None => None,
+                Some(etcd) => Some(HaConfig {
+                    etcd,
+                    prefix: need(l.ha.prefix, "ha.prefix")?,
+                    lease_ttl: need(l.ha.lease_ttl, "ha.lease_ttl")?,
+                    advertise: l.ha.advertise.unwrap_or_default(),
+                }),
+            },
         })
     }
 }
@@ -209,7 +220,14 @@ impl Config {
             }
             None => Layer::default(),
         };
-        let merged = Layer::defaults().under(file).under(from_env).under(flags);
+        let given = file.under(from_env).under(flags);
+        let local = (given.agent.count, given.worker.count);
+        let mut merged = Layer::defaults().under(given);
+        if merged.ha.etcd.as_ref().is_some_and(|e| !e.is_empty()) {
+            ha_children(local)?;
+            merged.agent.count = Some(0);
+            merged.worker.count = Some(WorkerCount::Fixed(0));
+        }
         let mut cfg = Config::try_from(merged)?;
         if let Some(path) = &cfg.token_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -318,6 +336,9 @@ impl Config {
                 "mTLS needs the server's own cert and key too",
             ));
         }
+        if let Some(ha) = &self.ha {
+            ha.validate(self.listen)?;
+        }
         if !self.listen.ip().is_loopback()
             && self.tokens.is_empty()
             && !self.tls.enabled()
@@ -341,6 +362,71 @@ impl Config {
         match self.worker.count {
             WorkerCount::Auto => u32::try_from(cpus.max(1)).unwrap_or(u32::MAX),
             WorkerCount::Fixed(n) => n,
+        }
+    }
+}
+
+/// In HA mode masters run no local children (a standby would run a second
+/// set; members run under systemd or Kubernetes instead): an explicit
+/// count above 0 is refused, the defaults become 0.
+fn ha_children((agents, workers): (Option<u32>, Option<WorkerCount>)) -> Result<(), ConfigError> {
+    let why = "must be 0 with [ha]: masters that fail over run no local members \
+               (run agents and workers under systemd or Kubernetes with COHORT_MASTER listing every master)";
+    if agents.is_some_and(|n| n > 0) {
+        return Err(value_err("agent.count", why));
+    }
+    if workers.is_some_and(|c| c != WorkerCount::Fixed(0)) {
+        return Err(value_err("worker.count", why));
+    }
+    Ok(())
+}
+
+impl HaConfig {
+    fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        for url in &self.etcd {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 512 {
+                return Err(value_err(
+                    "ha.etcd",
+                    &format!("{url:?}: use etcd client URLs such as http://127.0.0.1:2379"),
+                ));
+            }
+        }
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 128
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b));
+        if !prefix_ok {
+            return Err(value_err(
+                "ha.prefix",
+                "use 1 to 128 letters, digits and _ - . /",
+            ));
+        }
+        let ttl = self.lease_ttl;
+        if ttl.subsec_nanos() != 0 || !(2..=60).contains(&ttl.as_secs()) {
+            return Err(value_err(
+                "ha.lease_ttl",
+                "must be whole seconds from 2s to 60s (etcd leases count whole seconds; about 2 s is etcd's floor)",
+            ));
+        }
+        if self.advertise.is_empty() && listen.ip().is_unspecified() {
+            return Err(value_err(
+                "ha.advertise",
+                &format!(
+                    "is required when listen is {listen}: the address members should use for this master (HOST:PORT)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address members are sent to for this master.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        if self.advertise.is_empty() {
+            bound.to_string()
+        } else {
+            self.advertise.clone()
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct ControlService {
     expect: (u32, u32),
     supervisor: SupervisorHandle,
     listeners: Vec<pb::ListenerInfo>,
+    election: Option<crate::ha::Election>,
 }
 
 impl ControlService {
@@ -53,6 +54,29 @@ impl ControlService {
             expect,
             supervisor,
             listeners,
+            election: None,
+        }
+    }
+
+    /// A master of several: `ClusterInfo` tells the election.
+    pub fn with_election(mut self, election: Option<crate::ha::Election>) -> Self {
+        self.election = election;
+        self
+    }
+
+    /// The election as `ClusterInfo` tells it (nothing for a single master).
+    fn election_info(&self) -> pb::ClusterInfoResponse {
+        let Some(election) = &self.election else {
+            return pb::ClusterInfoResponse::default();
+        };
+        let view = election.view();
+        let leading = view.leading && election.fence().holds();
+        pb::ClusterInfoResponse {
+            master_role: if leading { "leader" } else { "standby" }.to_string(),
+            leader: view.leader.unwrap_or_default(),
+            term: view.term,
+            masters: view.masters,
+            ..Default::default()
         }
     }
 
@@ -377,6 +401,7 @@ impl cohort_proto::server::control_server::Control for ControlService {
         _: Request<pb::ClusterInfoRequest>,
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let summary = self.registry.summary();
+        let ha = self.election_info();
         Ok(Response::new(pb::ClusterInfoResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime: Some(duration(self.started.elapsed())),
@@ -390,11 +415,13 @@ impl cohort_proto::server::control_server::Control for ControlService {
                     count,
                 })
                 .collect(),
-            cluster_ready: summary.cluster_ready,
+            // A standby's registry is empty: the cluster is the leader's.
+            cluster_ready: summary.cluster_ready && ha.master_role != "standby",
             listeners: self.listeners.clone(),
             expected_agents: self.expect.0,
             expected_workers: self.expect.1,
             settings: Some(self.registry.settings()),
+            ..ha
         }))
     }
 }

@@ -11,6 +11,7 @@
 //! - [`control`]: the `Control` API.
 //! - [`json`]: JSON ⇄ `google.protobuf.Value` for `Control/Send`.
 //! - [`supervisor`]: the local agent and workers: spawn, respawn, replace, stop.
+//! - [`ha`]: several masters, one leader elected through etcd.
 //! - [`server`]: the gRPC services and server settings; [`local`]: the
 //!   private socket of local children; [`readiness`]: gRPC health and
 //!   systemd notifications.
@@ -24,6 +25,7 @@ pub mod config;
 pub(crate) mod control;
 pub(crate) mod feed;
 pub(crate) mod flow;
+pub(crate) mod ha;
 pub mod json;
 pub(crate) mod listen;
 pub(crate) mod local;
@@ -108,17 +110,57 @@ pub struct BindError {
 /// inherit `shared`), and runs until `shutdown` completes or an operator
 /// calls `Control/Shutdown`; then stops the workers, then the agent, ends
 /// every member stream and returns.
+///
+/// With `[ha]`, it campaigns through etcd and serves as a standby or as the
+/// leader, as the election goes ([`ha`]).
 pub async fn run(
     listener: TcpListener,
     shared: Vec<SharedListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(at) => {
+            let listener = std::net::TcpListener::bind(at).map_err(|source| BindError {
+                what: "metrics ([metrics] listen)".into(),
+                addr: at,
+                source,
+            })?;
+            listener
+                .set_nonblocking(true)
+                .context("setting up the metrics socket")?;
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            tracing::info!(metrics.addr = %bound, "serving Prometheus metrics at GET /metrics");
+            // After `READY master`: where to scrape (port 0 is resolved here).
+            println!("READY metrics {bound}");
+            Some(listener)
+        }
+        None => None,
+    };
+    match config.ha.clone() {
+        None => serve(listener, shared, config, shutdown, metrics.as_ref(), None).await,
+        Some(ha) => ha::run(listener, config, ha, shutdown, metrics).await,
+    }
+}
+
+/// Serves one master (or one phase of a master of several, `phase`).
+async fn serve(
+    listener: TcpListener,
+    shared: Vec<SharedListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    metrics_socket: Option<&std::net::TcpListener>,
+    phase: Option<ha::Phase>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let (agents, workers) = (config.agent.count, config.worker_count(cpus()));
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(256);
+    let leadership = phase.as_ref().and_then(|p| p.leading.clone());
+    let standby = phase.is_some() && leadership.is_none();
     let registry = Arc::new(Registry::new(
-        registry_config(&config, agents, workers),
+        registry_config(&config, agents, workers, leadership.clone()),
         Some(notice_tx),
     ));
     let (listeners, fds) = describe(&shared)?;
@@ -136,7 +178,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (reporter, health) = tonic_health::server::health_reporter();
-    let readiness = Readiness::new(reporter, registry.clone()).await;
+    let readiness = Readiness::new(reporter, registry.clone(), standby).await;
     tasks.spawn(readiness.run(stop.clone()));
     // Through a shutdown's drain too: members are still read and routed.
     tasks.spawn(registry.clone().sweep_every(registry.closed()));
@@ -145,15 +187,12 @@ pub async fn run(
         answer: !config.tls.enabled(),
         ..Default::default()
     };
-    if let Some(at) = config.metrics_listen {
-        let listener = TcpListener::bind(at).await.map_err(|source| BindError {
-            what: "metrics ([metrics] listen)".into(),
-            addr: at,
-            source,
-        })?;
-        let bound = listener
-            .local_addr()
-            .context("reading the metrics address")?;
+    let election = phase.as_ref().map(|p| p.election.clone());
+    if let Some(socket) = metrics_socket {
+        let listener = socket
+            .try_clone()
+            .and_then(TcpListener::from_std)
+            .context("serving metrics")?;
         let metrics = metrics::registry(
             &registry.metrics,
             &admission,
@@ -161,11 +200,14 @@ pub async fn run(
             registry.clone(),
             supervisor.clone(),
             config.metrics_per_member,
+            election.clone(),
         );
         tasks.spawn(metrics::serve(listener, Arc::new(metrics), stop.clone()));
-        tracing::info!(metrics.addr = %bound, "serving Prometheus metrics at GET /metrics");
-        // After `READY master`: where to scrape (port 0 is resolved here).
-        println!("READY metrics {bound}");
+    }
+    if let (Some(election), Some(l)) = (&election, &leadership)
+        && !l.was_ready
+    {
+        tasks.spawn(mark_ready(election.clone(), registry.clone(), l.term, stop.clone()));
     }
     let parts = server::Parts {
         registry: &registry,
@@ -176,6 +218,10 @@ pub async fn run(
         listeners,
         tasks: &tasks,
         stop: &stop,
+        gate: election
+            .as_ref()
+            .map(|e| ha::Gate::new(e.clone(), leadership.is_some())),
+        election: election.clone(),
     };
     let services = server::Services::build(parts, health)?;
     tokio::spawn(cancel_on(shutdown, stop.clone()));
@@ -257,7 +303,12 @@ fn cpus() -> usize {
 }
 
 /// The registry's settings: the expected members include the local ones.
-fn registry_config(config: &Config, agents: u32, workers: u32) -> RegistryConfig {
+fn registry_config(
+    config: &Config,
+    agents: u32,
+    workers: u32,
+    leadership: Option<registry::Leadership>,
+) -> RegistryConfig {
     RegistryConfig {
         health: config.health,
         messaging: config.messaging,
@@ -273,6 +324,26 @@ fn registry_config(config: &Config, agents: u32, workers: u32) -> RegistryConfig
             worker: config.worker.max_rss,
         },
         max_members: config.max_members,
+        leadership,
+    }
+}
+
+/// Records in etcd, as the leader of `term`, that the cluster has been
+/// ready, once it is: a later leader then starts ready.
+async fn mark_ready(
+    election: ha::Election,
+    registry: Arc<Registry>,
+    term: u64,
+    stop: CancellationToken,
+) {
+    let mut ready = registry.ready_watch();
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        r = ready.wait_for(|r| *r) => if r.is_err() { return },
+    }
+    match election.mark_ready(term).await {
+        Ok(()) => tracing::info!(term, "recorded in etcd that the cluster has been ready"),
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot record the ready mark in etcd"),
     }
 }
 
@@ -331,7 +402,7 @@ fn describe(
 }
 
 /// Cancels `stop` when `shutdown` completes.
-async fn cancel_on(shutdown: impl Future<Output = ()>, stop: CancellationToken) {
+pub(crate) async fn cancel_on(shutdown: impl Future<Output = ()>, stop: CancellationToken) {
     tokio::select! {
         _ = shutdown => stop.cancel(),
         _ = stop.cancelled() => {}

@@ -38,6 +38,7 @@ pub struct ClusterCollector {
     supervisor: SupervisorHandle,
     /// Series per member too (`[metrics] per_member`).
     per_member: bool,
+    election: Option<crate::ha::Election>,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -102,6 +103,36 @@ impl Collector for ClusterCollector {
             &ready,
             |v| (Vec::new(), ConstGauge::new(*v)),
         )?;
+        if let Some(election) = &self.election {
+            let view = election.view();
+            let leading = [i64::from(view.leading && election.fence().holds())];
+            family(
+                &mut encoder,
+                "cohort_leader",
+                "1 on the master that leads ([ha]), 0 on a standby.",
+                MetricType::Gauge,
+                &leading,
+                |v| (Vec::new(), ConstGauge::new(*v)),
+            )?;
+            let term = [i64::try_from(view.term).unwrap_or(i64::MAX)];
+            family(
+                &mut encoder,
+                "cohort_term",
+                "The leader's term as this master knows it (0 while none is known).",
+                MetricType::Gauge,
+                &term,
+                |v| (Vec::new(), ConstGauge::new(*v)),
+            )?;
+            let failures = [election.renewal_failures()];
+            family(
+                &mut encoder,
+                "cohort_lease_renewal_failures",
+                "Lease keep-alives etcd did not acknowledge in time.",
+                MetricType::Counter,
+                &failures,
+                |v| (Vec::new(), ConstCounter::new(*v)),
+            )?;
+        }
         let version = [env!("CARGO_PKG_VERSION")];
         family(
             &mut encoder,
@@ -202,6 +233,7 @@ pub fn registry(
     cluster: Arc<Registry>,
     supervisor: SupervisorHandle,
     per_member: bool,
+    election: Option<crate::ha::Election>,
 ) -> prometheus_client::registry::Registry {
     let mut r = prometheus_client::registry::Registry::default();
     r.register(
@@ -243,6 +275,7 @@ pub fn registry(
         registry: cluster,
         supervisor,
         per_member,
+        election,
     }));
     r
 }

@@ -22,7 +22,14 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness {
     reporter: tonic_health::server::HealthReporter,
     registry: Arc<Registry>,
+    standby: bool,
 }
+
+/// The health name a liveness probe asks: `SERVING` whenever the process
+/// serves, standby or not (a standby is healthy; restarting it helps
+/// nobody).
+pub const LIVENESS: &str = "liveness";
+const MEMBERSHIP: &str = "cohort.v1.Membership";
 
 impl Readiness {
     /// Sets the initial statuses: the services SERVING, the whole server not
@@ -30,7 +37,31 @@ impl Readiness {
     pub async fn new(
         reporter: tonic_health::server::HealthReporter,
         registry: Arc<Registry>,
+        standby: bool,
     ) -> Readiness {
+        reporter
+            .set_service_status(LIVENESS, tonic_health::ServingStatus::Serving)
+            .await;
+        if standby {
+            reporter
+                .set_service_status(
+                    MEMBERSHIP,
+                    tonic_health::ServingStatus::NotServing,
+                )
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            systemd(&[
+                NotifyState::Ready,
+                NotifyState::Status("standby: another master leads"),
+            ]);
+            return Readiness {
+                reporter,
+                registry,
+                standby,
+            };
+        }
         reporter
             .set_serving::<cohort_proto::server::membership_server::MembershipServer<membership::MembershipService>>()
             .await;
@@ -46,7 +77,11 @@ impl Readiness {
             false => format!("serving; waiting for {}", registry.expected()),
         };
         systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
-        Readiness { reporter, registry }
+        Readiness {
+            reporter,
+            registry,
+            standby,
+        }
     }
 
     /// Reports ClusterReady when it comes and pings systemd's watchdog when
@@ -57,7 +92,8 @@ impl Readiness {
         let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
             .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)));
         let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-        let mut announced = false;
+        // A standby's (empty) registry is never the cluster's readiness.
+        let mut announced = self.standby;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,

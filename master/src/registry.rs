@@ -69,7 +69,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONTROL_SENDER: &str = "control";
 
 /// The registry's settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RegistryConfig {
     /// Heartbeat timings.
     pub health: HealthConfig,
@@ -87,6 +87,22 @@ pub struct RegistryConfig {
     pub max_rss: MaxRss,
     /// Members at once (`[limits] max_members`; 0 = no limit).
     pub max_members: usize,
+    /// With several masters: this leader's term and fence (nothing is
+    /// registered or routed once the fence is down), and whether an
+    /// earlier leader already announced ClusterReady.
+    pub leadership: Option<Leadership>,
+}
+
+/// What a leader of several masters adds to the registry.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    /// The term, told in every Welcome.
+    pub term: u64,
+    /// Down when the leader may no longer act.
+    pub fence: crate::ha::Fence,
+    /// A leader before this one announced ClusterReady: this one starts
+    /// ready and does not hold messages.
+    pub was_ready: bool,
 }
 
 /// Memory limits per role: a member whose heartbeats report more for
@@ -174,7 +190,8 @@ impl Registry {
         notices: Option<tokio::sync::mpsc::Sender<Notice>>,
     ) -> Registry {
         let (events, _) = broadcast::channel(1024);
-        let ready = cfg.expect.agents == 0 && cfg.expect.workers == 0;
+        let ready = (cfg.expect.agents == 0 && cfg.expect.workers == 0)
+            || cfg.leadership.as_ref().is_some_and(|l| l.was_ready);
         let (ready_tx, _) = watch::channel(ready);
         Registry {
             state: Mutex::new(State {
@@ -195,6 +212,19 @@ impl Registry {
             logs: Default::default(),
             closed: CancellationToken::new(),
         }
+    }
+
+    /// Refuses to act once a leader's fence is down ([ha]).
+    pub fn check_fence(&self) -> Result<(), StreamError> {
+        match &self.cfg.leadership {
+            Some(l) if !l.fence.holds() => Err(StreamError::NotLeading),
+            _ => Ok(()),
+        }
+    }
+
+    /// The leader's term (0 for a single master).
+    pub fn term(&self) -> u64 {
+        self.cfg.leadership.as_ref().map_or(0, |l| l.term)
     }
 
     /// How deliveries that find a full queue are handled.
@@ -235,6 +265,7 @@ impl Registry {
         kind: In,
         now: Instant,
     ) -> Result<Option<Stall>, StreamError> {
+        self.check_fence()?;
         let mut st = self.lock();
         let name = self.seen(&mut st, instance, now)?;
         match kind {

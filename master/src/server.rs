@@ -52,6 +52,10 @@ pub struct Parts<'a> {
     pub tasks: &'a TaskTracker,
     /// What `Control/Shutdown` cancels and every task stops on.
     pub stop: &'a CancellationToken,
+    /// A master of several: what stands in front of Join and Control.
+    pub gate: Option<crate::ha::Gate>,
+    /// A master of several: its campaign, for `ClusterInfo`.
+    pub election: Option<crate::ha::Election>,
 }
 
 impl Services {
@@ -71,6 +75,8 @@ impl Services {
             listeners,
             tasks,
             stop,
+            gate,
+            election,
         } = parts;
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         let auth = Auth::new(&config.tokens);
@@ -111,7 +117,8 @@ impl Services {
                 listeners,
                 tasks.clone(),
                 stop.clone(),
-            ))
+            )
+            .with_election(election))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         let network_control = InterceptedService::new(
@@ -130,9 +137,15 @@ impl Services {
                 reflection()
                     .build_v1alpha()
                     .context("building reflection v1alpha")?,
-            )
-            .add_service(membership(Via::Network))
-            .add_service(network_control);
+            );
+        let network = match gate {
+            Some(gate) => network
+                .add_service(gate.wrap(membership(Via::Network)))
+                .add_service(gate.wrap(network_control)),
+            None => network
+                .add_service(membership(Via::Network))
+                .add_service(network_control),
+        };
         let local = Routes::new(health)
             .add_service(membership(Via::LocalSocket))
             .add_service(control);

@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct MemberBuilder {
     pub(crate) master: String,
+    /// Every master's URL, in the order given (several with failover).
+    pub(crate) masters: Vec<String>,
     pub(crate) role: Role,
     pub(crate) name: Option<String>,
     pub(crate) secret: String,
@@ -28,16 +30,20 @@ pub struct MemberBuilder {
 
 impl MemberBuilder {
     /// A member of `role` joining the master at `master`
-    /// (`http://host:port`, or a bare `host:port`).
+    /// (`http://host:port`, or a bare `host:port`), or any of several
+    /// masters that fail over (a comma-separated list): it joins the
+    /// leader, following a standby's `cohort-leader` answer.
     pub fn new(master: impl Into<String>, role: Role) -> Self {
         let master = master.into();
-        let master = if master.contains("://") {
-            master
-        } else {
-            format!("http://{master}")
-        };
+        let masters: Vec<String> = master
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(url)
+            .collect();
         MemberBuilder {
-            master,
+            master: masters.join(","),
+            masters,
             role,
             name: None,
             secret: String::new(),
@@ -197,12 +203,34 @@ impl MemberBuilder {
     /// bearer token to send on it: for Control API clients (`cohortctl`)
     /// that reach the master the way members do.
     pub async fn control_channel(&self) -> Result<(tonic::transport::Channel, Bearer), Error> {
+        self.control_channel_to(self.first_master()).await
+    }
+
+    /// [`control_channel`](Self::control_channel) to one master of several
+    /// (`master` as in [`masters`](Self::masters) or a standby's
+    /// `cohort-leader` answer).
+    pub async fn control_channel_to(
+        &self,
+        master: &str,
+    ) -> Result<(tonic::transport::Channel, Bearer), Error> {
         let bearer = Bearer::new(self.current_token().as_deref()).map_err(Error::Config)?;
-        let channel = crate::transport::connect(&self.master, &self.tls).await?;
+        let channel = crate::transport::connect(&url(master), &self.tls).await?;
         Ok((channel, bearer))
     }
 
-    /// The master's address, as given.
+    /// Every master's URL, in the order given.
+    pub fn masters(&self) -> &[String] {
+        &self.masters
+    }
+
+    /// The first master's URL (`http://127.0.0.1:7420` when none is given).
+    pub(crate) fn first_master(&self) -> &str {
+        self.masters
+            .first()
+            .map_or("http://127.0.0.1:7420", String::as_str)
+    }
+
+    /// The master's address, as given (a comma-separated list with several).
     pub fn master(&self) -> &str {
         &self.master
     }
@@ -243,4 +271,13 @@ fn read_token(path: &std::path::Path) -> Result<String, Error> {
         .map_err(|e| Error::Config(format!("{file} {}: {e}", path.display())))?;
     first_token(&text)
         .ok_or_else(|| Error::Config(format!("{file} {}: the file is empty", path.display())))
+}
+
+/// A master's URL: `http://` unless a scheme is given.
+pub fn url(master: &str) -> String {
+    if master.contains("://") {
+        master.to_string()
+    } else {
+        format!("http://{master}")
+    }
 }

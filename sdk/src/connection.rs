@@ -34,6 +34,75 @@ const LOG_FLUSH: Duration = Duration::from_millis(250);
 /// Lines per flush: [`crate::logs::LINES_PER_SECOND`] at [`LOG_FLUSH`].
 const LOG_LINES_PER_FLUSH: usize = crate::logs::LINES_PER_SECOND / 4;
 
+/// The metadata key in which a standby names the leader (SPEC §9b).
+const LEADER_KEY: &str = "cohort-leader";
+/// Standbys' answers followed in a row before a pause.
+const MAX_HOPS: u32 = 2;
+
+/// Which master to try next, with several: the leader a standby named,
+/// else the next one in the list after one that failed; a pause only after
+/// every one failed in a row.
+struct Masters {
+    list: Vec<String>,
+    at: usize,
+    leader: Option<String>,
+    hops: u32,
+    failed_in_a_row: usize,
+}
+
+impl Masters {
+    fn new(list: Vec<String>) -> Masters {
+        Masters {
+            list,
+            at: 0,
+            leader: None,
+            hops: 0,
+            failed_in_a_row: 0,
+        }
+    }
+
+    fn current(&self) -> String {
+        match &self.leader {
+            Some(l) => l.clone(),
+            None => self
+                .list
+                .get(self.at)
+                .cloned()
+                .unwrap_or_else(|| "http://127.0.0.1:7420".into()),
+        }
+    }
+
+    /// A standby named the leader: try it at once (up to [`MAX_HOPS`]).
+    fn follow(&mut self, leader: String) -> bool {
+        self.hops += 1;
+        if self.hops > MAX_HOPS {
+            self.leader = None;
+            return false;
+        }
+        self.leader = Some(crate::builder::url(&leader));
+        true
+    }
+
+    /// The current master failed: the next one. Whether every master has
+    /// failed in a row (time to back off).
+    fn failed(&mut self) -> bool {
+        self.leader = None;
+        self.hops = 0;
+        self.at = (self.at + 1) % self.list.len().max(1);
+        self.failed_in_a_row += 1;
+        if self.failed_in_a_row >= self.list.len() {
+            self.failed_in_a_row = 0;
+            return true;
+        }
+        false
+    }
+
+    fn joined(&mut self) {
+        self.hops = 0;
+        self.failed_in_a_row = 0;
+    }
+}
+
 /// Runs until the member closes. `first` learns how the first join went.
 pub(crate) async fn run(
     inner: Arc<Inner>,
@@ -45,9 +114,20 @@ pub(crate) async fn run(
     let mut backoff = Backoff::default();
     let started = Instant::now();
     let mut sampler = Sampler::new();
+    let mut masters = Masters::new(cfg.masters.clone());
     loop {
-        let (established, result) =
-            session(&inner, &cfg, &mut name, &mut first, &mut sampler).await;
+        let mut redirect = None;
+        let addr = masters.current();
+        let (established, result) = session(
+            &inner,
+            &cfg,
+            &addr,
+            &mut redirect,
+            &mut name,
+            &mut first,
+            &mut sampler,
+        )
+        .await;
         *lock(&inner.out) = None;
         let reason = match &result {
             Ok(()) => "the stream to the master ended".to_string(),
@@ -57,7 +137,14 @@ pub(crate) async fn run(
         if inner.stop.is_cancelled() || inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
+        if let Some(leader) = redirect
+            && masters.follow(leader.clone())
+        {
+            tracing::info!(master = %addr, leader, "a standby master named the leader; following");
+            continue;
+        }
         if established {
+            masters.joined();
             backoff.reset();
             tracing::warn!(reason, "disconnected from the master; reconnecting");
             let _ = inner.events.send(Event::Disconnected {
@@ -86,7 +173,16 @@ pub(crate) async fn run(
                 return;
             }
         }
-        let mut delay = backoff.next_delay(random_unit());
+        // With several masters: the next one at once, a pause only after
+        // a whole pass failed.
+        let whole_pass = masters.failed();
+        if !whole_pass && !established {
+            continue;
+        }
+        let mut delay = match whole_pass {
+            true => backoff.next_delay(random_unit()),
+            false => Duration::ZERO,
+        };
         if first.is_some() {
             // The last try of a first join comes at its deadline, not a
             // backoff after it.
@@ -103,11 +199,14 @@ pub(crate) async fn run(
     }
 }
 
-/// One Join stream, from connect to its end. Returns whether the master
-/// welcomed us, and why the stream ended.
+/// One Join stream to `addr`, from connect to its end. Returns whether the
+/// master welcomed us, and why the stream ended; `redirect` learns the
+/// leader a standby named.
 async fn session(
     inner: &Arc<Inner>,
     cfg: &MemberBuilder,
+    addr: &str,
+    redirect: &mut Option<String>,
     name: &mut Option<String>,
     first: &mut Option<oneshot::Sender<Result<(), Error>>>,
     sampler: &mut Sampler,
@@ -120,7 +219,7 @@ async fn session(
     }
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     let no_answer = || Error::Connect {
-        addr: cfg.master.clone(),
+        addr: addr.to_string(),
         message: format!(
             "the master did not answer the join within {} s",
             ANSWER_TIMEOUT.as_secs()
@@ -128,7 +227,7 @@ async fn session(
     };
     let channel = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
-        c = tokio::time::timeout_at(deadline, crate::transport::connect(&cfg.master, &cfg.tls)) => match c {
+        c = tokio::time::timeout_at(deadline, crate::transport::connect(addr, &cfg.tls)) => match c {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return (false, Err(e)),
             Err(_) => return (false, Err(no_answer())),
@@ -178,12 +277,19 @@ async fn session(
             return (
                 false,
                 Err(Error::Connect {
-                    addr: cfg.master.clone(),
+                    addr: addr.to_string(),
                     message: crate::transport::chain(&s),
                 }),
             );
         }
-        Err(s) => return (false, Err(s.into())),
+        Err(s) => {
+            *redirect = s
+                .metadata()
+                .get(LEADER_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return (false, Err(s.into()));
+        }
     };
     let first_frame = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
@@ -206,14 +312,34 @@ async fn session(
         }
         Err(s) => return (false, Err(s.into())),
     };
-    let (heartbeat, dead_after) = timings(&welcome.settings.unwrap_or_default());
+    // A master of several that lost its lease may still answer: never go
+    // back to a lower term than one seen.
+    let seen = inner.term.load(std::sync::atomic::Ordering::SeqCst);
+    if welcome.term < seen {
+        return (
+            false,
+            Err(Error::Disconnected(format!(
+                "the master at {addr} welcomed with term {}, below term {seen} seen: it no longer leads",
+                welcome.term
+            ))),
+        );
+    }
+    inner
+        .term
+        .store(welcome.term, std::sync::atomic::Ordering::SeqCst);
+    let several = welcome.term > 0;
+    let (heartbeat, dead_after) = timings(&welcome.settings.unwrap_or_default(), several);
     tracing::info!(member.name = %welcome.name, instance = %welcome.instance_id, "joined the master");
     *name = Some(welcome.name.clone());
     let reconnected = first.is_none();
     inner
         .identity
         .send_replace((welcome.name, welcome.instance_id.clone()));
-    inner.cluster_ready.send_replace(welcome.cluster_ready);
+    // Once ready, always ready: a new leader (or a restarted master) that
+    // rebuilds its membership does not take it back.
+    if welcome.cluster_ready {
+        inner.cluster_ready.send_replace(true);
+    }
     *lock(&inner.out) = Some(tx.clone());
     if inner.ready.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = tx.try_send(pb::MemberFrame {
@@ -261,7 +387,7 @@ async fn session(
                             continue;
                         }
                         In::Settings(s) => {
-                            let (interval, dead_after) = timings(&s);
+                            let (interval, dead_after) = timings(&s, several);
                             tracing::debug!(
                                 interval_ms = interval.as_millis() as u64,
                                 "the master set a new heartbeat interval"
@@ -286,13 +412,20 @@ async fn session(
     }
 }
 
-/// The heartbeat interval and `dead_after` the master gave, within sane
-/// bounds.
-fn timings(settings: &pb::Settings) -> (Duration, Duration) {
+/// The heartbeat interval the master gave, and how long the master may be
+/// silent before the member leaves it: its `dead_after`, or with several
+/// masters (`several`) its `suspect_after`, so that a leader alive but
+/// unreachable is left for another within seconds (3 s by default); all
+/// within sane bounds.
+fn timings(settings: &pb::Settings, several: bool) -> (Duration, Duration) {
     let heartbeat = span(settings.heartbeat_interval.as_ref())
         .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_millis(10));
-    let dead_after = span(settings.dead_after.as_ref())
+    let silence = match several {
+        true => settings.suspect_after.as_ref(),
+        false => settings.dead_after.as_ref(),
+    };
+    let dead_after = span(silence)
         .unwrap_or(Duration::from_secs(10))
         .max(Duration::from_millis(100));
     (heartbeat, dead_after)
@@ -418,8 +551,10 @@ fn dispatch(inner: &Arc<Inner>, kind: In) -> Option<Error> {
         // The session loop takes these itself.
         In::Deliver(_) | In::DeliverBatch(_) | In::HeartbeatAck(_) | In::Settings(_) => {}
         In::ClusterReady(_) => {
-            inner.cluster_ready.send_replace(true);
-            let _ = inner.events.send(Event::ClusterReady);
+            // Announced once per member, however many masters it meets.
+            if !inner.cluster_ready.send_replace(true) {
+                let _ = inner.events.send(Event::ClusterReady);
+            }
         }
         In::MemberEvent(ev) => {
             // ClusterReady also comes as its own frame; this one is the event.

@@ -61,6 +61,13 @@ impl Member {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// The highest leader term this member has been welcomed with (several
+    /// masters, SPEC §9b; 0 with one master). It only grows: a master
+    /// whose term is lower has lost its lease and is not joined.
+    pub fn term(&self) -> u64 {
+        self.inner.term.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether ClusterReady has been announced.
     pub fn is_cluster_ready(&self) -> bool {
         *self.inner.cluster_ready.borrow()

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub(crate) stop: CancellationToken,
     pub(crate) dropped: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// The highest leader term seen in a Welcome (several masters).
+    pub(crate) term: AtomicU64,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -148,6 +150,7 @@ impl Inner {
             id_prefix: format!("{:016x}", uuid::Uuid::new_v4().as_u128() as u64),
             stop: CancellationToken::new(),
             dropped: AtomicU64::new(0),
+            term: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             task: Mutex::new(None),
         }

@@ -80,6 +80,31 @@ pub(super) struct Layer {
     #[command(flatten)]
     #[serde(default)]
     pub tls: TlsLayer,
+    #[command(flatten)]
+    #[serde(default)]
+    pub ha: HaLayer,
+}
+
+/// `[ha]`.
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HaLayer {
+    /// Run as one of several masters that elect a leader through these
+    /// etcd endpoints (comma-separated http://HOST:PORT); off unless set.
+    #[arg(id = "ha-etcd", long = "ha-etcd", value_name = "URLS", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// The etcd key prefix of this cluster's masters.
+    #[arg(id = "ha-prefix", long = "ha-prefix", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// The leader's etcd lease (whole seconds, 2s to 60s); it steps down
+    /// before the lease can expire.
+    #[arg(id = "ha-lease-ttl", long = "ha-lease-ttl", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, with = "duration")]
+    pub lease_ttl: Option<Duration>,
+    /// The address members should use for this master (HOST:PORT, or a
+    /// URL); required when listen is 0.0.0.0 or [::].
+    #[arg(id = "ha-advertise", long = "ha-advertise", value_name = "ADDR")]
+    pub advertise: Option<String>,
 }
 
 /// `[metrics]`.
@@ -363,6 +388,12 @@ impl Layer {
             },
             auth: AuthLayer::default(),
             tls: TlsLayer::default(),
+            ha: HaLayer {
+                etcd: None,
+                prefix: Some("cohort".into()),
+                lease_ttl: Some(secs(2)),
+                advertise: None,
+            },
         }
     }
 

@@ -151,3 +151,18 @@ impl TlsConfig {
         self.cert.is_some()
     }
 }
+
+/// `[ha]`: masters that elect a leader through etcd (SPEC §9b); on only
+/// when `etcd` names at least one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaConfig {
+    /// etcd client URLs (`http://HOST:PORT`).
+    pub etcd: Vec<String>,
+    /// Key prefix: candidates under `PREFIX/masters/`, the ready mark at
+    /// `PREFIX/ready`.
+    pub prefix: String,
+    /// The lease a leader holds; it steps down before it can expire.
+    pub lease_ttl: Duration,
+    /// The address members and `cohortctl` should use for this master.
+    pub advertise: String,
+}

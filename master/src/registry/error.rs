@@ -83,12 +83,15 @@ pub enum StreamError {
     /// A second hello on a stream.
     #[error("hello may only be the first frame of a Join stream")]
     HelloAgain,
+    /// This master's leadership lapsed ([ha]): it routes nothing more.
+    #[error("this master no longer leads: join the leader (COHORT_MASTER lists every master)")]
+    NotLeading,
 }
 
 impl From<StreamError> for Status {
     fn from(e: StreamError) -> Status {
         let code = match e {
-            StreamError::Evicted => Code::Unavailable,
+            StreamError::Evicted | StreamError::NotLeading => Code::Unavailable,
             StreamError::HelloAgain => Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())

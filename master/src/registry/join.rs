@@ -86,6 +86,7 @@ impl Registry {
     /// Registers a member from its hello.
     pub fn register(&self, hello: pb::Hello, via: Via, now: Instant) -> Result<Joined, Status> {
         check_hello(&hello)?;
+        self.check_fence()?;
         let role = Role::try_from(hello.role)
             .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
         let mut st = self.lock();
@@ -240,6 +241,7 @@ impl Registry {
                     .collect(),
             },
             cluster_ready: st.barrier.is_open(),
+            term: self.term(),
         };
         // The queue is empty: the welcome always fits.
         let _ = member.outbound.push(frame(Out::Welcome(welcome)));

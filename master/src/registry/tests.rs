@@ -34,6 +34,7 @@ fn config(expect_workers: u32) -> RegistryConfig {
             worker: Some(100 << 20),
         },
         max_members: 0,
+        leadership: None,
     }
 }
 
@@ -415,4 +416,34 @@ async fn a_full_cluster_refuses_new_names_but_not_its_own_children_or_replacemen
     r.register(hello("c"), Via::Network, t1)
         .expect("room for c");
     counts_agree(&r);
+}
+
+#[tokio::test]
+async fn a_leader_past_its_fence_registers_and_routes_nothing() {
+    let fence = crate::ha::Fence::new();
+    fence.raise(std::time::Instant::now() + Duration::from_secs(60));
+    let r = Registry::new(
+        RegistryConfig {
+            leadership: Some(super::Leadership {
+                term: 42,
+                fence: fence.clone(),
+                was_ready: true,
+            }),
+            ..config(3)
+        },
+        None,
+    );
+    assert!(r.summary().cluster_ready, "a leader after a ready one starts ready");
+    let t0 = Instant::now();
+    let a = join(&r, "a", t0);
+    fence.lower();
+    let status = r
+        .register(hello("b"), Via::Network, t0)
+        .err()
+        .expect("refused past the fence");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let send = In::Send(envelope("x", Target::Member("a".into())));
+    let err = r.on_frame(&a.instance_id, send, t0).err().expect("refused");
+    assert!(matches!(err, StreamError::NotLeading), "{err}");
+    assert_eq!(r.term(), 42);
 }
