@@ -3,7 +3,7 @@
 //! Prometheus server scraping it on 127.0.0.1 and answering a query.
 
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, control, eventually_within, http, wait_ready};
+use cohort_e2e::{Master, control, eventually_within, http, wait_ready, which};
 use cohort_proto::pb;
 use std::time::{Duration, Instant};
 
@@ -228,14 +228,6 @@ fn encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.exists())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,7 +162,14 @@ impl Election {
                 r = self.session(&tx) => r,
             };
             self.fence.lower();
-            tx.send_modify(|v| v.leading = false);
+            // What it knew of the election came from the lease it lost.
+            let me = self.advertised.to_string();
+            tx.send_modify(|v| {
+                v.leading = false;
+                if v.leader.as_ref() == Some(&me) {
+                    v.leader = None;
+                }
+            });
             if let Some(mut seat) = self.seat.lock().ok().and_then(|mut s| s.take()) {
                 // Best effort: an unreachable etcd lets the lease expire.
                 let revoke = seat.client.lease_revoke(seat.lease);
@@ -320,7 +327,13 @@ async fn renew(
 ) -> anyhow::Result<bool> {
     let once = async {
         if keeper.is_none() {
-            *keeper = Some(client.lease_keep_alive(lease).await?);
+            // Opening the stream is itself a keep-alive, answered "lease
+            // not found" once etcd has let the lease expire.
+            match client.lease_keep_alive(lease).await {
+                Ok(opened) => *keeper = Some(opened),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
         }
         let Some((k, acks)) = keeper.as_mut() else {
             anyhow::bail!("no keep-alive stream");

@@ -44,22 +44,31 @@ impl Gate {
     }
 
     /// The refusal a caller gets: waits up to one lease TTL for a leader
-    /// other than this master to be known, so a caller that comes during an
-    /// election is sent on rather than turned away.
+    /// to be known, so a caller that comes during an election is sent on
+    /// rather than turned away (to this very master when it has just been
+    /// elected: its leader phase starts in a moment).
     async fn refusal(self) -> tonic::Status {
         let mut watch = self.election.watch();
         let me = self.election.advertised().to_string();
-        let known = |v: &super::election::View| v.leader.as_ref().is_some_and(|l| *l != me);
+        let (was_leading, me2) = (self.leading, me.clone());
+        let known = move |v: &super::election::View| match &v.leader {
+            Some(l) if *l != me2 => true,
+            Some(_) => v.leading && !was_leading,
+            None => false,
+        };
         let _ = tokio::time::timeout(self.election.lease_ttl(), watch.wait_for(known)).await;
-        refuse(&self.election)
+        refuse(&self.election, self.leading)
     }
 }
 
-/// `UNAVAILABLE` naming the leader, if one is known.
-pub(crate) fn refuse(election: &Election) -> tonic::Status {
+/// `UNAVAILABLE` naming the leader, if one is known (this master itself
+/// only when it was elected after this server's phase began:
+/// `phase_leading` false).
+fn refuse(election: &Election, phase_leading: bool) -> tonic::Status {
     let view = election.view();
     let me = election.advertised();
-    match view.leader.filter(|l| l != me) {
+    let elected_since = view.leading && !phase_leading;
+    match view.leader.filter(|l| l != me || elected_since) {
         Some(leader) => {
             let mut status = tonic::Status::unavailable(format!(
                 "this master is a standby: the leader is {leader} (term {}); \
