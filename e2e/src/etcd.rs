@@ -38,7 +38,12 @@ impl Etcd {
         let mut cmd = Command::new(etcd);
         cmd.args(["--name", "test", "--data-dir"])
             .arg(data.path())
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("test={peer_url}")])

@@ -12,6 +12,7 @@ mod grpc;
 mod http;
 pub mod light;
 pub mod metrics;
+pub mod netns;
 mod process;
 mod tools;
 mod wait;

@@ -41,7 +41,11 @@ impl Cluster {
 
     fn start_master(&self, i: usize) -> Master {
         let listen = format!("127.0.0.1:{}", self.ports[i]);
-        ha_master(&listen, &self.etcd.url, &["--metrics-listen", "127.0.0.1:0"])
+        ha_master(
+            &listen,
+            &self.etcd.url,
+            &["--metrics-listen", "127.0.0.1:0"],
+        )
     }
 
     fn addr(&self, i: usize) -> String {
@@ -82,37 +86,43 @@ impl Cluster {
     /// with the same term, the leader lists all of `NAMES` READY and every
     /// standby holds no member; returns the leader's index and term.
     async fn settled(&self, limit: Duration) -> (usize, u64) {
-        eventually_async_within("one leader with every member, none on a standby", limit, || async {
-            let infos = self.infos().await;
-            let live = self.masters.iter().filter(|m| m.is_some()).count();
-            if infos.len() != live {
-                return None;
-            }
-            let leaders: Vec<&(usize, pb::ClusterInfoResponse)> =
-                infos.iter().filter(|(_, i)| i.master_role == "leader").collect();
-            let [(leader, lead)] = leaders.as_slice() else {
-                return None;
-            };
-            let agreed = infos.iter().all(|(_, i)| {
-                i.term == lead.term && i.leader == self.addr(*leader)
-            });
-            let standbys_empty = infos
-                .iter()
-                .filter(|(i, _)| i != leader)
-                .all(|(_, i)| i.counts.iter().map(|c| c.count).sum::<u32>() == 0);
-            if !(agreed && standbys_empty) {
-                return None;
-            }
-            let members = list(&self.addr(*leader)).await?;
-            let ready = pb::MemberState::Ready as i32;
-            let mut names: Vec<&str> = members
-                .iter()
-                .filter(|m| m.state == ready)
-                .map(|m| m.name.as_str())
-                .collect();
-            names.sort();
-            (names == NAMES).then_some((*leader, lead.term))
-        })
+        eventually_async_within(
+            "one leader with every member, none on a standby",
+            limit,
+            || async {
+                let infos = self.infos().await;
+                let live = self.masters.iter().filter(|m| m.is_some()).count();
+                if infos.len() != live {
+                    return None;
+                }
+                let leaders: Vec<&(usize, pb::ClusterInfoResponse)> = infos
+                    .iter()
+                    .filter(|(_, i)| i.master_role == "leader")
+                    .collect();
+                let [(leader, lead)] = leaders.as_slice() else {
+                    return None;
+                };
+                let agreed = infos
+                    .iter()
+                    .all(|(_, i)| i.term == lead.term && i.leader == self.addr(*leader));
+                let standbys_empty = infos
+                    .iter()
+                    .filter(|(i, _)| i != leader)
+                    .all(|(_, i)| i.counts.iter().map(|c| c.count).sum::<u32>() == 0);
+                if !(agreed && standbys_empty) {
+                    return None;
+                }
+                let members = list(&self.addr(*leader)).await?;
+                let ready = pb::MemberState::Ready as i32;
+                let mut names: Vec<&str> = members
+                    .iter()
+                    .filter(|m| m.state == ready)
+                    .map(|m| m.name.as_str())
+                    .collect();
+                names.sort();
+                (names == NAMES).then_some((*leader, lead.term))
+            },
+        )
         .await
     }
 }
@@ -230,7 +240,11 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
             (s1.got(&action) == 1 && s2.got(&action) == 1).then_some(())
         })
         .await;
-        assert_eq!(s1.member.term(), term, "welcomed by the leader of this term");
+        assert_eq!(
+            s1.member.term(),
+            term,
+            "welcomed by the leader of this term"
+        );
         let pid = cluster.masters[leader].as_ref().map(|m| m.proc.child.id());
         cohort_e2e::kill(pid.expect("the leader runs"), "KILL");
         let killed_at = Instant::now();
@@ -246,18 +260,33 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
         let back = cluster.start_master(leader);
         cluster.masters[leader] = Some(back);
         (leader, term) = cluster.settled(FAILOVER).await;
-        assert_eq!((leader, term), (next, next_term), "a restarted master stands by");
+        assert_eq!(
+            (leader, term),
+            (next, next_term),
+            "a restarted master stands by"
+        );
     }
     assert!(term > first_term);
     assert!(s1.member.is_cluster_ready() && s2.member.is_cluster_ready());
     assert_terms_grow(&[&s1, &s2]);
-    let secs: Vec<String> = took.iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect();
-    println!("kill -9 to every member on the new leader, seconds: {}", secs.join(" "));
+    let secs: Vec<String> = took
+        .iter()
+        .map(|d| format!("{:.1}", d.as_secs_f64()))
+        .collect();
+    println!(
+        "kill -9 to every member on the new leader, seconds: {}",
+        secs.join(" ")
+    );
 }
 
 /// A raw member on the leader whose frames the leader reads only after
 /// SIGCONT: they must reach nobody.
-async fn spy(addr: &str) -> (tokio::sync::mpsc::Sender<pb::MemberFrame>, tonic::Streaming<pb::MasterFrame>) {
+async fn spy(
+    addr: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::MemberFrame>,
+    tonic::Streaming<pb::MasterFrame>,
+) {
     use pb::member_frame::Kind;
     let mut client = pb::membership_client::MembershipClient::connect(format!("http://{addr}"))
         .await
@@ -278,7 +307,10 @@ async fn spy(addr: &str) -> (tokio::sync::mpsc::Sender<pb::MemberFrame>, tonic::
         .expect("the leader takes the join")
         .into_inner();
     let welcome = inbound.message().await.expect("welcome").expect("a frame");
-    assert!(matches!(welcome.kind, Some(pb::master_frame::Kind::Welcome(_))));
+    assert!(matches!(
+        welcome.kind,
+        Some(pb::master_frame::Kind::Welcome(_))
+    ));
     (tx, inbound)
 }
 
@@ -331,23 +363,40 @@ async fn a_stopped_leader_past_its_lease_never_acts_as_leader_again() {
     if let Some(status) = ended {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
-    broadcast(&cluster.addr(new), "marker").await.expect("the new leader routes");
+    broadcast(&cluster.addr(new), "marker")
+        .await
+        .expect("the new leader routes");
     eventually_async_within("the marker reached both", FAILOVER, || async {
         (s1.got("marker") == 1 && s2.got("marker") == 1).then_some(())
     })
     .await;
-    assert_eq!(s1.got("stale") + s2.got("stale"), 0, "the stopped leader delivered after its lease");
+    assert_eq!(
+        s1.got("stale") + s2.got("stale"),
+        0,
+        "the stopped leader delivered after its lease"
+    );
     let info = eventually_async_within("the old leader knows the new one", FAILOVER, || async {
-        info(&cluster.addr(old)).await.filter(|i| i.leader == cluster.addr(new))
+        info(&cluster.addr(old))
+            .await
+            .filter(|i| i.leader == cluster.addr(new))
     })
     .await;
     assert_eq!(info.master_role, "standby");
-    assert_eq!(info.counts.iter().map(|c| c.count).sum::<u32>(), 0, "it holds no member");
+    assert_eq!(
+        info.counts.iter().map(|c| c.count).sum::<u32>(),
+        0,
+        "it holds no member"
+    );
     let text = scrape(&old_metrics);
     assert_eq!(value(&text, "cohort_leader"), Some(0.0), "{text}");
-    let refused = broadcast(&cluster.addr(old), "stale").await.expect_err("a standby routes nothing");
+    let refused = broadcast(&cluster.addr(old), "stale")
+        .await
+        .expect_err("a standby routes nothing");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
-    let leader = refused.metadata().get("cohort-leader").and_then(|v| v.to_str().ok());
+    let leader = refused
+        .metadata()
+        .get("cohort-leader")
+        .and_then(|v| v.to_str().ok());
     assert_eq!(leader, Some(cluster.addr(new).as_str()), "{refused:?}");
     assert_eq!(cluster.settled(FAILOVER).await, (new, new_term));
     assert_terms_grow(&[&s1, &s2]);
@@ -369,23 +418,35 @@ async fn without_etcd_the_leader_steps_down_and_a_leader_returns_with_it() {
         .await
         .expect("the leader routes while its lease holds");
     // Then nobody leads: the leader stepped down, nobody could be elected.
-    eventually_async_within("no master leads without etcd", Duration::from_secs(5), || async {
-        let infos = cluster.infos().await;
-        (infos.len() == 3 && infos.iter().all(|(_, i)| i.master_role == "standby")).then_some(())
-    })
+    eventually_async_within(
+        "no master leads without etcd",
+        Duration::from_secs(5),
+        || async {
+            let infos = cluster.infos().await;
+            (infos.len() == 3 && infos.iter().all(|(_, i)| i.master_role == "standby"))
+                .then_some(())
+        },
+    )
     .await;
     let stepped_down = stopped.elapsed();
     assert!(stepped_down < Duration::from_secs(5), "{stepped_down:?}");
-    let refused = broadcast(&cluster.addr(leader), "after").await.expect_err("stepped down");
+    let refused = broadcast(&cluster.addr(leader), "after")
+        .await
+        .expect_err("stepped down");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.etcd.proc.signal("CONT");
     let (leader, _) = cluster.settled(FAILOVER).await;
-    broadcast(&cluster.addr(leader), "back").await.expect("routes again");
+    broadcast(&cluster.addr(leader), "back")
+        .await
+        .expect("routes again");
     eventually_async_within("s1 hears the new leader", FAILOVER, || async {
         (s1.got("back") == 1).then_some(())
     })
     .await;
     assert_eq!(s1.got("after"), 0);
-    println!("the leader stepped down {:.1} s after etcd stopped", stepped_down.as_secs_f64());
+    println!(
+        "the leader stepped down {:.1} s after etcd stopped",
+        stepped_down.as_secs_f64()
+    );
 }

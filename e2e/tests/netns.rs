@@ -10,126 +10,13 @@
 //! heartbeat acks and reconnects by itself. Restart the master: both
 //! re-register. Needs root and iproute2; elsewhere it skips with a message.
 
+use cohort_e2e::netns::{Net, can_build_hosts};
 use cohort_e2e::{Proc, bin, venv_tool};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "netns-token-0123456789abcdef";
 const DEAD_AFTER: Duration = Duration::from_secs(2);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The namespaces and the guard route; removed on drop, even on failure.
-struct Net {
-    switch: String,
-    hosts: Vec<String>,
-    route_added: bool,
-}
-
-impl Net {
-    fn create(tag: &str) -> Result<Net, String> {
-        let mut net = Net {
-            switch: format!("cs-{tag}"),
-            hosts: Vec::new(),
-            route_added: false,
-        };
-        // Nothing addressed to the test range may leave through the root namespace.
-        if ip(&["route", "add", "unreachable", "10.77.0.0/24"]).is_ok() {
-            net.route_added = true;
-        }
-        ip(&["netns", "add", &net.switch])?;
-        ip(&["-n", &net.switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &net.switch, "link", "set", "br0", "up"])?;
-        for (i, h) in ["a", "b", "c"].iter().enumerate() {
-            let host = format!("c{h}-{tag}");
-            ip(&["netns", "add", &host])?;
-            net.hosts.push(host.clone());
-            let port = format!("p{h}");
-            ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &host,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &net.switch,
-            ])?;
-            ip(&[
-                "-n",
-                &net.switch,
-                "link",
-                "set",
-                &port,
-                "master",
-                "br0",
-                "up",
-            ])?;
-            ip(&[
-                "-n",
-                &host,
-                "addr",
-                "add",
-                &format!("10.77.0.{}/24", i + 1),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &host, "link", "set", "lo", "up"])?;
-        }
-        Ok(net)
-    }
-
-    fn port(&self, host: &str, up: bool) {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{host}"),
-            if up { "up" } else { "down" },
-        ])
-        .expect("switch port");
-    }
-
-    fn exec(&self, host: usize, name: &str, argv: &[String], env: &[(&str, String)]) -> Proc {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.hosts[host]]).args(argv);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Proc::spawn(name, cmd)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for h in self.hosts.iter().chain(std::iter::once(&self.switch)) {
-            let _ = ip(&["netns", "del", h]);
-        }
-        if self.route_added {
-            let _ = ip(&["route", "del", "unreachable", "10.77.0.0/24"]);
-        }
-    }
-}
 
 /// (name, state) of every member, asked with grpcurl from inside host A.
 fn members(net: &Net, grpcurl: &std::path::Path) -> Option<Vec<(String, String)>> {
@@ -217,18 +104,14 @@ fn start_master(net: &Net, token_file: &std::path::Path) -> Proc {
 
 #[test]
 fn partition_eviction_rejoin_and_master_restart_across_hosts() {
-    if !cohort_e2e::is_root() || Command::new("ip").arg("-V").output().is_err() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI runs as root with iproute2: this test must run there");
-        }
-        eprintln!("SKIPPED: needs root and iproute2 (ip netns) to build test hosts");
+    if !can_build_hosts() {
         return;
     }
     let Some(grpcurl) = venv_tool("grpcurl") else {
         return;
     };
     let tag = format!("{}", std::process::id() % 100_000);
-    let net = Net::create(&tag).expect("test hosts");
+    let net = Net::create(&tag, 0, &["a", "b", "c"]).expect("test hosts");
     let dir = tempfile::tempdir().expect("dir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).expect("token");

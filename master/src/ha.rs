@@ -56,7 +56,10 @@ pub(crate) async fn run(
                 let was_ready = match election.was_ready().await {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "cannot read the ready mark: standing by");
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "cannot read the ready mark: standing by"
+                        );
                         false
                     }
                 };

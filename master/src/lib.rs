@@ -207,7 +207,12 @@ async fn serve(
     if let (Some(election), Some(l)) = (&election, &leadership)
         && !l.was_ready
     {
-        tasks.spawn(mark_ready(election.clone(), registry.clone(), l.term, stop.clone()));
+        tasks.spawn(mark_ready(
+            election.clone(),
+            registry.clone(),
+            l.term,
+            stop.clone(),
+        ));
     }
     let parts = server::Parts {
         registry: &registry,
@@ -343,7 +348,10 @@ async fn mark_ready(
     }
     match election.mark_ready(term).await {
         Ok(()) => tracing::info!(term, "recorded in etcd that the cluster has been ready"),
-        Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot record the ready mark in etcd"),
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record the ready mark in etcd"
+        ),
     }
 }
 

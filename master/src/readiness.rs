@@ -44,10 +44,7 @@ impl Readiness {
             .await;
         if standby {
             reporter
-                .set_service_status(
-                    MEMBERSHIP,
-                    tonic_health::ServingStatus::NotServing,
-                )
+                .set_service_status(MEMBERSHIP, tonic_health::ServingStatus::NotServing)
                 .await;
             reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)

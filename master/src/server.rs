@@ -108,8 +108,8 @@ impl Services {
                 .requiring_client_certificate(mtls && via == Via::Network);
             InterceptedService::new(server, auth)
         };
-        let control =
-            cohort_proto::server::control_server::ControlServer::new(control::ControlService::new(
+        let control = cohort_proto::server::control_server::ControlServer::new(
+            control::ControlService::new(
                 registry.clone(),
                 addr,
                 (config.expect.agents, config.expect.workers),
@@ -118,9 +118,10 @@ impl Services {
                 tasks.clone(),
                 stop.clone(),
             )
-            .with_election(election))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+            .with_election(election),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
         let network_control = InterceptedService::new(
             control.clone(),
             auth.clone().requiring_client_certificate(mtls),

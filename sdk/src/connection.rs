@@ -48,6 +48,8 @@ struct Masters {
     leader: Option<String>,
     hops: u32,
     failed_in_a_row: usize,
+    /// Why each master tried in this pass failed.
+    why: Vec<String>,
 }
 
 impl Masters {
@@ -58,6 +60,7 @@ impl Masters {
             leader: None,
             hops: 0,
             failed_in_a_row: 0,
+            why: Vec::new(),
         }
     }
 
@@ -83,23 +86,33 @@ impl Masters {
         true
     }
 
-    /// The current master failed: the next one. Whether every master has
-    /// failed in a row (time to back off).
-    fn failed(&mut self) -> bool {
+    /// The current master (`addr`) failed (`why`): the next one. Whether
+    /// every master has failed in a row (time to back off); with several,
+    /// that is said once per pass, naming each master and why.
+    fn failed(&mut self, addr: &str, why: &str) -> bool {
         self.leader = None;
         self.hops = 0;
         self.at = (self.at + 1) % self.list.len().max(1);
         self.failed_in_a_row += 1;
-        if self.failed_in_a_row >= self.list.len() {
-            self.failed_in_a_row = 0;
-            return true;
+        self.why.push(format!("{addr}: {why}"));
+        if self.failed_in_a_row < self.list.len() {
+            return false;
         }
-        false
+        if self.list.len() > 1 {
+            tracing::warn!(
+                tried = %self.why.join("; "),
+                "no master could be joined (a leader a standby named may be unreachable from here); trying again"
+            );
+        }
+        self.failed_in_a_row = 0;
+        self.why.clear();
+        true
     }
 
     fn joined(&mut self) {
         self.hops = 0;
         self.failed_in_a_row = 0;
+        self.why.clear();
     }
 }
 
@@ -175,7 +188,7 @@ pub(crate) async fn run(
         }
         // With several masters: the next one at once, a pause only after
         // a whole pass failed.
-        let whole_pass = masters.failed();
+        let whole_pass = masters.failed(&addr, &reason);
         if !whole_pass && !established {
             continue;
         }

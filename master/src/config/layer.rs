@@ -91,7 +91,12 @@ pub(super) struct Layer {
 pub(super) struct HaLayer {
     /// Run as one of several masters that elect a leader through these
     /// etcd endpoints (comma-separated http://HOST:PORT); off unless set.
-    #[arg(id = "ha-etcd", long = "ha-etcd", value_name = "URLS", value_delimiter = ',')]
+    #[arg(
+        id = "ha-etcd",
+        long = "ha-etcd",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
     pub etcd: Option<Vec<String>>,
     /// The etcd key prefix of this cluster's masters.
     #[arg(id = "ha-prefix", long = "ha-prefix", value_name = "PREFIX")]

@@ -122,9 +122,11 @@ impl Election {
         let Some(mut seat) = self.seat().filter(|s| s.term == term) else {
             anyhow::bail!("no longer the leader of term {term}");
         };
-        let txn = Txn::new()
-            .when([guard(&seat)])
-            .and_then([TxnOp::put(self.ready_key(), term.to_string(), None)]);
+        let txn = Txn::new().when([guard(&seat)]).and_then([TxnOp::put(
+            self.ready_key(),
+            term.to_string(),
+            None,
+        )]);
         let timeout = self.cfg.lease_ttl / 2;
         let done = tokio::time::timeout(timeout, seat.client.txn(txn)).await??;
         anyhow::ensure!(done.succeeded(), "the leader key of term {term} is gone");

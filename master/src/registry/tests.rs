@@ -433,7 +433,10 @@ async fn a_leader_past_its_fence_registers_and_routes_nothing() {
         },
         None,
     );
-    assert!(r.summary().cluster_ready, "a leader after a ready one starts ready");
+    assert!(
+        r.summary().cluster_ready,
+        "a leader after a ready one starts ready"
+    );
     let t0 = Instant::now();
     let a = join(&r, "a", t0);
     fence.lower();
