@@ -158,7 +158,7 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
     // evaluate), over series this master exports; and their unit tests
     // (synthetic series: each alert fires on what it is about, not before
     // its time) pass.
-    let rules = eventually_within("9 healthy rules", Duration::from_secs(60), || {
+    let rules = eventually_within("11 healthy rules", Duration::from_secs(60), || {
         let (_, body) = http(&web_addr, "GET", "/api/v1/rules").expect("rules");
         let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
         let rules: Vec<serde_json::Value> = v["data"]["groups"]
@@ -167,7 +167,7 @@ async fn the_master_serves_prometheus_metrics_a_real_prometheus_can_query() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        (rules.len() >= 9 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+        (rules.len() >= 11 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
     });
     for rule in &rules {
         exported(rule["query"].as_str().unwrap_or_default());

@@ -94,15 +94,23 @@ impl Collector for ClusterCollector {
                 (labels, ConstGauge::new(i64::from(*n)))
             },
         )?;
-        let ready = [i64::from(summary.cluster_ready)];
-        family(
-            &mut encoder,
-            "cohort_cluster_ready",
-            "1 once every expected member was ready.",
-            MetricType::Gauge,
-            &ready,
-            |v| (Vec::new(), ConstGauge::new(*v)),
-        )?;
+        // A standby's registry is empty: the cluster's readiness is the
+        // leader's to report.
+        let standby = self
+            .election
+            .as_ref()
+            .is_some_and(|e| !(e.view().leading && e.fence().holds()));
+        if !standby {
+            let ready = [i64::from(summary.cluster_ready)];
+            family(
+                &mut encoder,
+                "cohort_cluster_ready",
+                "1 once every expected member was ready.",
+                MetricType::Gauge,
+                &ready,
+                |v| (Vec::new(), ConstGauge::new(*v)),
+            )?;
+        }
         if let Some(election) = &self.election {
             let view = election.view();
             let leading = [i64::from(view.leading && election.fence().holds())];
