@@ -16,6 +16,8 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// A connected Control client.
 pub struct Ctl {
     master: String,
+    /// Several masters were given: a stream that ends resumes on the leader.
+    pub several: bool,
     control: pb::control_client::ControlClient<Authed>,
     health: tonic_health::pb::health_client::HealthClient<Authed>,
 }
@@ -57,6 +59,10 @@ impl Ctl {
         if masters.len() < 2 {
             return Ctl::at(&builder, builder.master()).await;
         }
+        let several = |mut ctl: Ctl| {
+            ctl.several = true;
+            ctl
+        };
         let mut standby = None;
         let mut failure = None;
         for m in &masters {
@@ -70,17 +76,17 @@ impl Ctl {
             match ctl.info().await {
                 Ok(info) if info.master_role == "standby" && !info.leader.is_empty() => {
                     match Ctl::at(&builder, &info.leader).await {
-                        Ok(leader) => return Ok(leader),
+                        Ok(leader) => return Ok(several(leader)),
                         Err(e) => failure = Some(e),
                     }
                 }
                 Ok(info) if info.master_role == "standby" => standby = standby.or(Some(ctl)),
-                Ok(_) => return Ok(ctl),
+                Ok(_) => return Ok(several(ctl)),
                 Err(e) => failure = Some(e),
             }
         }
         match (standby, failure) {
-            (Some(ctl), _) => Ok(ctl),
+            (Some(ctl), _) => Ok(several(ctl)),
             (None, Some(e)) => Err(e),
             (None, None) => anyhow::bail!("no master to connect to"),
         }
@@ -92,6 +98,7 @@ impl Ctl {
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         Ok(Ctl {
             master: master.to_string(),
+            several: false,
             control: pb::control_client::ControlClient::with_interceptor(
                 channel.clone(),
                 bearer.clone(),
@@ -101,6 +108,29 @@ impl Ctl {
                 channel, bearer,
             ),
         })
+    }
+
+    /// With several masters: connects again, to the leader, once one
+    /// leads (up to a minute), after a stream from the old one ended.
+    pub async fn resume(master: Option<&str>, why: &str) -> anyhow::Result<Ctl> {
+        eprintln!("cohortctl: the stream ended ({why}); following the leader");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let found = match Ctl::connect(master).await {
+                Ok(mut ctl) => match ctl.info().await {
+                    Ok(info) if info.master_role != "standby" => Ok(ctl),
+                    Ok(_) => Err(anyhow::anyhow!("no master leads")),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(ctl) => return Ok(ctl),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Every member, page by page.
@@ -157,7 +187,8 @@ impl Ctl {
     }
 
     /// Prints the cluster's events; without `follow`, only the current
-    /// state.
+    /// state (after a failover, the new leader's current state comes
+    /// first, as `kubectl get -w` lists again when it reconnects).
     pub async fn events(&mut self, follow: bool, json: bool) -> anyhow::Result<()> {
         let mut events = self.watch().await?;
         loop {

@@ -183,14 +183,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Health => {
             let (serving, ready) = ctl.health().await?;
+            let info = ctl.info().await?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"serving": serving, "cluster_ready": ready})
+                    serde_json::json!({
+                        "serving": serving,
+                        "cluster_ready": ready,
+                        "master_role": info.master_role,
+                        "leader": info.leader,
+                        "term": info.term,
+                    })
                 );
             } else {
+                let role = match info.master_role.as_str() {
+                    "" => String::new(),
+                    role => format!(" ({role}, term {}, leader {})", info.term, info.leader),
+                };
                 println!(
-                    "{}; cluster {}",
+                    "{}; cluster {}{role}",
                     if serving { "SERVING" } else { "NOT_SERVING" },
                     if ready { "ready" } else { "not ready yet" }
                 );
@@ -199,7 +210,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Events { follow } => ctl.events(follow, json).await?,
+        Command::Events { follow } => {
+            loop {
+                let ended = ctl.events(follow, json).await;
+                // With several masters a followed stream outlives a failover.
+                if !(follow && ctl.several) {
+                    ended?;
+                    break;
+                }
+                let why = ended.err().map_or("end of stream".into(), |e| reason(&e));
+                ctl = Ctl::resume(cli.master.as_deref(), &why).await?;
+            }
+        }
         Command::Logs {
             which,
             follow,
@@ -207,15 +229,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lines,
         } => {
             let colour = show::colour();
-            let mut stream = ctl
-                .logs(logs::request(which.as_deref(), since, lines, follow))
-                .await?;
-            let mut out = std::io::stdout().lock();
-            while let Some(entry) = stream.message().await? {
-                // A closed pipe (`| head`) ends us quietly.
-                if writeln!(out, "{}", logs::line(&entry, colour, json)).is_err() {
+            let mut req = logs::request(which.as_deref(), since, lines, follow);
+            loop {
+                let ended: anyhow::Result<bool> = async {
+                    let mut stream = ctl.logs(req.clone()).await?;
+                    let mut out = std::io::stdout().lock();
+                    while let Some(entry) = stream.message().await? {
+                        // A closed pipe (`| head`) ends us quietly.
+                        if writeln!(out, "{}", logs::line(&entry, colour, json)).is_err() {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                }
+                .await;
+                if matches!(ended, Ok(true)) || !(follow && ctl.several) {
+                    ended?;
                     break;
                 }
+                let why = ended.err().map_or("end of stream".into(), |e| reason(&e));
+                ctl = Ctl::resume(cli.master.as_deref(), &why).await?;
+                // The new leader holds only lines sent to it: all new here.
+                req.since = None;
             }
         }
         Command::Send {
@@ -258,4 +293,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why a stream ended, in a few words (a status's message, not its chain).
+fn reason(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) => s.message().to_string(),
+        None => e.to_string(),
+    }
 }

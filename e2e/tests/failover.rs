@@ -127,6 +127,21 @@ impl Cluster {
     }
 }
 
+/// `cohortctl ARGS` with `COHORT_MASTER` = `masters`; its stdout.
+fn ctl(masters: &str, args: &[&str]) -> String {
+    let out = Command::new(bin("cohortctl"))
+        .env(cohort::env::MASTER, masters)
+        .args(args)
+        .output()
+        .expect("run cohortctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn info(addr: &str) -> Option<pb::ClusterInfoResponse> {
     let call = async {
         let mut c = pb::control_client::ControlClient::connect(format!("http://{addr}"))
@@ -230,6 +245,20 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
     let s2 = Recorder::join(&list, "s2").await;
     let (mut leader, mut term) = cluster.settled(FAILOVER).await;
     let first_term = term;
+    let info = ctl(&list, &["info"]);
+    assert!(info.contains("role       leader (term"), "{info}");
+    assert!(
+        info.contains(&format!("leader     {}", cluster.addr(leader))),
+        "{info}"
+    );
+    let mut events = Proc::spawn("cohortctl events -f", {
+        let mut cmd = Command::new(bin("cohortctl"));
+        cmd.env(cohort::env::MASTER, &list).args(["events", "-f"]);
+        cmd
+    });
+    events.wait_line("the first leader's current state", |l| {
+        l.starts_with("current s1 ")
+    });
     let mut took = Vec::new();
     for round in 0..10 {
         let action = format!("ping-{round}");
@@ -254,6 +283,16 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
         let (next, next_term) = cluster.settled(FAILOVER).await;
         took.push(killed_at.elapsed());
         assert_ne!(next, leader, "a killed master cannot lead");
+        if round == 0 {
+            // `events -f` goes on, on the new leader: s1 there (as its
+            // current state, or joining, whichever came first).
+            events.wait_line("s1 on the new leader", |l| l.contains(" s1 (worker, "));
+            assert!(
+                events.stderr().contains("following the leader"),
+                "{}",
+                events.stderr()
+            );
+        }
         assert!(next_term > term, "terms grow: {term} then {next_term}");
         assert!(cohort_e2e::alive(_w[0].child.id()) && cohort_e2e::alive(_w[1].child.id()));
         // The killed master comes back (as systemd would restart it): a standby.
