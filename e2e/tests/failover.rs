@@ -7,7 +7,7 @@
 use cohort::{Member, MemberBuilder, Role};
 use cohort_e2e::etcd::{Etcd, free_port, ha_master};
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, Proc, bin, eventually_async_within};
+use cohort_e2e::{Master, Proc, bin, eventually_async_within, venv_tool, workspace};
 use cohort_proto::pb;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -83,13 +83,13 @@ impl Cluster {
     }
 
     /// Waits until exactly one master leads, every other live one names it
-    /// with the same term, the leader lists all of `NAMES` READY and every
+    /// with the same term, the leader lists all of `names` (sorted) READY and every
     /// standby holds no member; returns the leader's index and term.
-    async fn settled(&self, limit: Duration) -> (usize, u64) {
+    async fn settled(&self, limit: Duration, names: &[&str]) -> (usize, u64) {
         eventually_async_within(
             "one leader with every member, none on a standby",
             limit,
-            || async {
+            || async move {
                 let infos = self.infos().await;
                 let live = self.masters.iter().filter(|m| m.is_some()).count();
                 if infos.len() != live {
@@ -114,13 +114,13 @@ impl Cluster {
                 }
                 let members = list(&self.addr(*leader)).await?;
                 let ready = pb::MemberState::Ready as i32;
-                let mut names: Vec<&str> = members
+                let mut ready: Vec<&str> = members
                     .iter()
                     .filter(|m| m.state == ready)
                     .map(|m| m.name.as_str())
                     .collect();
-                names.sort();
-                (names == NAMES).then_some((*leader, lead.term))
+                ready.sort();
+                (ready == names).then_some((*leader, lead.term))
             },
         )
         .await
@@ -238,12 +238,23 @@ fn assert_terms_grow(recorders: &[&Recorder]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
+    // The Python example (plain grpcio) follows the leader too.
+    const NAMES: [&str; 5] = ["p1", "s1", "s2", "w1", "w2"];
+    let python = venv_tool("python").expect("Python with grpcio (scripts/venv)");
     let mut cluster = Cluster::start();
     let list = cluster.list();
     let _w = [cluster.worker("w1"), cluster.worker("w2")];
+    let _p = Proc::spawn("python worker", {
+        let mut cmd = Command::new(python);
+        cmd.arg(workspace().join("examples/python-worker/worker.py"))
+            .env(cohort::env::MASTER, &list)
+            .env(cohort::env::NAME, "p1")
+            .env("PYTHONUNBUFFERED", "1");
+        cmd
+    });
     let s1 = Recorder::join(&list, "s1").await;
     let s2 = Recorder::join(&list, "s2").await;
-    let (mut leader, mut term) = cluster.settled(FAILOVER).await;
+    let (mut leader, mut term) = cluster.settled(FAILOVER, &NAMES).await;
     let first_term = term;
     let info = ctl(&list, &["info"]);
     assert!(info.contains("role       leader (term"), "{info}");
@@ -280,7 +291,7 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
         if let Some(mut m) = cluster.masters[leader].take() {
             m.proc.wait_exit(Duration::from_secs(5));
         }
-        let (next, next_term) = cluster.settled(FAILOVER).await;
+        let (next, next_term) = cluster.settled(FAILOVER, &NAMES).await;
         took.push(killed_at.elapsed());
         assert_ne!(next, leader, "a killed master cannot lead");
         if round == 0 {
@@ -298,7 +309,7 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
         // The killed master comes back (as systemd would restart it): a standby.
         let back = cluster.start_master(leader);
         cluster.masters[leader] = Some(back);
-        (leader, term) = cluster.settled(FAILOVER).await;
+        (leader, term) = cluster.settled(FAILOVER, &NAMES).await;
         assert_eq!(
             (leader, term),
             (next, next_term),
@@ -361,7 +372,7 @@ async fn a_stopped_leader_past_its_lease_never_acts_as_leader_again() {
     let _w = [cluster.worker("w1"), cluster.worker("w2")];
     let s1 = Recorder::join(&list, "s1").await;
     let s2 = Recorder::join(&list, "s2").await;
-    let (old, term) = cluster.settled(FAILOVER).await;
+    let (old, term) = cluster.settled(FAILOVER, &NAMES).await;
     let (spy_tx, mut spy_rx) = spy(&cluster.addr(old)).await;
     let mut old_master = cluster.masters[old].take().expect("the leader runs");
     let old_metrics = cohort_e2e::metrics::address(&mut old_master);
@@ -382,7 +393,7 @@ async fn a_stopped_leader_past_its_lease_never_acts_as_leader_again() {
             .expect("queue a stale send");
     }
     // The others elect a leader; the members leave the silent one.
-    let (new, new_term) = cluster.settled(FAILOVER).await;
+    let (new, new_term) = cluster.settled(FAILOVER, &NAMES).await;
     assert_ne!(new, old);
     assert!(new_term > term);
     old_master.proc.signal("CONT");
@@ -437,7 +448,7 @@ async fn a_stopped_leader_past_its_lease_never_acts_as_leader_again() {
         .get("cohort-leader")
         .and_then(|v| v.to_str().ok());
     assert_eq!(leader, Some(cluster.addr(new).as_str()), "{refused:?}");
-    assert_eq!(cluster.settled(FAILOVER).await, (new, new_term));
+    assert_eq!(cluster.settled(FAILOVER, &NAMES).await, (new, new_term));
     assert_terms_grow(&[&s1, &s2]);
     assert_eq!(s1.member.term(), new_term);
 }
@@ -449,7 +460,7 @@ async fn without_etcd_the_leader_steps_down_and_a_leader_returns_with_it() {
     let _w = [cluster.worker("w1"), cluster.worker("w2")];
     let s1 = Recorder::join(&list, "s1").await;
     let _s2 = Recorder::join(&list, "s2").await;
-    let (leader, _) = cluster.settled(FAILOVER).await;
+    let (leader, _) = cluster.settled(FAILOVER, &NAMES).await;
     cluster.etcd.proc.signal("STOP");
     let stopped = Instant::now();
     // While its lease may still hold, the leader serves.
@@ -475,7 +486,7 @@ async fn without_etcd_the_leader_steps_down_and_a_leader_returns_with_it() {
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.etcd.proc.signal("CONT");
-    let (leader, _) = cluster.settled(FAILOVER).await;
+    let (leader, _) = cluster.settled(FAILOVER, &NAMES).await;
     broadcast(&cluster.addr(leader), "back")
         .await
         .expect("routes again");

@@ -11,6 +11,13 @@ It reconnects with backoff when the master goes away, and when it goes
 silent: no welcome within 15 s of joining, or nothing at all (the master
 acks heartbeats) for the welcome's dead_after, as from a stopped or hung
 master whose connection stays open.
+
+With several masters (COHORT_MASTER=a:7420,b:7420,c:7420, [ha]) it joins
+the leader: a standby answers UNAVAILABLE with the leader's address in the
+`cohort-leader` metadata, which it follows at once; when a master fails it
+tries the next one, backing off only after all failed; it never accepts a
+welcome whose term is below one it has seen, and leaves a master silent
+for the welcome's suspect_after (not dead_after).
 """
 
 import json
@@ -42,7 +49,8 @@ def load_stubs():
 
 
 pb, rpc = load_stubs()
-MASTER = os.environ.get("COHORT_MASTER", "127.0.0.1:7420").removeprefix("http://")
+MASTERS = [m.strip().removeprefix("http://") for m in
+           os.environ.get("COHORT_MASTER", "127.0.0.1:7420").split(",") if m.strip()]
 NAME = os.environ.get("COHORT_NAME", "")
 TOKEN = os.environ.get("COHORT_TOKEN", "")
 if not TOKEN and os.environ.get("COHORT_TOKEN_FILE"):
@@ -64,8 +72,15 @@ def seconds(d):
     return d.seconds + d.nanos / 1e9
 
 
-def session(name):
-    """One Join stream; returns the name the master gave us."""
+# The highest leader term any welcome carried (several masters).
+TERM = {"seen": 0}
+
+
+def session(master, name):
+    """One Join stream to `master`; returns (the name the master gave us,
+    whether we were drained, the leader a standby named if it did, whether
+    we were welcomed)."""
+    welcomed = False
     outbox = queue.Queue()
     done = threading.Event()
 
@@ -90,13 +105,15 @@ def session(name):
             outbox.put(pb.MemberFrame(heartbeat=pb.Heartbeat(seq=seq)))
 
     def follow(settings):
-        heard["limit"] = max(seconds(settings.dead_after), 1.0)
+        # With several masters (a term), a silent leader is left sooner.
+        silence = settings.suspect_after if TERM["seen"] else settings.dead_after
+        heard["limit"] = max(seconds(silence), 1.0)
         timing["interval"] = max(seconds(settings.heartbeat_interval), 0.1)
 
     outbox.put(pb.MemberFrame(hello=pb.Hello(role=pb.ROLE_WORKER, name=name, pid=os.getpid(),
                                              host=os.uname().nodename, version="python-example")))
     metadata = [("authorization", f"Bearer {TOKEN}")] if TOKEN else []
-    channel = grpc.insecure_channel(MASTER)
+    channel = grpc.insecure_channel(master)
     call = rpc.MembershipStub(channel).Join(frames(), metadata=metadata)
     # "Alive but silent" is dead: a master we stop hearing from is left,
     # and joined again.
@@ -115,6 +132,11 @@ def session(name):
             heard["at"] = time.monotonic()
             kind = frame.WhichOneof("kind")
             if kind == "welcome":
+                if frame.welcome.term < TERM["seen"]:
+                    log("STALE", f"{master} welcomed with term {frame.welcome.term}, below {TERM['seen']}")
+                    return name, False, None, False
+                TERM["seen"] = frame.welcome.term
+                welcomed = True
                 name = frame.welcome.name
                 follow(frame.welcome.settings)
                 threading.Thread(target=heartbeat, daemon=True).start()
@@ -143,24 +165,39 @@ def session(name):
                 log("SETTINGS", f"heartbeat every {timing['interval']:g} s")
             elif kind == "drain":
                 log("DRAIN", frame.drain.reason)
-                return name, True
+                return name, True, None, True
     except grpc.RpcError as e:
-        log("DISCONNECTED", e.code().name, e.details())
+        leader = dict(e.trailing_metadata() or ()).get("cohort-leader")
+        if e.code() == grpc.StatusCode.UNAVAILABLE and leader:
+            log("LEADER", leader, "named by", master)
+            return name, False, leader, welcomed
+        log("DISCONNECTED", master, e.code().name, e.details())
         if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
             sys.exit(f"the master refused us: {e.details()}")
     finally:
         done.set()
         outbox.put(None)
         channel.close()
-    return name, False
+    return name, False, None, welcomed
 
 
 def main():
-    name, delay = NAME, 1.0
+    name, delay, at, failed = NAME, 1.0, 0, 0
     while True:
-        name, drained = session(name)
+        master, hops = MASTERS[at], 0
+        name, drained, leader, welcomed = session(master, name)
+        while leader and hops < 2:
+            hops += 1
+            name, drained, leader, welcomed = session(leader, name)
         if drained:
             return
+        if welcomed:
+            failed, delay = 0, 1.0
+        # The next master at once; a pause only after every one failed.
+        at, failed = (at + 1) % len(MASTERS), failed + 1
+        if failed < len(MASTERS):
+            continue
+        failed = 0
         time.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 1.6, 30.0)
 

@@ -43,7 +43,7 @@ impl Gate {
         path == OPEN_PATH || (self.leading && self.election.fence().holds())
     }
 
-    /// The refusal a caller gets: waits up to one lease TTL for a leader
+    /// The refusal a caller gets: waits up to 1.5 lease TTLs for a leader
     /// to be known, so a caller that comes during an election is sent on
     /// rather than turned away (to this very master when it has just been
     /// elected: its leader phase starts in a moment).
@@ -56,7 +56,10 @@ impl Gate {
             Some(_) => v.leading && !was_leading,
             None => false,
         };
-        let _ = tokio::time::timeout(self.election.lease_ttl(), watch.wait_for(known)).await;
+        // An election after a leader died takes one TTL and a read of etcd
+        // (a quarter TTL): wait that long and a little more.
+        let hold = self.election.lease_ttl() * 3 / 2;
+        let _ = tokio::time::timeout(hold, watch.wait_for(known)).await;
         refuse(&self.election, self.leading)
     }
 }
