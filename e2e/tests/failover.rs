@@ -285,6 +285,21 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
             term,
             "welcomed by the leader of this term"
         );
+        // A request in flight when the leader dies (s2 never answers it).
+        let asked = (round == 0).then(|| {
+            let s1 = s1.member.clone();
+            tokio::spawn(async move {
+                let target = cohort::Target::Member("s2".into());
+                s1.request(target, "slow", "", Duration::from_secs(60))
+                    .await
+            })
+        });
+        if asked.is_some() {
+            eventually_async_within("s2 got the request", FAILOVER, || async {
+                (s2.got("slow") == 1).then_some(())
+            })
+            .await;
+        }
         let pid = cluster.masters[leader].as_ref().map(|m| m.proc.child.id());
         cohort_e2e::kill(pid.expect("the leader runs"), "KILL");
         let killed_at = Instant::now();
@@ -293,6 +308,14 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
         }
         let (next, next_term) = cluster.settled(FAILOVER, &NAMES).await;
         took.push(killed_at.elapsed());
+        if let Some(asked) = asked {
+            let answer = tokio::time::timeout(FAILOVER, asked)
+                .await
+                .expect("the request fails with the leader, not at its 60 s timeout")
+                .expect("task");
+            let err = answer.err().expect("nobody answered");
+            assert_eq!(err.code(), cohort::Code::Unavailable, "{err}");
+        }
         assert_ne!(next, leader, "a killed master cannot lead");
         if round == 0 {
             // `events -f` goes on, on the new leader: s1 there (as its
@@ -317,6 +340,7 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
         );
     }
     assert!(term > first_term);
+    assert_eq!(s2.got("slow"), 1, "nothing is delivered twice");
     assert!(s1.member.is_cluster_ready() && s2.member.is_cluster_ready());
     assert_terms_grow(&[&s1, &s2]);
     let secs: Vec<String> = took

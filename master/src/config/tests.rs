@@ -184,3 +184,60 @@ fn durations_parse_with_units() {
     assert!(parse_duration("5").is_err());
     assert!(parse_duration("s").is_err());
 }
+
+#[test]
+fn ha_runs_no_local_members_and_names_what_it_needs() {
+    let etcd = "--ha-etcd=http://127.0.0.1:2379,http://127.0.0.2:2379";
+    let c = load(&[etcd], &[]).expect("ha");
+    let ha = c.ha.as_ref().expect("on");
+    assert_eq!(ha.etcd.len(), 2);
+    assert_eq!(
+        (ha.prefix.as_str(), ha.lease_ttl),
+        ("cohort", Duration::from_secs(2))
+    );
+    assert_eq!((c.agent.count, c.worker.count), (0, WorkerCount::Fixed(0)));
+    assert_eq!(ha.advertised(c.listen), "127.0.0.1:7420");
+    // Explicit counts of 0 are fine; above 0 are refused, naming the key.
+    load(&[etcd, "--agent-count=0", "--worker-count=0"], &[]).expect("zero");
+    let err = load(&[etcd, "--worker-count=2"], &[]).expect_err("children");
+    assert!(
+        err.to_string()
+            .starts_with("worker.count: must be 0 with [ha]"),
+        "{err}"
+    );
+    let f = write("[agent]\ncount = 1\n[ha]\netcd = [\"http://e:2379\"]\n");
+    let err = load(&["--config", f.path().to_str().expect("path")], &[]).expect_err("agent");
+    assert!(
+        err.to_string()
+            .starts_with("agent.count: must be 0 with [ha]"),
+        "{err}"
+    );
+    let err = load(&[etcd, "--ha-lease-ttl=1500ms"], &[]).expect_err("ttl");
+    assert!(
+        err.to_string()
+            .starts_with("ha.lease_ttl: must be whole seconds"),
+        "{err}"
+    );
+    let err = load(&[etcd, "--listen=0.0.0.0:7420", "--insecure"], &[]).expect_err("advertise");
+    assert!(
+        err.to_string().starts_with("ha.advertise: is required"),
+        "{err}"
+    );
+    let c = load(
+        &[
+            etcd,
+            "--listen=0.0.0.0:7420",
+            "--insecure",
+            "--ha-advertise=m1:7420",
+        ],
+        &[("COHORT_HA_PREFIX", "shop")],
+    )
+    .expect("advertised");
+    let ha = c.ha.expect("on");
+    assert_eq!(
+        (ha.advertised(c.listen), ha.prefix.as_str()),
+        ("m1:7420".into(), "shop")
+    );
+    let err = load(&["--ha-etcd=127.0.0.1:2379"], &[]).expect_err("url");
+    assert!(err.to_string().starts_with("ha.etcd: "), "{err}");
+}
