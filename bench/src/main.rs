@@ -19,14 +19,17 @@
 //!   the real `cohort-master` (`cargo build --release --bins` first);
 //! - `local`: request/reply between two local members over the master's
 //!   Unix socket (current-thread and multi-thread runtimes), beside Node's
-//!   `cluster` IPC in the same run.
+//!   `cluster` IPC in the same run;
+//! - `failover`: three masters through a real etcd, 20 workers: `kill -9`
+//!   and SIGTERM of the leader → a new leader, → every worker on it.
 //!
 //! ```text
 //! cargo run --release -p cohort-bench -- messaging [--out FILE] [--quick]
-//! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster|members|local [--out FILE] [--quick]
+//! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster|members|local|failover [--out FILE] [--quick]
 //! ```
 
 mod cluster;
+mod failover;
 mod floor;
 mod join_storm;
 mod local;
@@ -69,6 +72,9 @@ enum Bench {
     Members(Options),
     /// Request/reply between two local members, beside Node's cluster IPC.
     Local(Options),
+    /// Three masters through etcd: kill -9 / SIGTERM of the leader → a
+    /// new leader, and every worker on it.
+    Failover(Options),
     /// The master of a messaging run, in its own process (internal).
     #[command(hide = true)]
     Master {
@@ -135,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Cluster(o) => cluster::run(&o),
         Bench::Members(o) => members::run(&o),
         Bench::Local(o) => local::run(&o),
+        Bench::Failover(o) => failover::run(&o),
         Bench::Master { args } => run_master(&args),
         Bench::Member { url, name, mode } => run_member(&url, &name, &mode),
         Bench::FloorReaders { addr, n } => floor::readers(&addr, n),

@@ -183,21 +183,29 @@ def session(master, name):
 
 def main():
     name, delay, at, failed = NAME, 1.0, 0, 0
+    # Passes in which a standby named a leader we could not reach: most
+    # likely it has just died and etcd still holds its key for up to a
+    # lease TTL, so the next pass comes soon (a few times, then backoff).
+    answered, soon = False, 0
     while True:
         master, hops = MASTERS[at], 0
         name, drained, leader, welcomed = session(master, name)
         while leader and hops < 2:
-            hops += 1
+            hops, answered = hops + 1, True
             name, drained, leader, welcomed = session(leader, name)
         if drained:
             return
         if welcomed:
-            failed, delay = 0, 1.0
+            failed, delay, answered, soon = 0, 1.0, False, 0
         # The next master at once; a pause only after every one failed.
         at, failed = (at + 1) % len(MASTERS), failed + 1
         if failed < len(MASTERS):
             continue
         failed = 0
+        if answered and soon < 10:
+            answered, soon = False, soon + 1
+            time.sleep(0.3 * random.uniform(0.8, 1.2))
+            continue
         time.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 1.6, 30.0)
 

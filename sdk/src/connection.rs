@@ -38,6 +38,24 @@ const LOG_LINES_PER_FLUSH: usize = crate::logs::LINES_PER_SECOND / 4;
 const LEADER_KEY: &str = "cohort-leader";
 /// Standbys' answers followed in a row before a pause.
 const MAX_HOPS: u32 = 2;
+/// The pause after a pass in which standbys answered but the leader they
+/// named could not be reached: most likely it has just died and etcd still
+/// holds its key (for up to one lease TTL), so the next pass comes soon.
+const ELECTION_PAUSE: Duration = Duration::from_millis(300);
+/// Such short pauses in a row before the usual backoff (a leader that
+/// stays unreachable is a partition, not an election).
+const ELECTION_PASSES: u32 = 10;
+
+/// What to do after a master failed.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Try the next master now.
+    Now,
+    /// A short pause: an election is under way.
+    Soon,
+    /// Every master failed: back off.
+    BackOff,
+}
 
 /// Which master to try next, with several: the leader a standby named,
 /// else the next one in the list after one that failed; a pause only after
@@ -50,6 +68,10 @@ struct Masters {
     failed_in_a_row: usize,
     /// Why each master tried in this pass failed.
     why: Vec<String>,
+    /// A standby answered in this pass (named a leader).
+    answered: bool,
+    /// Short pauses in a row.
+    soon: u32,
 }
 
 impl Masters {
@@ -61,6 +83,8 @@ impl Masters {
             hops: 0,
             failed_in_a_row: 0,
             why: Vec::new(),
+            answered: false,
+            soon: 0,
         }
     }
 
@@ -77,6 +101,7 @@ impl Masters {
 
     /// A standby named the leader: try it at once (up to [`MAX_HOPS`]).
     fn follow(&mut self, leader: String) -> bool {
+        self.answered = true;
         self.hops += 1;
         if self.hops > MAX_HOPS {
             self.leader = None;
@@ -86,19 +111,20 @@ impl Masters {
         true
     }
 
-    /// The current master (`addr`) failed (`why`): the next one. Whether
-    /// every master has failed in a row (time to back off); with several,
-    /// that is said once per pass, naming each master and why.
-    fn failed(&mut self, addr: &str, why: &str) -> bool {
+    /// The current master (`addr`) failed (`why`): the next one, now, soon
+    /// or after a backoff once every master has failed in a row; with
+    /// several, that is said once per pass, naming each master and why.
+    fn failed(&mut self, addr: &str, why: &str) -> Next {
         self.leader = None;
         self.hops = 0;
         self.at = (self.at + 1) % self.list.len().max(1);
         self.failed_in_a_row += 1;
         self.why.push(format!("{addr}: {why}"));
         if self.failed_in_a_row < self.list.len() {
-            return false;
+            return Next::Now;
         }
-        if self.list.len() > 1 {
+        let election = std::mem::take(&mut self.answered) && self.soon < ELECTION_PASSES;
+        if self.list.len() > 1 && !election {
             tracing::warn!(
                 tried = %self.why.join("; "),
                 "no master could be joined (a leader a standby named may be unreachable from here); trying again"
@@ -106,13 +132,20 @@ impl Masters {
         }
         self.failed_in_a_row = 0;
         self.why.clear();
-        true
+        if election {
+            self.soon += 1;
+            Next::Soon
+        } else {
+            Next::BackOff
+        }
     }
 
     fn joined(&mut self) {
         self.hops = 0;
         self.failed_in_a_row = 0;
         self.why.clear();
+        self.answered = false;
+        self.soon = 0;
     }
 }
 
@@ -188,13 +221,14 @@ pub(crate) async fn run(
         }
         // With several masters: the next one at once, a pause only after
         // a whole pass failed.
-        let whole_pass = masters.failed(&addr, &reason);
-        if !whole_pass && !established {
+        let next = masters.failed(&addr, &reason);
+        if next == Next::Now && !established {
             continue;
         }
-        let mut delay = match whole_pass {
-            true => backoff.next_delay(random_unit()),
-            false => Duration::ZERO,
+        let mut delay = match next {
+            Next::Now => Duration::ZERO,
+            Next::Soon => ELECTION_PAUSE.mul_f64(0.8 + 0.4 * random_unit()),
+            Next::BackOff => backoff.next_delay(random_unit()),
         };
         if first.is_some() {
             // The last try of a first join comes at its deadline, not a
@@ -749,6 +783,49 @@ mod tests {
             Ok(Some(Out::Heartbeat(hb))) => hb,
             other => panic!("a heartbeat, not {other:?}"),
         }
+    }
+
+    #[test]
+    fn several_masters_are_tried_in_turn_following_the_leader_a_standby_names() {
+        let list = ["http://a:1", "http://b:1", "http://c:1"].map(String::from);
+        let mut m = Masters::new(list.to_vec());
+        assert_eq!(m.current(), "http://a:1");
+        // a is down: b at once, then c; after all three, a backoff.
+        assert_eq!(m.failed("http://a:1", "refused"), Next::Now);
+        assert_eq!(m.current(), "http://b:1");
+        // b is a standby naming c; c at once, but not a third hop in a row.
+        assert!(m.follow("c:1".into()));
+        assert_eq!(m.current(), "http://c:1");
+        assert!(m.follow("b:1".into()));
+        assert!(!m.follow("a:1".into()), "at most two hops");
+        // The named leader cannot be reached: next in the list.
+        assert_eq!(m.failed("http://c:1", "refused"), Next::Now);
+        assert_eq!(m.current(), "http://c:1");
+        // A pass in which a standby answered: an election, a short pause,
+        // but only so many times in a row.
+        assert_eq!(m.failed("http://c:1", "refused"), Next::Soon);
+        for _ in 1..ELECTION_PASSES {
+            assert!(m.follow("x:1".into()));
+            for _ in 0..3 {
+                let _ = m.failed("http://x:1", "refused");
+            }
+        }
+        assert!(m.follow("x:1".into()));
+        let nexts: Vec<Next> = (0..3).map(|_| m.failed("http://x:1", "refused")).collect();
+        assert_eq!(
+            nexts.last(),
+            Some(&Next::BackOff),
+            "a leader that stays away is backed off from"
+        );
+        m.joined();
+        assert_eq!(
+            m.failed("http://a:1", "gone"),
+            Next::Now,
+            "joining starts a new count"
+        );
+        // One master: every failure is a whole pass.
+        let mut one = Masters::new(vec!["http://a:1".into()]);
+        assert_eq!(one.failed("http://a:1", "refused"), Next::BackOff);
     }
 
     #[tokio::test(start_paused = true)]

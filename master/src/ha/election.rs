@@ -28,6 +28,8 @@ pub(crate) struct View {
     pub leading: bool,
     /// Every master campaigning, leader first.
     pub masters: Vec<String>,
+    /// The last read of etcd succeeded: what this master knows is fresh.
+    pub connected: bool,
 }
 
 /// The campaign of one master: what it knows, its fence, and its guarded
@@ -168,6 +170,7 @@ impl Election {
             let me = self.advertised.to_string();
             tx.send_modify(|v| {
                 v.leading = false;
+                v.connected = false;
                 if v.leader.as_ref() == Some(&me) {
                     v.leader = None;
                 }
@@ -281,6 +284,7 @@ impl Election {
                             .iter()
                             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
                             .collect(),
+                        connected: true,
                     };
                     tx.send_if_modified(|v| {
                         let changed = *v != view;
@@ -294,8 +298,14 @@ impl Election {
                         changed
                     });
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "reading the masters from etcd failed"),
-                Err(_) => tracing::warn!("reading the masters from etcd took over {call:?}"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the masters from etcd failed");
+                    tx.send_if_modified(|v| std::mem::replace(&mut v.connected, false));
+                }
+                Err(_) => {
+                    tracing::warn!("reading the masters from etcd took over {call:?}");
+                    tx.send_if_modified(|v| std::mem::replace(&mut v.connected, false));
+                }
             }
             if Instant::now() >= valid_until {
                 self.step_down(tx, "its lease could have expired");

@@ -59,7 +59,10 @@ impl Gate {
         // An election after a leader died takes one TTL and a read of etcd
         // (a quarter TTL): wait that long and a little more.
         let hold = self.election.lease_ttl() * 3 / 2;
-        let _ = tokio::time::timeout(hold, watch.wait_for(known)).await;
+        // A master cut off from etcd knows nothing worth waiting for.
+        if self.election.view().connected {
+            let _ = tokio::time::timeout(hold, watch.wait_for(known)).await;
+        }
         refuse(&self.election, self.leading)
     }
 }
@@ -83,8 +86,11 @@ fn refuse(election: &Election, phase_leading: bool) -> tonic::Status {
             }
             status
         }
+        None if !view.connected => tonic::Status::unavailable(
+            "this master cannot reach etcd, so it does not know which master leads: try another master",
+        ),
         None => tonic::Status::unavailable(
-            "no master leads at the moment (an election is in progress or etcd is unreachable): try again or another master",
+            "no master leads at the moment (an election is in progress): try again or another master",
         ),
     }
 }
