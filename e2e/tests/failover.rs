@@ -313,7 +313,7 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
                 .await
                 .expect("the request fails with the leader, not at its 60 s timeout")
                 .expect("task");
-            let err = answer.err().expect("nobody answered");
+            let err = answer.expect_err("nobody answered");
             assert_eq!(err.code(), cohort::Code::Unavailable, "{err}");
         }
         assert_ne!(next, leader, "a killed master cannot lead");
