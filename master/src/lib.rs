@@ -159,6 +159,11 @@ async fn serve(
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(256);
     let leadership = phase.as_ref().and_then(|p| p.leading.clone());
     let standby = phase.is_some() && leadership.is_none();
+    let what = match (&phase, &leadership) {
+        (None, _) => "master",
+        (Some(_), Some(_)) => "leader",
+        (Some(_), None) => "standby",
+    };
     let registry = Arc::new(Registry::new(
         registry_config(&config, agents, workers, leadership.clone()),
         Some(notice_tx),
@@ -251,7 +256,9 @@ async fn serve(
         async move {
             stop.cancelled().await;
             supervisor.shutdown().await;
-            tracing::info!("shutting down: closing member streams");
+            if registry.member_count() > 0 {
+                tracing::info!("shutting down: closing member streams");
+            }
             registry.close_all("the master is shutting down");
             closed.cancel();
         }
@@ -264,7 +271,7 @@ async fn serve(
         .add_routes(services.network)
         .serve_with_incoming_shutdown(listen::incoming(listener, config.limits, refusals), drained),
     );
-    tracing::info!(listen.addr = %addr, "master serving");
+    tracing::info!(listen.addr = %addr, "{what} serving");
     let early = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
@@ -299,7 +306,7 @@ async fn serve(
         anyhow::bail!("the gRPC server stopped on its own");
     }
     within("background tasks", tasks.wait()).await;
-    tracing::info!("master stopped");
+    tracing::info!("{what} stopped");
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use super::*;
 
 impl Supervisor {
     pub(super) async fn shutdown(&mut self, rx: &mut mpsc::Receiver<Command>) {
-        tracing::info!("stopping local members: workers first, then the agent");
+        if !self.entries.is_empty() {
+            tracing::info!("stopping local members: workers first, then the agent");
+        }
         self.stage = Stage::Stopping;
         for role in [Role::Worker, Role::Agent] {
             let of_role: Vec<usize> = (0..self.entries.len())
