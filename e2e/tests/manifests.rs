@@ -93,7 +93,10 @@ fn seconds(text: &str) -> u64 {
     text.trim_end_matches('s').parse().expect("whole seconds")
 }
 
+/// The overlays with one master.
 const OVERLAYS: [&str; 2] = ["dev", "prod"];
+/// Every overlay, the failover one (three masters, etcd) too.
+const ALL_OVERLAYS: [&str; 3] = ["dev", "prod", "ha"];
 
 #[test]
 fn members_reach_the_master_through_a_service_that_publishes_it_while_not_ready() {
@@ -132,7 +135,7 @@ fn members_reach_the_master_through_a_service_that_publishes_it_while_not_ready(
 
 #[test]
 fn whatever_writes_has_a_volume_and_grace_periods_cover_the_drains() {
-    for overlay in OVERLAYS {
+    for overlay in ALL_OVERLAYS {
         let docs = render(overlay);
         let config = find(&docs, "ConfigMap", "cohort-config")["data"]["cohort.toml"]
             .as_str()
@@ -203,7 +206,7 @@ fn whatever_writes_has_a_volume_and_grace_periods_cover_the_drains() {
 
 #[test]
 fn pods_meet_the_restricted_standard_and_keep_tini_as_pid_1() {
-    for overlay in OVERLAYS {
+    for overlay in ALL_OVERLAYS {
         let docs = render(overlay);
         let ns = find(&docs, "Namespace", "cohort");
         assert_eq!(
@@ -354,4 +357,135 @@ fn the_prometheus_rule_for_the_operator_has_the_alerts_prometheus_loads() {
         rule["spec"]["groups"], alerts["groups"],
         "prometheusrule.yaml's groups differ from alerts.yml's: copy them over"
     );
+}
+
+/// What podman's kube play does not do for the failover overlay (it runs
+/// Deployments, has no Services, PodDisruptionBudgets or scheduling):
+/// three masters at once, each reachable under the name members list and
+/// the name it advertises, probes that keep standbys alive but route to
+/// the leader only, spread over nodes, drained one at a time; and an etcd
+/// of three that finds itself and that the masters name.
+#[test]
+fn the_ha_overlay_runs_three_masters_members_can_each_reach_and_an_etcd_of_three() {
+    let docs = render("ha");
+    let sts = find(&docs, "StatefulSet", "cohort-master");
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(
+        spec["podManagementPolicy"], "Parallel",
+        "all three start at once"
+    );
+    let labels = &spec["template"]["metadata"]["labels"];
+    let peers_name = spec["serviceName"].as_str().expect("serviceName");
+    let peers = find(&docs, "Service", peers_name);
+    assert_eq!(
+        peers["spec"]["clusterIP"], "None",
+        "per-pod DNS names need a headless Service"
+    );
+    assert_eq!(
+        peers["spec"]["publishNotReadyAddresses"], true,
+        "standbys are never ready"
+    );
+    assert!(selects(&peers["spec"]["selector"], labels));
+    let pod = &spec["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        env(c, "COHORT_HA_ADVERTISE"),
+        Some(format!("{{hostname}}.{peers_name}:7420").as_str()),
+        "a StatefulSet pod's hostname is its name, resolvable under the headless Service"
+    );
+    assert_eq!(c["livenessProbe"]["grpc"]["service"], "liveness");
+    assert_eq!(
+        c["readinessProbe"]["grpc"]["service"],
+        "cohort.v1.Membership"
+    );
+    // The Service operators dial reaches the ready master: the leader.
+    let front = find(&docs, "Service", "cohort-master");
+    assert_eq!(front["spec"]["publishNotReadyAddresses"], false);
+    assert!(selects(&front["spec"]["selector"], labels));
+    let term = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert!(selects(&term["labelSelector"]["matchLabels"], labels));
+    let pdb = find(&docs, "PodDisruptionBudget", "cohort-master");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"], labels));
+    // Members list every master pod by the name Kubernetes gives it.
+    let sts_name = sts["metadata"]["name"].as_str().expect("name");
+    let listed: Vec<String> = (0..3)
+        .map(|i| format!("http://{sts_name}-{i}.{peers_name}:7420"))
+        .collect();
+    for w in workloads(&docs).filter(|w| w["kind"] == "Deployment") {
+        let member = &w["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            env(member, "COHORT_MASTER"),
+            Some(listed.join(",").as_str()),
+            "{}",
+            w["metadata"]["name"]
+        );
+    }
+    // etcd: three that list each other, under the names the masters use.
+    let etcd = find(&docs, "StatefulSet", "etcd");
+    let replicas = etcd["spec"]["replicas"].as_u64().expect("replicas");
+    assert_eq!(replicas, 3, "a quorum that survives one lost pod");
+    let etcd_svc_name = etcd["spec"]["serviceName"].as_str().expect("serviceName");
+    let etcd_svc = find(&docs, "Service", etcd_svc_name);
+    assert_eq!(etcd_svc["spec"]["clusterIP"], "None");
+    assert_eq!(etcd_svc["spec"]["publishNotReadyAddresses"], true);
+    let urls: Vec<String> = (0..replicas)
+        .map(|i| format!("http://etcd-{i}.{etcd_svc_name}:2379"))
+        .collect();
+    assert_eq!(env(c, "COHORT_HA_ETCD"), Some(urls.join(",").as_str()));
+    let e = &etcd["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = e["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("etcd --{name}"))
+    };
+    let peers: Vec<String> = (0..replicas)
+        .map(|i| format!("etcd-{i}=http://etcd-{i}.{etcd_svc_name}:2380"))
+        .collect();
+    assert_eq!(flag("initial-cluster"), peers.join(","));
+    assert_eq!(flag("name"), "$(POD_NAME)");
+    assert_eq!(
+        flag("initial-advertise-peer-urls"),
+        format!("http://$(POD_NAME).{etcd_svc_name}:2380")
+    );
+    let pod_name = e["env"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "POD_NAME"))
+        .expect("POD_NAME");
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let data = flag("data-dir");
+    let mounted = e["volumeMounts"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["mountPath"] == data));
+    assert!(mounted, "etcd writes {data}: it needs a volume");
+    // Only the masters (and etcd's peers) reach etcd.
+    let np = find(&docs, "NetworkPolicy", "etcd");
+    let etcd_labels = &etcd["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(
+        &np["spec"]["podSelector"]["matchLabels"],
+        etcd_labels
+    ));
+    let from_masters = np["spec"]["ingress"]
+        .as_array()
+        .expect("ingress")
+        .iter()
+        .any(|r| {
+            r["from"][0]["podSelector"]["matchLabels"]
+                .as_object()
+                .is_some_and(|m| m.iter().all(|(k, v)| labels[k] == *v))
+                && r["ports"][0]["port"] == 2379
+        });
+    assert!(from_masters, "the masters must reach etcd's client port");
 }

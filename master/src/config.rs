@@ -180,14 +180,49 @@ impl TryFrom<Layer> for Config {
                 key: path(l.tls.key),
                 client_ca: path(l.tls.client_ca),
             },
-            ha: match l.ha.etcd.filter(|e| !e.is_empty()) {
+            ha: match l.ha.etcd.clone().filter(|e| !e.is_empty()) {
                 None => None,
-                Some(etcd) => Some(HaConfig {
-                    etcd,
-                    prefix: need(l.ha.prefix, "ha.prefix")?,
-                    lease_ttl: need(l.ha.lease_ttl, "ha.lease_ttl")?,
-                    advertise: l.ha.advertise.unwrap_or_default(),
-                }),
+                Some(etcd) => {
+                    let h = l.ha;
+                    let user = match (h.etcd_user, path(h.etcd_password_file)) {
+                        (None, None) => None,
+                        (Some(u), Some(p)) if !u.is_empty() => Some((u, p)),
+                        _ => {
+                            return Err(value_err(
+                                "ha.etcd_user",
+                                "set both etcd_user and etcd_password_file (--ha-etcd-user, --ha-etcd-password-file)",
+                            ));
+                        }
+                    };
+                    let identity = match (path(h.etcd_cert), path(h.etcd_key)) {
+                        (None, None) => None,
+                        (Some(c), Some(k)) => Some((c, k)),
+                        _ => {
+                            return Err(value_err(
+                                "ha.etcd_cert",
+                                "set both etcd_cert and etcd_key (--ha-etcd-cert, --ha-etcd-key)",
+                            ));
+                        }
+                    };
+                    let tls = match (path(h.etcd_ca), identity) {
+                        (Some(ca), identity) => Some(EtcdTls { ca, identity }),
+                        (None, None) => None,
+                        (None, Some(_)) => {
+                            return Err(value_err(
+                                "ha.etcd_ca",
+                                "a client certificate for etcd needs etcd's CA too (--ha-etcd-ca)",
+                            ));
+                        }
+                    };
+                    Some(HaConfig {
+                        etcd,
+                        prefix: need(h.prefix, "ha.prefix")?,
+                        lease_ttl: need(h.lease_ttl, "ha.lease_ttl")?,
+                        advertise: h.advertise.unwrap_or_default(),
+                        user,
+                        tls,
+                    })
+                }
             },
         })
     }
@@ -390,6 +425,15 @@ impl HaConfig {
                     &format!("{url:?}: use etcd client URLs such as http://127.0.0.1:2379"),
                 ));
             }
+            // One scheme for all: TLS is on for every endpoint or none.
+            if url.starts_with("https://") != self.tls.is_some() {
+                return Err(value_err(
+                    "ha.etcd",
+                    &format!(
+                        "{url:?}: https:// endpoints go with etcd_ca (--ha-etcd-ca), and etcd_ca with https:// endpoints only"
+                    ),
+                ));
+            }
         }
         let prefix_ok = !self.prefix.is_empty()
             && self.prefix.len() <= 128
@@ -421,12 +465,15 @@ impl HaConfig {
         Ok(())
     }
 
-    /// The address members are sent to for this master.
+    /// The address members are sent to for this master: `advertise`, with
+    /// `{hostname}` replaced by this host's name (a StatefulSet pod's name:
+    /// `{hostname}.cohort-master-peers:7420`), or the bound address.
     pub fn advertised(&self, bound: SocketAddr) -> String {
         if self.advertise.is_empty() {
             bound.to_string()
         } else {
-            self.advertise.clone()
+            self.advertise
+                .replace("{hostname}", &cohort_process::hostname())
         }
     }
 }

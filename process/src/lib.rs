@@ -149,6 +149,14 @@ pub fn raise_open_files() -> nix::Result<(u64, u64)> {
     Ok((soft, hard.max(soft)))
 }
 
+/// This host's name (`localhost` if it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_bytes, parse_duration};

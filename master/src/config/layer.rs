@@ -106,10 +106,30 @@ pub(super) struct HaLayer {
     #[arg(id = "ha-lease-ttl", long = "ha-lease-ttl", value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub lease_ttl: Option<Duration>,
-    /// The address members should use for this master (HOST:PORT, or a
-    /// URL); required when listen is 0.0.0.0 or [::].
+    /// The address members should use for this master (HOST:PORT;
+    /// `{hostname}` is replaced by this host's name); required when listen
+    /// is 0.0.0.0 or [::].
     #[arg(id = "ha-advertise", long = "ha-advertise", value_name = "ADDR")]
     pub advertise: Option<String>,
+    /// The etcd user (with --ha-etcd-password-file); off unless set.
+    #[arg(id = "ha-etcd-user", long = "ha-etcd-user", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (first line).
+    #[arg(
+        id = "ha-etcd-password-file",
+        long = "ha-etcd-password-file",
+        value_name = "FILE"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The CA of etcd's certificate (PEM), for https:// endpoints.
+    #[arg(id = "ha-etcd-ca", long = "ha-etcd-ca", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This master's client certificate for etcd (PEM), with --ha-etcd-key.
+    #[arg(id = "ha-etcd-cert", long = "ha-etcd-cert", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[arg(id = "ha-etcd-key", long = "ha-etcd-key", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 /// `[metrics]`.
@@ -398,6 +418,11 @@ impl Layer {
                 prefix: Some("cohort".into()),
                 lease_ttl: Some(secs(2)),
                 advertise: None,
+                etcd_user: None,
+                etcd_password_file: None,
+                etcd_ca: None,
+                etcd_cert: None,
+                etcd_key: None,
             },
         }
     }

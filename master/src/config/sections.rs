@@ -165,4 +165,20 @@ pub struct HaConfig {
     pub lease_ttl: Duration,
     /// The address members and `cohortctl` should use for this master.
     pub advertise: String,
+    /// etcd authentication: the user, and the file holding its password
+    /// (read at every connect, never a flag).
+    pub user: Option<(String, PathBuf)>,
+    /// etcd over TLS (`https://` endpoints): the CA that signed etcd's
+    /// certificate, and this master's certificate and key if etcd asks
+    /// for one.
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM files for TLS to etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA of etcd's server certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key (etcd's `--client-cert-auth`).
+    pub identity: Option<(PathBuf, PathBuf)>,
 }

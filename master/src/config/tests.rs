@@ -238,6 +238,9 @@ fn ha_runs_no_local_members_and_names_what_it_needs() {
         (ha.advertised(c.listen), ha.prefix.as_str()),
         ("m1:7420".into(), "shop")
     );
+    let c = load(&[etcd, "--ha-advertise={hostname}.peers:7420"], &[]).expect("template");
+    let shown = c.ha.expect("on").advertised(c.listen);
+    assert_eq!(shown, format!("{}.peers:7420", cohort_process::hostname()));
     let err = load(&["--ha-etcd=127.0.0.1:2379"], &[]).expect_err("url");
     assert!(err.to_string().starts_with("ha.etcd: "), "{err}");
 }

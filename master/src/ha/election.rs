@@ -201,10 +201,21 @@ impl Election {
     async fn session(&self, tx: &watch::Sender<View>) -> anyhow::Result<()> {
         let ttl = self.cfg.lease_ttl;
         let call = ttl / 2;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(call)
             .with_timeout(call)
             .with_keep_alive(ttl / 4, call);
+        if let Some((user, file)) = &self.cfg.user {
+            // Read at every connect: a rotated password is picked up.
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("reading the etcd password file {}: {e}", file.display())
+            })?;
+            let password = text.lines().next().unwrap_or_default().trim().to_string();
+            options = options.with_user(user.clone(), password);
+        }
+        if let Some(tls) = &self.cfg.tls {
+            options = options.with_tls(etcd_tls(tls)?);
+        }
         let mut client = tokio::time::timeout(ttl, Client::connect(&self.cfg.etcd, Some(options)))
             .await
             .map_err(|_| anyhow::anyhow!("no etcd endpoint answered within {ttl:?}"))??;
@@ -321,6 +332,19 @@ impl Election {
         self.fence.lower();
         tx.send_if_modified(|v| std::mem::replace(&mut v.leading, false));
     }
+}
+
+/// tonic's TLS settings from the PEM files.
+fn etcd_tls(tls: &crate::config::EtcdTls) -> anyhow::Result<etcd_client::TlsOptions> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+    };
+    let mut options = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
 }
 
 /// The guard of every leader write: its key still has its term.
