@@ -13,6 +13,7 @@ mod http;
 pub mod light;
 pub mod metrics;
 pub mod netns;
+pub mod pki;
 mod process;
 mod tools;
 mod wait;

@@ -524,3 +524,73 @@ async fn without_etcd_the_leader_steps_down_and_a_leader_returns_with_it() {
         stepped_down.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_reach_etcd_over_mutual_tls_as_a_user_and_a_wrong_password_is_named() {
+    use cohort_e2e::etcd::ServerTls;
+    use cohort_e2e::pki::Pki;
+    let etcd = Etcd::start();
+    etcd.enable_auth("s3cret");
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("etcd", &["127.0.0.1"]);
+    let tls = ServerTls {
+        cert,
+        key,
+        client_ca: pki.ca(),
+    };
+    let etcd = etcd.restart_with_tls(&tls);
+    assert!(etcd.url.starts_with("https://"));
+    let (client_cert, client_key) = pki.leaf("master", &["master"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+    std::fs::write(&right, "s3cret\n").expect("write");
+    std::fs::write(&wrong, "guess\n").expect("write");
+    let path = |p: &std::path::Path| p.to_str().expect("path").to_string();
+    let start = |password: &std::path::Path| {
+        let port = free_port();
+        let args = [
+            "--ha-etcd-ca".to_string(),
+            path(&pki.ca()),
+            "--ha-etcd-cert".into(),
+            path(&client_cert),
+            "--ha-etcd-key".into(),
+            path(&client_key),
+            "--ha-etcd-user".into(),
+            "root".into(),
+            "--ha-etcd-password-file".into(),
+            path(password),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ha_master(&format!("127.0.0.1:{port}"), &etcd.url, &args)
+    };
+    let good = [start(&right), start(&right)];
+    let leads =
+        eventually_async_within("a master leads through etcd over TLS", FAILOVER, || async {
+            let mut roles = Vec::new();
+            for m in &good {
+                roles.push(info(&m.addr).await?.master_role);
+            }
+            (roles.iter().filter(|r| *r == "leader").count() == 1).then_some(roles)
+        })
+        .await;
+    assert!(leads.contains(&"standby".to_string()), "{leads:?}");
+    let bad = start(&wrong);
+    cohort_e2e::eventually("the wrong password named in the log", || {
+        bad.proc
+            .stderr()
+            .contains("authentication failed")
+            .then_some(())
+    });
+    let view = info(&bad.addr).await.expect("it answers ClusterInfo");
+    assert_eq!(view.master_role, "standby");
+    // The masters etcd knows are the two with the right password.
+    let known = info(&good[0].addr).await.expect("ClusterInfo").masters;
+    let mut expected = vec![good[0].addr.clone(), good[1].addr.clone()];
+    let mut listed = known.clone();
+    expected.sort();
+    listed.sort();
+    assert_eq!(
+        listed, expected,
+        "the one with a wrong password never campaigned"
+    );
+}

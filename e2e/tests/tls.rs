@@ -4,53 +4,9 @@
 //! unaffected (they use its Unix socket).
 
 use cohort::{Code, MemberBuilder, Role, TlsFiles};
+use cohort_e2e::pki::Pki;
 use cohort_e2e::{Master, grpcurl, grpcurl_raw, venv_tool, wait_ready_tls};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::{Path, PathBuf};
-
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("dir");
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "cohort test CA");
-        let cert = params.self_signed(&key).expect("CA");
-        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write");
-        Pki {
-            dir,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A leaf certificate for `names`; returns (cert, key) paths.
-    fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .expect("params")
-            .signed_by(&key, &self.issuer)
-            .expect("sign");
-        let (c, k) = (
-            self.dir.path().join(format!("{file}.pem")),
-            self.dir.path().join(format!("{file}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write");
-        std::fs::write(&k, key.serialize_pem()).expect("write");
-        (c, k)
-    }
-}
 
 /// A master serving TLS with a certificate from `pki`, with `args`.
 fn tls_master(pki: &Pki, args: &[&str]) -> Master {
