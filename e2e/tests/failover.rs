@@ -456,6 +456,25 @@ async fn a_stopped_leader_past_its_lease_never_acts_as_leader_again() {
     })
     .await;
     assert_eq!(info.master_role, "standby");
+    // Health: alive for a liveness probe, not ready, not the cluster.
+    let grpcurl = venv_tool("grpcurl").expect("grpcurl (scripts/venv)");
+    for (service, status) in [
+        ("liveness", "SERVING"),
+        ("cohort.v1.Membership", "NOT_SERVING"),
+        ("", "NOT_SERVING"),
+    ] {
+        let request = format!("{{\"service\":\"{service}\"}}");
+        let addr = cluster.addr(old);
+        let args = [
+            "-plaintext",
+            "-d",
+            &request,
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ];
+        let out = cohort_e2e::grpcurl(&grpcurl, &args);
+        assert!(out.contains(&format!("\"{status}\"")), "{service:?}: {out}");
+    }
     assert_eq!(
         info.counts.iter().map(|c| c.count).sum::<u32>(),
         0,
