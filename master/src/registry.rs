@@ -282,7 +282,14 @@ impl Registry {
                     // one: the member's one-way-partition watchdog waits
                     // dead_after for an ack, and 10,000 members' acks every
                     // second would be most of an idle master's work.
-                    let every = m.timing.dead_after / 4;
+                    let mut every = m.timing.dead_after / 4;
+                    // With several masters a member leaves one silent for
+                    // suspect_after: between two acks there must be less
+                    // (at most this plus one interval).
+                    if self.cfg.leadership.is_some() {
+                        let t = m.timing;
+                        every = every.min(t.suspect_after.saturating_sub(t.heartbeat_interval) / 2);
+                    }
                     m.cpu_percent = hb.cpu_percent;
                     m.rss_bytes = hb.rss_bytes;
                     if let Some(rtt) = span(hb.rtt.as_ref()) {

@@ -450,3 +450,45 @@ async fn a_leader_past_its_fence_registers_and_routes_nothing() {
     assert!(matches!(err, StreamError::NotLeading), "{err}");
     assert_eq!(r.term(), 42);
 }
+
+#[tokio::test]
+async fn a_leader_acks_often_enough_for_members_that_leave_after_suspect_after() {
+    let acks = |leadership: Option<super::Leadership>| async move {
+        let r = Registry::new(
+            RegistryConfig {
+                leadership,
+                ..config(0)
+            },
+            None,
+        );
+        let t0 = Instant::now();
+        let mut a = join(&r, "a", t0);
+        let _ = frames(&mut a).await;
+        let mut acked = Vec::new();
+        // A heartbeat a second (the default), for 10 s.
+        for s in 0..10 {
+            let beat = In::Heartbeat(pb::Heartbeat {
+                seq: s,
+                ..Default::default()
+            });
+            r.on_frame(&a.instance_id, beat, t0 + Duration::from_secs(s))
+                .expect("beat");
+            if frames(&mut a).await.contains(&"ack".to_string()) {
+                acked.push(s);
+            }
+        }
+        acked
+    };
+    // One master: every quarter of dead_after (10 s): at 0, 3, 6, 9 s.
+    assert_eq!(acks(None).await, [0, 3, 6, 9]);
+    // Several: members leave a master silent for suspect_after (3 s), so
+    // the gap between acks stays well below it: every second here.
+    let fence = crate::ha::Fence::new();
+    fence.raise(std::time::Instant::now() + Duration::from_secs(600));
+    let leading = super::Leadership {
+        term: 7,
+        fence,
+        was_ready: false,
+    };
+    assert_eq!(acks(Some(leading)).await, (0..10).collect::<Vec<u64>>());
+}
