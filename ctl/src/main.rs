@@ -29,7 +29,7 @@ Targets: all, agents, workers, random:ROLE, or a member (name, instance id, pid@
 Exit codes: 0 done, 1 refused by the master, 2 bad usage, 69 master unreachable, 77 not authenticated."
 )]
 struct Cli {
-    /// The master (`http://HOST:7420`, `https://…`) [env: COHORT_MASTER; default: http://127.0.0.1:7420].
+    /// The master (`http://HOST:7420`, `https://…`), or several that fail over, comma-separated (it finds the leader) [env: COHORT_MASTER; default: http://127.0.0.1:7420].
     #[arg(long, global = true, value_name = "URL")]
     master: Option<String>,
     /// Print JSON instead of tables (read commands).

@@ -284,6 +284,11 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
     events.wait_line("the first leader's current state", |l| {
         l.starts_with("current s1 ")
     });
+    let logs = Proc::spawn("cohortctl logs -f", {
+        let mut cmd = Command::new(bin("cohortctl"));
+        cmd.env(cohort::env::MASTER, &list).args(["logs", "-f"]);
+        cmd
+    });
     let mut took = Vec::new();
     let mut gone = Vec::new();
     for round in 0..10 {
@@ -337,6 +342,10 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
             // `events -f` goes on, on the new leader: s1 there (as its
             // current state, or joining, whichever came first).
             events.wait_line("s1 on the new leader", |l| l.contains(" s1 (worker, "));
+            cohort_e2e::eventually("logs -f follows the new leader too", || {
+                logs.stderr().contains("following the leader").then_some(())
+            });
+            assert!(cohort_e2e::alive(logs.child.id()), "{}", logs.stderr());
             assert!(
                 events.stderr().contains("following the leader"),
                 "{}",

@@ -45,6 +45,9 @@ const ELECTION_PAUSE: Duration = Duration::from_millis(300);
 /// Such short pauses in a row before the usual backoff (a leader that
 /// stays unreachable is a partition, not an election).
 const ELECTION_PASSES: u32 = 10;
+/// The TCP connect timeout with several masters: one that does not answer
+/// (its host is down or cut off) is passed over for the next.
+const CONNECT_ONE_OF_SEVERAL: Duration = Duration::from_secs(2);
 
 /// What to do after a master failed.
 #[derive(Debug, PartialEq)]
@@ -246,6 +249,15 @@ pub(crate) async fn run(
     }
 }
 
+/// A channel to `addr`, with a short connect timeout when it is one of
+/// several masters.
+async fn connect(cfg: &MemberBuilder, addr: &str) -> Result<tonic::transport::Channel, Error> {
+    match cfg.masters.len() {
+        0 | 1 => crate::transport::connect(addr, &cfg.tls).await,
+        _ => crate::transport::connect_within(addr, &cfg.tls, CONNECT_ONE_OF_SEVERAL).await,
+    }
+}
+
 /// One Join stream to `addr`, from connect to its end. Returns whether the
 /// master welcomed us, and why the stream ended; `redirect` learns the
 /// leader a standby named.
@@ -274,7 +286,7 @@ async fn session(
     };
     let channel = tokio::select! {
         _ = inner.stop.cancelled() => return (false, Ok(())),
-        c = tokio::time::timeout_at(deadline, crate::transport::connect(addr, &cfg.tls)) => match c {
+        c = tokio::time::timeout_at(deadline, connect(cfg, addr)) => match c {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return (false, Err(e)),
             Err(_) => return (false, Err(no_answer())),

@@ -16,10 +16,14 @@ pub struct TlsFiles {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-fn configure(endpoint: Endpoint) -> Endpoint {
+/// How long a TCP connect to a master may take; with several masters, one
+/// that does not answer is passed over sooner ([`connect_within`]).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn configure(endpoint: Endpoint, timeout: Duration) -> Endpoint {
     endpoint
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(timeout)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
 }
@@ -38,6 +42,15 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// Opens a channel to `master`.
 pub async fn connect(master: &str, tls: &TlsFiles) -> Result<Channel, Error> {
+    connect_within(master, tls, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`] with a connect timeout of `timeout`.
+pub async fn connect_within(
+    master: &str,
+    tls: &TlsFiles,
+    timeout: Duration,
+) -> Result<Channel, Error> {
     let connect_err = |e: &dyn std::error::Error| Error::Connect {
         addr: master.to_string(),
         message: chain(e),
@@ -45,7 +58,7 @@ pub async fn connect(master: &str, tls: &TlsFiles) -> Result<Channel, Error> {
     if let Some(path) = master.strip_prefix("unix://") {
         let path = std::path::PathBuf::from(path);
         // The URI is not used for a Unix socket; the connector decides.
-        let endpoint = configure(Endpoint::from_static("http://localhost"));
+        let endpoint = configure(Endpoint::from_static("http://localhost"), timeout);
         return endpoint
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
@@ -72,7 +85,7 @@ pub async fn connect(master: &str, tls: &TlsFiles) -> Result<Channel, Error> {
             .tls_config(config)
             .map_err(|e| Error::Config(format!("TLS settings for {master}: {}", chain(&e))))?;
     }
-    configure(endpoint)
+    configure(endpoint, timeout)
         .connect()
         .await
         .map_err(|e| connect_err(&e))
