@@ -110,6 +110,7 @@ pub(crate) async fn run(
             break served;
         }
     };
+    crate::readiness::stopping();
     election.forget_ready_if_last().await;
     // Gives the lease back, so a standby takes over at once.
     campaign.cancel();

@@ -164,6 +164,11 @@ async fn serve(
         (Some(_), Some(_)) => "leader",
         (Some(_), None) => "standby",
     };
+    // What members whose streams end are told.
+    let closing = match what {
+        "leader" => "this master no longer leads (or is stopping): join the leader",
+        _ => "the master is shutting down",
+    };
     let registry = Arc::new(Registry::new(
         registry_config(&config, agents, workers, leadership.clone()),
         Some(notice_tx),
@@ -183,7 +188,8 @@ async fn serve(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (reporter, health) = tonic_health::server::health_reporter();
-    let readiness = Readiness::new(reporter, registry.clone(), standby).await;
+    let readiness =
+        Readiness::new(reporter, registry.clone(), phase.as_ref().map(|_| !standby)).await;
     tasks.spawn(readiness.run(stop.clone()));
     // Through a shutdown's drain too: members are still read and routed.
     tasks.spawn(registry.clone().sweep_every(registry.closed()));
@@ -259,7 +265,7 @@ async fn serve(
             if registry.member_count() > 0 {
                 tracing::info!("shutting down: closing member streams");
             }
-            registry.close_all("the master is shutting down");
+            registry.close_all(closing);
             closed.cancel();
         }
     };
@@ -290,7 +296,7 @@ async fn serve(
     supervisor.shutdown().await;
     within("the supervisor", supervisor_task).await;
     // Done already unless the server ended on its own.
-    registry.close_all("the master is shutting down");
+    registry.close_all(closing);
     streams_closed.cancel();
     if let Some(local_served) = local_served {
         within("the local members' socket", local_served).await;

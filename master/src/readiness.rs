@@ -23,6 +23,8 @@ pub struct Readiness {
     reporter: tonic_health::server::HealthReporter,
     registry: Arc<Registry>,
     standby: bool,
+    /// One phase of a master of several ([ha]).
+    phase: bool,
 }
 
 /// The health name a liveness probe asks: `SERVING` whenever the process
@@ -33,12 +35,15 @@ const MEMBERSHIP: &str = "cohort.v1.Membership";
 
 impl Readiness {
     /// Sets the initial statuses: the services SERVING, the whole server not
-    /// until ClusterReady; tells systemd the master serves.
+    /// until ClusterReady; tells systemd the master serves. `phase`: with
+    /// several masters, whether this one leads (`Some(false)`: a standby,
+    /// Membership NOT_SERVING).
     pub async fn new(
         reporter: tonic_health::server::HealthReporter,
         registry: Arc<Registry>,
-        standby: bool,
+        phase: Option<bool>,
     ) -> Readiness {
+        let standby = phase == Some(false);
         reporter
             .set_service_status(LIVENESS, tonic_health::ServingStatus::Serving)
             .await;
@@ -57,6 +62,7 @@ impl Readiness {
                 reporter,
                 registry,
                 standby,
+                phase: true,
             };
         }
         reporter
@@ -78,6 +84,7 @@ impl Readiness {
             reporter,
             registry,
             standby,
+            phase: phase.is_some(),
         }
     }
 
@@ -113,11 +120,20 @@ impl Readiness {
                 }
             }
         }
-        systemd(&[
-            NotifyState::Stopping,
-            NotifyState::Status("stopping: draining local members, closing member streams"),
-        ]);
+        // A phase of a master of several ends without the process ending:
+        // systemd hears STOPPING=1 only when the master stops (ha::run).
+        if !self.phase {
+            stopping();
+        }
     }
+}
+
+/// Tells systemd the master is stopping.
+pub fn stopping() {
+    systemd(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining local members, closing member streams"),
+    ]);
 }
 
 /// Sends `states` to systemd if it asked for them (`NOTIFY_SOCKET`).
