@@ -58,7 +58,7 @@ pub(crate) async fn run(
                     Err(e) => {
                         tracing::warn!(
                             error = format!("{e:#}"),
-                            "cannot read the ready mark: standing by"
+                            "cannot read the ready mark in etcd: leading with the ready barrier closed"
                         );
                         false
                     }
