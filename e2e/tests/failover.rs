@@ -523,6 +523,15 @@ async fn a_stopped_leader_past_its_lease_never_acts_as_leader_again() {
     );
     let text = scrape(&old_metrics);
     assert_eq!(value(&text, "cohort_leader"), Some(0.0), "{text}");
+    // What the failover alerts (deploy/monitoring/alerts.yml) read.
+    assert!(
+        value(&text, "cohort_term").is_some_and(|t| t as u64 == new_term),
+        "{text}"
+    );
+    assert!(
+        value(&text, "cohort_lease_renewal_failures_total").is_some(),
+        "{text}"
+    );
     let refused = broadcast(&cluster.addr(old), "stale")
         .await
         .expect_err("a standby routes nothing");
