@@ -75,10 +75,14 @@ pub fn bytes(n: u64) -> String {
 pub fn table(members: &[pb::MemberInfo], colour: bool) -> String {
     let now = now_ms();
     let head = [
-        "NAME", "ROLE", "STATE", "PID@HOST", "WHERE", "RESTARTS", "UPTIME", "CPU", "MEM", "DROPPED",
+        "APP", "NAME", "ROLE", "STATE", "PID@HOST", "WHERE", "RESTARTS", "UPTIME", "CPU", "MEM",
+        "DROPPED",
     ];
-    let rows: Vec<[String; 10]> = members
-        .iter()
+    // Grouped by app (the agent, in none, first), by name within one.
+    let mut sorted: Vec<&pb::MemberInfo> = members.iter().collect();
+    sorted.sort_by(|a, b| (&a.app, &a.name).cmp(&(&b.app, &b.name)));
+    let rows: Vec<[String; 11]> = sorted
+        .into_iter()
         .map(|m| {
             let pid = match (m.pid, m.host.as_str()) {
                 (0, _) => "-".to_string(),
@@ -86,6 +90,10 @@ pub fn table(members: &[pb::MemberInfo], colour: bool) -> String {
                 (p, h) => format!("{p}@{h}"),
             };
             [
+                match m.app.as_str() {
+                    "" => "-".to_string(),
+                    app => app.to_string(),
+                },
                 m.name.clone(),
                 role(m.role),
                 state(m.state),
@@ -117,10 +125,10 @@ pub fn table(members: &[pb::MemberInfo], colour: bool) -> String {
     };
     let mut out = vec![line(head.iter().map(|h| h.to_string()).collect())];
     for r in rows {
-        let st = r[2].clone();
+        let st = r[3].clone();
         let mut cells: Vec<String> = r.into_iter().collect();
         // Pad before painting: escape codes have no width.
-        cells[2] = paint(&format!("{:<w$}", cells[2], w = widths[2]), &st, colour);
+        cells[3] = paint(&format!("{:<w$}", cells[3], w = widths[3]), &st, colour);
         out.push(line(cells));
     }
     if members.is_empty() {
@@ -137,6 +145,7 @@ fn text(v: Option<&impl std::fmt::Display>) -> Value {
 fn member_value(m: &pb::MemberInfo) -> Value {
     json!({
         "name": m.name,
+        "app": m.app,
         "instance_id": m.instance_id,
         "role": role(m.role),
         "state": state(m.state),
@@ -294,6 +303,7 @@ mod tests {
             pid: 42,
             host: "h".into(),
             local: true,
+            app: "worker".into(),
             ..Default::default()
         };
         let members = [
@@ -302,8 +312,12 @@ mod tests {
         ];
         let plain = table(&members, false);
         let lines: Vec<&str> = plain.lines().collect();
-        assert!(lines[0].starts_with("NAME      ROLE"), "{plain}");
-        assert!(lines[1].contains("ready") && lines[2].contains("failed"));
+        assert!(lines[0].starts_with("APP     NAME      ROLE"), "{plain}");
+        assert!(
+            lines[1].starts_with("worker  w2 "),
+            "grouped by app, by name in it: {plain}"
+        );
+        assert!(lines[2].contains("ready") && lines[1].contains("failed"));
         assert!(!plain.contains('\x1b'));
         let painted = table(&members, true);
         assert!(painted.contains("\x1b[32mready"), "{painted}");

@@ -62,7 +62,7 @@ async fn cohortctl_lists_messages_scales_restarts_and_refuses_without_a_token() 
     let row = |name: &str| {
         table
             .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
             .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
             .to_string()
     };

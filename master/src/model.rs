@@ -87,6 +87,8 @@ pub struct MemberSnapshot {
     pub labels: HashMap<String, String>,
     /// Its version.
     pub version: String,
+    /// Its app (empty for an agent).
+    pub app: String,
     /// Messages dropped for it.
     pub dropped_messages: u64,
     /// Frames waiting in the master's queue towards it.
@@ -117,6 +119,7 @@ impl MemberSnapshot {
             heartbeat_rtt: None,
             labels: HashMap::new(),
             version: String::new(),
+            app: String::new(),
             dropped_messages: 0,
             queued: 0,
             frames_sent: 0,

@@ -131,7 +131,7 @@ fn settings(timing: Timing) -> pb::Settings {
 
 struct State {
     members: Roster,
-    last_random: HashMap<Role, MemberName>,
+    last_random: HashMap<router::Pool, MemberName>,
     barrier: Barrier,
     pending: Requests,
     /// The master's own slots' names and one-time secrets.

@@ -71,6 +71,7 @@ impl From<&MemberSnapshot> for pb::MemberInfo {
             rss_bytes: m.rss_bytes,
             labels: m.labels.clone(),
             version: m.version.clone(),
+            app: m.app.clone(),
             dropped_messages: m.dropped_messages,
             next_attempt_at: m.next_attempt_at.map(Into::into),
             last_exit: m.last_exit.clone(),

@@ -150,6 +150,31 @@ pub enum Target {
     Member(String),
     /// One ready member of a role, round-robin.
     Random(Role),
+    /// Every member of an app.
+    App(String),
+    /// One ready member of an app, round-robin.
+    RandomApp(String),
+}
+
+/// The app of workers that name none: the `[worker]` section's.
+pub const DEFAULT_APP: &str = "worker";
+/// The longest app name (its members are `APP-N`).
+pub const MAX_APP_LEN: usize = 63;
+
+/// Checks an app name: letters, digits, `_`, `-` and `.`, 1 to 63 bytes.
+pub fn check_app(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_APP_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "app {:?}: use 1 to {MAX_APP_LEN} letters, digits, _, - and .",
+            name.chars().take(80).collect::<String>()
+        )),
+    }
 }
 
 impl Role {
@@ -166,11 +191,12 @@ impl Role {
 /// A target as operators and payloads write it, the one grammar of
 /// `cohortctl send`, `cohort-worker --exec` and the tests: `all`; `agents`
 /// or `workers` (every member of the role); `random:ROLE` (`random` alone:
-/// a worker); `member:NAME`, or a bare name, instance id or `pid@host`.
+/// a worker); `app:APP` (every member of an app), `random:app:APP` (one of
+/// them); `member:NAME`, or a bare name, instance id or `pid@host`.
 impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Target, String> {
-        const FORMS: &str = "all, agents, workers, random:ROLE or a member (NAME or member:NAME)";
+        const FORMS: &str = "all, agents, workers, random:ROLE, app:APP, random:app:APP or a member (NAME or member:NAME)";
         Ok(match s {
             "" => return Err(format!("the target is empty: {FORMS}")),
             "all" => Target::All,
@@ -178,7 +204,17 @@ impl std::str::FromStr for Target {
             "workers" => Target::Role(Role::Worker),
             "random" => Target::Random(Role::Worker),
             _ => match (s.strip_prefix("random:"), s.strip_prefix("member:")) {
+                (Some(rest), _) if rest.starts_with("app:") => {
+                    let app = &rest["app:".len()..];
+                    check_app(app)?;
+                    Target::RandomApp(app.to_string())
+                }
                 (Some(role), _) => Target::Random(Role::from_word(role)?),
+                (_, _) if s.starts_with("app:") => {
+                    let app = &s["app:".len()..];
+                    check_app(app)?;
+                    Target::App(app.to_string())
+                }
                 (_, Some("")) => return Err(format!("member: names no member: {FORMS}")),
                 (_, Some(member)) => Target::Member(member.to_string()),
                 _ => Target::Member(s.to_string()),
@@ -195,6 +231,8 @@ impl From<Target> for pb::Target {
             Target::Role(r) => Kind::Role(r.into()),
             Target::Member(m) => Kind::Member(m),
             Target::Random(r) => Kind::Random(r.into()),
+            Target::App(a) => Kind::App(a),
+            Target::RandomApp(a) => Kind::RandomApp(a),
         };
         pb::Target { kind: Some(kind) }
     }
@@ -211,6 +249,8 @@ impl TryFrom<Option<&pb::Target>> for Target {
             Some(Kind::Random(r)) => Ok(Target::Random(Role::try_from(*r)?)),
             Some(Kind::Member(m)) if m.is_empty() => Err("target.member is empty".into()),
             Some(Kind::Member(m)) => Ok(Target::Member(m.clone())),
+            Some(Kind::App(a)) => check_app(a).map(|()| Target::App(a.clone())),
+            Some(Kind::RandomApp(a)) => check_app(a).map(|()| Target::RandomApp(a.clone())),
         }
     }
 }
@@ -267,6 +307,8 @@ mod tests {
             Target::Role(Role::Worker),
             Target::Member("worker-2".into()),
             Target::Random(Role::Agent),
+            Target::App("web".into()),
+            Target::RandomApp("web".into()),
         ] {
             let p = pb::Target::from(t.clone());
             assert_eq!(Target::try_from(Some(&p)), Ok(t));
@@ -283,6 +325,8 @@ mod tests {
             ("random:worker", Target::Random(Role::Worker)),
             ("random:agents", Target::Random(Role::Agent)),
             ("random", Target::Random(Role::Worker)),
+            ("app:web", Target::App("web".into())),
+            ("random:app:web", Target::RandomApp("web".into())),
             ("worker-3", Target::Member("worker-3".into())),
             ("agent", Target::Member("agent".into())),
             ("member:worker-2", Target::Member("worker-2".into())),
@@ -294,6 +338,15 @@ mod tests {
         for bad in ["", "member:", "random:cook", "random:workersss"] {
             let err = bad.parse::<Target>().expect_err(bad);
             assert!(err.contains("agent"), "{bad}: {err}");
+        }
+        for bad in [
+            "app:",
+            "random:app:",
+            "app:has space",
+            &format!("app:{}", "a".repeat(64)),
+        ] {
+            let err = bad.parse::<Target>().expect_err(bad);
+            assert!(err.contains("letters, digits"), "{bad}: {err}");
         }
         assert_eq!(Role::from_word("workers"), Ok(Role::Worker));
         assert!(Role::from_word("workersss").is_err());

@@ -4,12 +4,15 @@
 //! between the side that sets it and the side that reads it.
 
 /// The master's address: `http://127.0.0.1:7420` (a bare `host:port`
-/// works), `https://…` for TLS, or `unix:///path` for a local socket.
+/// works), `https://…` for TLS, or `unix:///path` for a local socket; with
+/// several masters that fail over, a comma-separated list.
 pub const MASTER: &str = "COHORT_MASTER";
 /// The member's name; empty or unset lets the master assign one.
 pub const NAME: &str = "COHORT_NAME";
 /// `agent` or `worker` (default `worker`).
 pub const ROLE: &str = "COHORT_ROLE";
+/// The app a worker belongs to (default `worker`, the `[worker]` section's).
+pub const APP: &str = "COHORT_APP";
 /// The one-time secret a master hands its local children.
 pub const SECRET: &str = "COHORT_SECRET";
 /// A bearer token for the master.

@@ -11,7 +11,9 @@ pub mod frame;
 pub mod log_line;
 pub mod time;
 
-pub use domain::{MAX_NAME_LEN, MemberName, Role, Target, is_instance_id};
+pub use domain::{
+    DEFAULT_APP, MAX_APP_LEN, MAX_NAME_LEN, MemberName, Role, Target, check_app, is_instance_id,
+};
 
 /// Generated code for package `cohort.v1`.
 #[allow(missing_docs)]

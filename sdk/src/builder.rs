@@ -15,6 +15,8 @@ pub struct MemberBuilder {
     pub(crate) masters: Vec<String>,
     pub(crate) role: Role,
     pub(crate) name: Option<String>,
+    /// The app it belongs to (workers; empty: `worker`).
+    pub(crate) app: String,
     pub(crate) secret: String,
     pub(crate) token: Option<String>,
     /// Read again before every connect, so a rotated token is picked up.
@@ -46,6 +48,7 @@ impl MemberBuilder {
             masters,
             role,
             name: None,
+            app: String::new(),
             secret: String::new(),
             token: None,
             token_file: None,
@@ -74,6 +77,10 @@ impl MemberBuilder {
         };
         let mut b = MemberBuilder::new(master, role);
         b.name = env(NAME).filter(|n| !n.is_empty());
+        if let Some(app) = env(APP).filter(|a| !a.is_empty()) {
+            cohort_proto::check_app(&app).map_err(|e| Error::Config(format!("{APP}: {e}")))?;
+            b.app = app;
+        }
         b.secret = env(SECRET).unwrap_or_default();
         match (env(TOKEN), env(TOKEN_FILE)) {
             (Some(t), _) => b.token = first_token(&t),
@@ -104,6 +111,14 @@ impl MemberBuilder {
     /// Joins as this role instead of the one from the environment.
     pub fn role(mut self, role: Role) -> Self {
         self.role = role;
+        self
+    }
+
+    /// Joins app `app` (a worker; `COHORT_APP`): sends to `app:APP` and
+    /// random-of-app targets reach it. Without one a worker is in app
+    /// `worker`.
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        self.app = app.into();
         self
     }
 

@@ -308,6 +308,7 @@ async fn session(
         secret: cfg.secret.clone(),
         accepts_batches: true,
         watch: cfg.watching(),
+        app: cfg.app.clone(),
     };
     // The queue is new and empty: this cannot block.
     let _ = tx.try_send(pb::MemberFrame {

@@ -18,7 +18,7 @@ pub enum RouteError {
     #[error("envelope.action is empty: name what the message is about")]
     EmptyAction,
     /// A request aimed at more than one member.
-    #[error("a request goes to one member: use target.member or target.random")]
+    #[error("a request goes to one member: use target.member, target.random or target.random_app")]
     RequestToMany,
     /// No member by that name, instance id or `pid@host`.
     #[error(
@@ -28,6 +28,9 @@ pub enum RouteError {
     /// `send_random` found no ready member of the role.
     #[error("no ready {0} to receive it")]
     NoneReady(Role),
+    /// A random-of-app target found no ready member of the app.
+    #[error("no ready member of app {0} to receive it")]
+    NoneReadyInApp(String),
     /// The receiver's queue is full (`overflow = "drop"`).
     #[error("{0} is not keeping up (its queue is full); the message was dropped")]
     Full(MemberName),
@@ -110,6 +113,7 @@ impl From<RouteError> for Status {
             | RouteError::Ambiguous(..) => Code::InvalidArgument,
             RouteError::NotFound(_) | RouteError::NoSuchRequest(_) => Code::NotFound,
             RouteError::NoneReady(_)
+            | RouteError::NoneReadyInApp(_)
             | RouteError::Full(_)
             | RouteError::Leaving(_)
             | RouteError::CutOff(_)

@@ -61,6 +61,10 @@ pub fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
     if hello.secret.len() > MAX_SECRET_LEN {
         return Err(too_long("secret", hello.secret.len(), MAX_SECRET_LEN));
     }
+    if !hello.app.is_empty() {
+        cohort_proto::check_app(&hello.app)
+            .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
+    }
     if hello.labels.len() > MAX_LABELS {
         return Err(Status::invalid_argument(format!(
             "hello.labels has {} entries: at most {MAX_LABELS} are accepted",
@@ -89,6 +93,18 @@ impl Registry {
         self.check_fence()?;
         let role = Role::try_from(hello.role)
             .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
+        // Workers are in an app (the `[worker]` section's by default);
+        // agents in none.
+        let app = match (role, hello.app.is_empty()) {
+            (Role::Worker, true) => cohort_proto::DEFAULT_APP.to_string(),
+            (Role::Worker, false) => hello.app.clone(),
+            (Role::Agent, true) => String::new(),
+            (Role::Agent, false) => {
+                return Err(Status::invalid_argument(
+                    "hello.app is for workers: an agent is in no app (unset COHORT_APP)",
+                ));
+            }
+        };
         let mut st = self.lock();
         let name = if hello.name.is_empty() {
             st.free_name(role)
@@ -201,6 +217,7 @@ impl Registry {
             local,
             labels: hello.labels,
             version: hello.version,
+            app,
             started_at: SystemTime::now(),
             cpu_percent: 0.0,
             rss_bytes: 0,

@@ -36,6 +36,8 @@ pub(super) struct Member {
     pub(super) local: bool,
     pub(super) labels: HashMap<String, String>,
     pub(super) version: String,
+    /// Its app (empty for an agent).
+    pub(super) app: String,
     pub(super) started_at: SystemTime,
     pub(super) cpu_percent: f32,
     pub(super) rss_bytes: u64,
@@ -87,6 +89,7 @@ impl Member {
             heartbeat_rtt: self.heartbeat_rtt,
             labels: self.labels.clone(),
             version: self.version.clone(),
+            app: self.app.clone(),
             dropped_messages: self.dropped,
             queued: self.outbound.depth() as u64,
             frames_sent: self.outbound.taken(),

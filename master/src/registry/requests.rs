@@ -99,7 +99,7 @@ impl Registry {
             return Err(RouteError::ReplyToOutsideReply);
         }
         let target = Target::try_from(env.target.as_ref()).map_err(RouteError::BadTarget)?;
-        if matches!(target, Target::All | Target::Role(_)) {
+        if matches!(target, Target::All | Target::Role(_) | Target::App(_)) {
             return Err(RouteError::RequestToMany);
         }
         if st.pending.len() >= self.cfg.messaging.pending_requests {

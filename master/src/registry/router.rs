@@ -82,14 +82,15 @@ pub(super) fn deliver(
     // Encoded once, however many receive it.
     let env = Encoded::new(&env);
     let one = match target {
-        Target::All | Target::Role(_) => {
-            let role = match target {
-                Target::Role(r) => Some(r),
-                _ => None,
+        Target::All | Target::Role(_) | Target::App(_) => {
+            let wanted = |m: &Member| match &target {
+                Target::Role(r) => m.role == *r,
+                Target::App(a) => m.app == *a,
+                _ => true,
             };
             let mut routed = Routed::default();
             for m in st.members.values_mut() {
-                if role.is_none_or(|r| m.role == r) {
+                if wanted(m) {
                     // A member cut off or shedding misses a broadcast; the
                     // count tells the sender.
                     let _ = offer(m, from, env.clone(), mode, &mut routed);
@@ -98,7 +99,8 @@ pub(super) fn deliver(
             return Ok(routed);
         }
         Target::Member(key) => resolve_member(st, &key)?,
-        Target::Random(role) => pick_random(st, role)?,
+        Target::Random(role) => pick_random(st, Pool::Role(role))?,
+        Target::RandomApp(app) => pick_random(st, Pool::App(app))?,
     };
     offer_to(st, from, &one, env, mode)
 }
@@ -168,9 +170,23 @@ pub(super) fn offer(
 }
 
 /// The next ready member of `role` after the last one picked, by name.
-pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, RouteError> {
-    let eligible = |m: &&Member| m.role == role && m.presence == Presence::Ready && !m.suspect;
-    let after = st.last_random.get(&role);
+/// Whom a random target picks from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Pool {
+    /// The members of a role.
+    Role(Role),
+    /// The members of an app.
+    App(String),
+}
+
+/// One ready member of `pool`, round-robin.
+pub(super) fn pick_random(st: &mut State, pool: Pool) -> Result<MemberName, RouteError> {
+    let of_pool = |m: &Member| match &pool {
+        Pool::Role(r) => m.role == *r,
+        Pool::App(a) => m.app == *a,
+    };
+    let eligible = |m: &&Member| of_pool(m) && m.presence == Presence::Ready && !m.suspect;
+    let after = st.last_random.get(&pool);
     let next = after
         .and_then(|last| {
             st.members
@@ -179,8 +195,11 @@ pub(super) fn pick_random(st: &mut State, role: Role) -> Result<MemberName, Rout
         })
         .or_else(|| st.members.ordered().find(eligible))
         .map(|m| m.name.clone())
-        .ok_or(RouteError::NoneReady(role))?;
-    st.last_random.insert(role, next.clone());
+        .ok_or_else(|| match &pool {
+            Pool::Role(r) => RouteError::NoneReady(*r),
+            Pool::App(a) => RouteError::NoneReadyInApp(a.clone()),
+        })?;
+    st.last_random.insert(pool, next.clone());
     Ok(next)
 }
 
