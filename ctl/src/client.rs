@@ -252,12 +252,14 @@ impl Ctl {
         Ok(())
     }
 
-    /// Restarts a member, or a role when `which` names one.
+    /// Restarts a member, a role when `which` names one, or an app
+    /// (`app:APP`).
     pub async fn restart(&mut self, which: &str, rolling: bool) -> anyhow::Result<()> {
         use pb::restart_request::Which;
-        let which = match Role::from_word(which) {
-            Ok(role) => Which::Role(role.into()),
-            Err(_) => Which::Member(which.to_string()),
+        let which = match (which.strip_prefix("app:"), Role::from_word(which)) {
+            (Some(app), _) => Which::App(app.to_string()),
+            (None, Ok(role)) => Which::Role(role.into()),
+            (None, Err(_)) => Which::Member(which.to_string()),
         };
         let r = pb::RestartRequest {
             which: Some(which),
@@ -269,8 +271,18 @@ impl Ctl {
         Ok(())
     }
 
-    pub async fn drain(&mut self, member: String) -> anyhow::Result<()> {
-        let r = pb::DrainRequest { member };
+    /// Drains a member, or every member of an app (`app:APP`).
+    pub async fn drain(&mut self, which: String) -> anyhow::Result<()> {
+        let r = match which.strip_prefix("app:") {
+            Some(app) => pb::DrainRequest {
+                app: app.to_string(),
+                ..Default::default()
+            },
+            None => pb::DrainRequest {
+                member: which,
+                ..Default::default()
+            },
+        };
         answered(&self.master, ANSWER, self.control.drain(r)).await?;
         Ok(())
     }

@@ -106,15 +106,17 @@ enum Command {
     },
     /// Restarts a local member, or every local member of a role, without a gap.
     Restart {
-        /// A member name, or agent / worker for the whole role.
+        /// A member name, agent / worker for the whole role, or app:APP
+        /// (local and remote members; a remote one is drained and waited
+        /// for until its own supervisor has it READY again).
         which: String,
         /// One at a time, each replacement ready before the next starts.
         #[arg(long)]
         rolling: bool,
     },
-    /// Asks a member to finish its work and leave.
+    /// Asks a member (or every member of an app) to finish its work and leave.
     Drain {
-        /// The member.
+        /// The member, or app:APP.
         member: String,
     },
     /// Stops the master and its local members.

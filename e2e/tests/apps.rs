@@ -153,3 +153,162 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         .expect_err("a bad app name");
     assert!(bad.to_string().contains("letters, digits"), "{bad}");
 }
+
+/// A remote member under a supervisor of its own (systemd's
+/// `Restart=always`, a Kubernetes Deployment): started again under the
+/// same name whenever it exits, while `respawn` holds.
+struct Supervised {
+    respawn: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pids: Arc<std::sync::Mutex<Vec<u32>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervised {
+    fn start(url: &str, name: &str, app: &str) -> Supervised {
+        use std::sync::atomic::AtomicBool;
+        let (respawn, stop) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let pids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (url, name, app) = (url.to_string(), name.to_string(), app.to_string());
+        let (r, s, p) = (respawn.clone(), stop.clone(), pids.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let mut cmd = Command::new(bin("cohort-worker"));
+                cmd.env(cohort::env::MASTER, &url)
+                    .env(cohort::env::NAME, &name)
+                    .env(cohort::env::APP, &app);
+                let mut proc = Proc::spawn(&name, cmd);
+                p.lock().expect("pids").push(proc.child.id());
+                while !s.load(Ordering::SeqCst)
+                    && proc.wait_exit(Duration::from_millis(50)).is_none()
+                {}
+                if !r.load(Ordering::SeqCst) {
+                    while !s.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                // The Proc is killed and reaped on drop.
+            }
+        });
+        Supervised {
+            respawn,
+            stop,
+            pids,
+            thread: Some(thread),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.pids.lock().expect("pids").clone()
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_an_app_waits_for_each_remote_member_to_come_back() {
+    let master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--start-timeout",
+        "5s",
+    ]);
+    let url = master.url();
+    let web: Vec<Supervised> = ["web-1", "web-2", "web-3"]
+        .iter()
+        .map(|n| Supervised::start(&url, n, "web"))
+        .collect();
+    let (_other, _) = member(&url, "queue-1", "queue").await;
+    wait_ready(&master.addr, &["queue-1", "web-1", "web-2", "web-3"]).await;
+    let queue_before = cohort_e2e::members(&master.addr).await;
+
+    // While it rolls, at most one web member is missing at any moment.
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fewest = Arc::new(AtomicUsize::new(3));
+    let sampler = {
+        let (addr, watching, fewest) = (master.addr.clone(), watching.clone(), fewest.clone());
+        tokio::spawn(async move {
+            let ready = cohort_proto::pb::MemberState::Ready as i32;
+            while watching.load(Ordering::SeqCst) {
+                let n = cohort_e2e::members(&addr)
+                    .await
+                    .iter()
+                    .filter(|m| m.app == "web" && m.state == ready)
+                    .count();
+                fewest.fetch_min(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let addr = master.addr.clone();
+    let rolled =
+        tokio::task::spawn_blocking(move || ctl(&addr, &["restart", "app:web", "--rolling"]))
+            .await
+            .expect("cohortctl");
+    assert!(rolled.contains("restarted"), "{rolled}");
+    watching.store(false, Ordering::SeqCst);
+    sampler.await.expect("sampler");
+    assert!(
+        fewest.load(Ordering::SeqCst) >= 2,
+        "two web members were down at once"
+    );
+    for w in &web {
+        assert_eq!(
+            w.pids().len(),
+            2,
+            "each web member restarted once: {:?}",
+            w.pids()
+        );
+    }
+    let after = wait_ready(&master.addr, &["queue-1", "web-1", "web-2", "web-3"]).await;
+    let instance = |ms: &[cohort_proto::pb::MemberInfo], n: &str| {
+        ms.iter()
+            .find(|m| m.name == n)
+            .map(|m| m.instance_id.clone())
+    };
+    assert_eq!(
+        instance(&queue_before, "queue-1"),
+        instance(&after, "queue-1"),
+        "another app is not touched"
+    );
+
+    // web-2's supervisor gives up: the roll stops there, naming it, and
+    // web-3 is not touched.
+    web[1].respawn.store(false, Ordering::SeqCst);
+    let web3 = web[2].pids();
+    let out = Command::new(bin("cohortctl"))
+        .env(cohort::env::MASTER, &master.addr)
+        .args(["restart", "app:web", "--rolling"])
+        .output()
+        .expect("cohortctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("stopped at web-2") && err.contains("1 of 3 restarted"),
+        "{err}"
+    );
+    assert_eq!(web[2].pids(), web3, "the roll stopped before web-3");
+
+    // Drain by app: every member of the app, no other.
+    ctl(&master.addr, &["drain", "app:queue"]);
+    eventually_async("queue-1 drained", || async {
+        let ms = cohort_e2e::members(&master.addr).await;
+        let draining = cohort_proto::pb::MemberState::Draining as i32;
+        ms.iter()
+            .any(|m| m.name == "queue-1" && m.state == draining)
+            .then_some(())
+    })
+    .await;
+}

@@ -301,9 +301,14 @@ impl cohort_proto::server::control_server::Control for ControlService {
         let (member, role) = match req.which {
             Some(Which::Member(m)) if !m.is_empty() => (Some(m), None),
             Some(Which::Role(r)) => (None, Some(role_of(r, "role")?)),
+            Some(Which::App(app)) => {
+                crate::roll::restart_app(&self.registry, &self.supervisor, &app, req.rolling)
+                    .await?;
+                return Ok(Response::new(pb::RestartResponse {}));
+            }
             _ => {
                 return Err(Status::invalid_argument(
-                    "name a member (\"member\": \"worker-1\") or a role (\"role\": \"ROLE_WORKER\")",
+                    "name a member (\"member\": \"worker-1\"), a role (\"role\": \"ROLE_WORKER\") or an app (\"app\": \"web\")",
                 ));
             }
         };
@@ -315,8 +320,31 @@ impl cohort_proto::server::control_server::Control for ControlService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        let member = request.into_inner().member;
-        self.registry.drain(&member)?;
+        let req = request.into_inner();
+        match (req.member.is_empty(), req.app.is_empty()) {
+            (false, true) => self.registry.drain(&req.member)?,
+            (true, false) => {
+                cohort_proto::check_app(&req.app).map_err(Status::invalid_argument)?;
+                let of_app: Vec<String> = self
+                    .registry
+                    .list()
+                    .into_iter()
+                    .filter(|m| m.app == req.app)
+                    .map(|m| m.name)
+                    .collect();
+                if of_app.is_empty() {
+                    return Err(Status::not_found(format!("no member in app {}", req.app)));
+                }
+                for name in of_app {
+                    self.registry.drain(&name)?;
+                }
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name a member (\"member\": \"worker-1\") or an app (\"app\": \"web\"), one of the two",
+                ));
+            }
+        }
         Ok(Response::new(pb::DrainResponse {}))
     }
 

@@ -36,6 +36,7 @@ pub(crate) mod model;
 pub(crate) mod outbound;
 pub(crate) mod readiness;
 pub(crate) mod registry;
+pub(crate) mod roll;
 pub(crate) mod server;
 pub(crate) mod supervisor;
 pub(crate) mod wire;

@@ -222,6 +222,12 @@ impl Registry {
         }
     }
 
+    /// How long a member may take from its hello to ready
+    /// (`[restart] start_timeout`).
+    pub fn join_timeout(&self) -> Duration {
+        self.cfg.join_timeout
+    }
+
     /// The leader's term (0 for a single master).
     pub fn term(&self) -> u64 {
         self.cfg.leadership.as_ref().map_or(0, |l| l.term)

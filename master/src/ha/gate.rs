@@ -49,10 +49,9 @@ impl Gate {
     /// elected: its leader phase starts in a moment).
     async fn refusal(self) -> tonic::Status {
         let mut watch = self.election.watch();
-        let me = self.election.advertised().to_string();
-        let (was_leading, me2) = (self.leading, me.clone());
+        let (me, was_leading) = (self.election.advertised().to_string(), self.leading);
         let known = move |v: &super::election::View| match &v.leader {
-            Some(l) if *l != me2 => true,
+            Some(l) if *l != me => true,
             Some(_) => v.leading && !was_leading,
             None => false,
         };
