@@ -139,6 +139,18 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
     assert_eq!(none.code(), Code::Unavailable, "{none}");
     assert!(none.to_string().contains("app nobody"), "{none}");
 
+    // A request goes to one member: a whole app is refused.
+    let many = plain
+        .request(
+            Target::App("web".into()),
+            "ping",
+            "{}",
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("a request to a whole app");
+    assert_eq!(many.code(), Code::InvalidArgument, "{many}");
+
     // An agent is in no app; an app name must be one.
     let agent = MemberBuilder::new(&url, Role::Agent)
         .app("web")
