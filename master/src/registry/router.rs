@@ -169,7 +169,9 @@ pub(super) fn offer(
     }
 }
 
-/// The next ready member of `role` after the last one picked, by name.
+/// Round-robin places kept at most (roles and apps).
+const MAX_POOLS: usize = 4096;
+
 /// Whom a random target picks from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Pool {
@@ -179,7 +181,7 @@ pub(super) enum Pool {
     App(String),
 }
 
-/// One ready member of `pool`, round-robin.
+/// One ready member of `pool`: the next after the last one picked, by name.
 pub(super) fn pick_random(st: &mut State, pool: Pool) -> Result<MemberName, RouteError> {
     let of_pool = |m: &Member| match &pool {
         Pool::Role(r) => m.role == *r,
@@ -199,6 +201,10 @@ pub(super) fn pick_random(st: &mut State, pool: Pool) -> Result<MemberName, Rout
             Pool::Role(r) => RouteError::NoneReady(*r),
             Pool::App(a) => RouteError::NoneReadyInApp(a.clone()),
         })?;
+    // Apps come and go with members: forget old places rather than grow.
+    if st.last_random.len() >= MAX_POOLS {
+        st.last_random.clear();
+    }
     st.last_random.insert(pool, next.clone());
     Ok(next)
 }
