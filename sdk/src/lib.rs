@@ -32,6 +32,7 @@ mod connection;
 mod error;
 mod event;
 pub mod logs;
+mod masters;
 mod member;
 mod shared;
 mod stats;
