@@ -6,7 +6,7 @@ use cohort::pb;
 use serde_json::json;
 use std::time::Duration;
 
-/// The request for `which` (`all`, a role, or a member name).
+/// The request for `which` (`all`, a role, `app:APP`, or a member name).
 pub fn request(
     which: Option<&str>,
     since: Option<Duration>,
@@ -24,6 +24,7 @@ pub fn request(
     };
     match which {
         None | Some("all") => {}
+        Some(w) if w.starts_with("app:") => req.app = w["app:".len()..].to_string(),
         Some(w) => match cohort::Role::from_word(w) {
             Ok(role) => req.role = role.into(),
             Err(_) => req.member = w.to_string(),

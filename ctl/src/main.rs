@@ -64,7 +64,7 @@ enum Command {
     /// Members' recent log lines, then (with -f) new ones as they come:
     /// local children's and remote members' alike.
     Logs {
-        /// all (default), agent, worker, or a member name.
+        /// all (default), agent, worker, app:APP, or a member name.
         which: Option<String>,
         /// Keep following.
         #[arg(short, long)]

@@ -59,9 +59,17 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
     let (_w2, web2) = member(&url, "web-2", "web").await;
     let (_q1, queue1) = member(&url, "queue-1", "queue").await;
     let (plain, plain_got) = member(&url, "plain", "").await;
+    // A cohort-worker in no app given (app worker): it forwards its log
+    // lines, as web-3 does.
+    let _other = Proc::spawn("cohort-worker other-1", {
+        let mut cmd = Command::new(bin("cohort-worker"));
+        cmd.env(cohort::env::MASTER, &url)
+            .env(cohort::env::NAME, "other-1");
+        cmd
+    });
     let members = wait_ready(
         &master.addr,
-        &["plain", "queue-1", "web-1", "web-2", "web-3"],
+        &["other-1", "plain", "queue-1", "web-1", "web-2", "web-3"],
     )
     .await;
     let app_of = |name: &str| {
@@ -79,6 +87,7 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         "worker",
         "a worker without an app is in app worker"
     );
+    assert_eq!(app_of("other-1"), "worker");
 
     // cohortctl: the APP column, grouped, and `app` in --json.
     let table = ctl(&master.addr, &["ls"]);
@@ -87,7 +96,11 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(apps, ["queue", "web", "web", "web", "worker"], "{table}");
+    assert_eq!(
+        apps,
+        ["queue", "web", "web", "web", "worker", "worker"],
+        "{table}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&ctl(&master.addr, &["ls", "--json"])).expect("json");
     let web3 = json
@@ -150,6 +163,24 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         .await
         .expect_err("a request to a whole app");
     assert_eq!(many.code(), Code::InvalidArgument, "{many}");
+
+    // cohortctl logs app:APP: the lines of that app's members only.
+    let web_logs = cohort_e2e::eventually("web-3's lines under app:web", || {
+        let out = ctl(&master.addr, &["logs", "app:web"]);
+        (!out.trim().is_empty()).then_some(out)
+    });
+    assert!(
+        web_logs.lines().all(|l| l.starts_with("web-3 ")),
+        "{web_logs}"
+    );
+    let worker_logs = cohort_e2e::eventually("other-1's lines under app:worker", || {
+        let out = ctl(&master.addr, &["logs", "app:worker"]);
+        (!out.trim().is_empty()).then_some(out)
+    });
+    assert!(
+        worker_logs.lines().all(|l| l.starts_with("other-1 ")),
+        "{worker_logs}"
+    );
 
     // An agent is in no app; an app name must be one.
     let agent = MemberBuilder::new(&url, Role::Agent)

@@ -370,6 +370,7 @@ impl cohort_proto::server::control_server::Control for ControlService {
                 0 => None,
                 r => Some(role_of(r, "role")?),
             },
+            app: (!req.app.is_empty()).then_some(req.app),
             since_ms: unix_ms(req.since.as_ref()),
             tail: req.tail as usize,
         };

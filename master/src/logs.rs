@@ -32,6 +32,8 @@ pub struct Line {
     pub member: String,
     /// Its role.
     pub role: Role,
+    /// Its app (empty for an agent).
+    pub app: String,
     /// When, Unix ms.
     pub at_ms: u64,
     /// error, warn, info, debug, trace.
@@ -49,6 +51,8 @@ pub struct Filter {
     pub member: Option<String>,
     /// Only this role.
     pub role: Option<Role>,
+    /// Only this app.
+    pub app: Option<String>,
     /// Only from this moment, Unix ms.
     pub since_ms: u64,
     /// At most this many kept lines per member (0: all).
@@ -60,6 +64,7 @@ impl Filter {
     pub fn keeps(&self, line: &Line) -> bool {
         self.member.as_ref().is_none_or(|m| *m == line.member)
             && self.role.is_none_or(|r| r == line.role)
+            && self.app.as_ref().is_none_or(|a| *a == line.app)
             && line.at_ms >= self.since_ms
     }
 }
@@ -114,17 +119,20 @@ impl LogStore {
         &self,
         member: &str,
         role: Role,
+        app: &str,
         level: &str,
         text: String,
         source: &'static str,
     ) {
-        self.append_at(member, role, now_ms(), level, text, source);
+        self.append_at(member, role, app, now_ms(), level, text, source);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn append_at(
         &self,
         member: &str,
         role: Role,
+        app: &str,
         at_ms: u64,
         level: &str,
         text: String,
@@ -144,6 +152,7 @@ impl LogStore {
             seq: st.seq,
             member: member.to_string(),
             role,
+            app: app.to_string(),
             at_ms,
             level,
             text: cohort_proto::log_line::cut(text),
@@ -196,6 +205,7 @@ impl LogStore {
         &self,
         member: &str,
         role: Role,
+        app: &str,
         lines: Vec<pb::LogLine>,
         now: Instant,
     ) -> usize {
@@ -221,7 +231,7 @@ impl LogStore {
                 0 => now_ms(),
                 at => at,
             };
-            self.append_at(member, role, at, &l.level, l.text, "member");
+            self.append_at(member, role, app, at, &l.level, l.text, "member");
         }
         dropped
     }
@@ -260,9 +270,23 @@ mod tests {
     #[test]
     fn lines_are_kept_per_member_cut_and_read_in_order() {
         let store = LogStore::default();
-        store.append("w-1", Role::Worker, "info", "one".into(), "stdout");
-        store.append("agent", Role::Agent, "warn", "two".into(), "stderr");
-        store.append("w-1", Role::Worker, "info", "x".repeat(5000), "stdout");
+        store.append(
+            "w-1",
+            Role::Worker,
+            "worker",
+            "info",
+            "one".into(),
+            "stdout",
+        );
+        store.append("agent", Role::Agent, "", "warn", "two".into(), "stderr");
+        store.append(
+            "w-1",
+            Role::Worker,
+            "worker",
+            "info",
+            "x".repeat(5000),
+            "stdout",
+        );
         let (all, _) = store.read(&Filter::default());
         assert_eq!(all.len(), 3);
         assert_eq!(texts(&all)[..2], ["w-1 one", "agent two"]);
@@ -273,7 +297,14 @@ mod tests {
         };
         assert_eq!(texts(&store.read(&agents).0), ["agent two"]);
         for i in 0..LINES_PER_MEMBER + 50 {
-            store.append("w-1", Role::Worker, "info", format!("n{i}"), "stdout");
+            store.append(
+                "w-1",
+                Role::Worker,
+                "worker",
+                "info",
+                format!("n{i}"),
+                "stdout",
+            );
         }
         let one = Filter {
             member: Some("w-1".into()),
@@ -302,16 +333,23 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(store.forwarded("r", Role::Worker, lines(150), t0), 0);
-        assert_eq!(store.forwarded("r", Role::Worker, lines(150), t0), 100);
+        assert_eq!(store.forwarded("r", Role::Worker, "web", lines(150), t0), 0);
+        assert_eq!(
+            store.forwarded("r", Role::Worker, "web", lines(150), t0),
+            100
+        );
         let next = t0 + std::time::Duration::from_secs(1);
-        assert_eq!(store.forwarded("r", Role::Worker, lines(10), next), 0);
+        assert_eq!(
+            store.forwarded("r", Role::Worker, "web", lines(10), next),
+            0
+        );
         // The whole store stays within its bytes, however many members.
         for m in 0..2000 {
             for _ in 0..LINES_PER_MEMBER {
                 store.append(
                     &format!("m{m}"),
                     Role::Worker,
+                    "worker",
                     "info",
                     "y".repeat(200),
                     "stdout",

@@ -320,10 +320,15 @@ impl Registry {
             In::Logs(batch) => {
                 // Kept beside the registry (crate::logs), within its bounds,
                 // and not under the registry's lock.
-                let role = st.members.get(&name).filter(|m| !m.local).map(|m| m.role);
+                let who = st
+                    .members
+                    .get(&name)
+                    .filter(|m| !m.local)
+                    .map(|m| (m.role, m.app.clone()));
                 drop(st);
-                if let Some(role) = role {
-                    self.logs.forwarded(name.as_str(), role, batch.lines, now);
+                if let Some((role, app)) = who {
+                    self.logs
+                        .forwarded(name.as_str(), role, &app, batch.lines, now);
                 }
                 return Ok(None);
             }

@@ -74,6 +74,11 @@ pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) 
     for (fd, source) in fds {
         let Some(Ok(fd)) = fd else { continue };
         let (name, logs) = (name.to_string(), logs.clone());
+        // The master's own workers are the `[worker]` section's app.
+        let app = match role {
+            Role::Worker => cohort_proto::DEFAULT_APP,
+            Role::Agent => "",
+        };
         output_thread().spawn(async move {
             // Registered with the output thread's reactor, not the master's.
             let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
@@ -84,7 +89,7 @@ pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) 
             while let Some(Ok(line)) = lines.next().await {
                 let (level, text) = parse(&line);
                 relog(&level, &name, source, &text);
-                logs.append(&name, role, &level, text, source);
+                logs.append(&name, role, app, &level, text, source);
                 // Over its rate, the child's pipe is left to fill: it waits
                 // on its own writes, as it would on a slow terminal.
                 budget.spend().await;
