@@ -46,7 +46,15 @@ fn ctl(addr: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_apps_and_app_targets_reach_only_their_members() {
-    let master = Master::start(&["--agent-count", "0", "--worker-count", "0"]);
+    // ClusterReady waits for web's three members, whatever else joins.
+    let master = Master::start(&[
+        "--agent-count",
+        "0",
+        "--worker-count",
+        "0",
+        "--expect-app",
+        "web=3",
+    ]);
     let url = master.url();
     let _web3 = Proc::spawn("cohort-worker web-3", {
         let mut cmd = Command::new(bin("cohort-worker"));
@@ -88,6 +96,10 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         "a worker without an app is in app worker"
     );
     assert_eq!(app_of("other-1"), "worker");
+
+    let info: serde_json::Value =
+        serde_json::from_str(&ctl(&master.addr, &["info", "--json"])).expect("json");
+    assert_eq!(info["cluster_ready"], true, "web's three are ready: {info}");
 
     // cohortctl: the APP column, grouped, and `app` in --json.
     let table = ctl(&master.addr, &["ls"]);

@@ -132,6 +132,7 @@ impl TryFrom<Layer> for Config {
             expect: Expect {
                 agents: need(l.expect.agents, "expect.agents")?,
                 workers: need(l.expect.workers, "expect.workers")?,
+                apps: l.expect.apps,
             },
             health: HealthConfig {
                 heartbeat_interval: need(h.heartbeat_interval, "health.heartbeat_interval")?,

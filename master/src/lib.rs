@@ -334,6 +334,7 @@ fn registry_config(
         expect: config::Expect {
             agents: config.expect.agents + agents,
             workers: config.expect.workers + workers,
+            apps: config.expect.apps.clone(),
         },
         join_timeout: config.restart.start_timeout,
         drain_timeout: config.restart.drain_timeout,

@@ -190,7 +190,9 @@ impl Registry {
         notices: Option<tokio::sync::mpsc::Sender<Notice>>,
     ) -> Registry {
         let (events, _) = broadcast::channel(1024);
-        let ready = (cfg.expect.agents == 0 && cfg.expect.workers == 0)
+        let ready = (cfg.expect.agents == 0
+            && cfg.expect.workers == 0
+            && cfg.expect.apps.iter().all(|a| a.count == 0))
             || cfg.leadership.as_ref().is_some_and(|l| l.was_ready);
         let (ready_tx, _) = watch::channel(ready);
         Registry {

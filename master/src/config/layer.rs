@@ -6,8 +6,11 @@
 //! [`Layer::defaults`], the only place they are written: `--help` shows
 //! them from there, and the configuration is made from the merged layers.
 
-use super::values::{bytes, duration, parse_listener, parse_overflow, parse_worker_count};
-use super::{ListenerConfig, Overflow, WorkerCount};
+use super::values::{
+    app_counts, bytes, duration, parse_app_count, parse_listener, parse_overflow,
+    parse_worker_count,
+};
+use super::{AppCount, ListenerConfig, Overflow, WorkerCount};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cohort_process::{parse_bytes, parse_duration};
 use serde::{Deserialize, Serialize};
@@ -192,6 +195,10 @@ pub(super) struct ExpectLayer {
     /// Remote workers that must be ready before ClusterReady.
     #[arg(long = "expect-workers", value_name = "N")]
     pub workers: Option<u32>,
+    /// Ready members of an app needed before ClusterReady (repeatable).
+    #[arg(long = "expect-app", value_name = "APP=N", value_parser = parse_app_count)]
+    #[serde(default, with = "app_counts", skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppCount>,
 }
 
 /// `[health]`.
@@ -376,6 +383,7 @@ impl Layer {
             expect: ExpectLayer {
                 agents: Some(0),
                 workers: Some(0),
+                apps: Vec::new(),
             },
             health: HealthLayer {
                 heartbeat_interval: Some(secs(1)),

@@ -57,12 +57,23 @@ pub struct ListenerConfig {
 }
 
 /// `[expect]`: members to wait for before ClusterReady.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expect {
     /// Ready agents needed.
     pub agents: u32,
     /// Ready workers needed.
     pub workers: u32,
+    /// Ready members needed per app (`COHORT_APP`), by name.
+    pub apps: Vec<AppCount>,
+}
+
+/// `APP=N`: so many ready members of an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppCount {
+    /// The app.
+    pub app: String,
+    /// How many of its members.
+    pub count: u32,
 }
 
 /// `[health]` timings (SPEC §4).

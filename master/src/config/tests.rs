@@ -244,3 +244,42 @@ fn ha_runs_no_local_members_and_names_what_it_needs() {
     let err = load(&["--ha-etcd=127.0.0.1:2379"], &[]).expect_err("url");
     assert!(err.to_string().starts_with("ha.etcd: "), "{err}");
 }
+
+#[test]
+fn members_expected_of_an_app_come_from_the_file_the_environment_or_flags() {
+    let f = write("[expect]\napps = { web = 2, queue = 1 }\n");
+    let path = f.path().to_str().expect("path");
+    let c = load(&["--config", path], &[]).expect("file");
+    let of = |c: &Config| -> Vec<(String, u32)> {
+        c.expect
+            .apps
+            .iter()
+            .map(|a| (a.app.clone(), a.count))
+            .collect()
+    };
+    assert_eq!(of(&c), [("queue".into(), 1), ("web".into(), 2)]);
+    // A flag adds to the file's, or changes one of them.
+    let c = load(
+        &[
+            "--config",
+            path,
+            "--expect-app",
+            "web=3",
+            "--expect-app",
+            "api=1",
+        ],
+        &[],
+    )
+    .expect("flags");
+    assert_eq!(
+        of(&c),
+        [("api".into(), 1), ("queue".into(), 1), ("web".into(), 3)]
+    );
+    let c = load(&[], &[("COHORT_EXPECT_APP", "web=4")]).expect("env");
+    assert_eq!(of(&c), [("web".into(), 4)]);
+    let err = load(&["--expect-app", "web"], &[]).expect_err("no count");
+    assert!(err.to_string().contains("APP=N"), "{err}");
+    let f = write("[expect]\napps = { \"has space\" = 1 }\n");
+    let err = load(&["--config", f.path().to_str().expect("path")], &[]).expect_err("bad app");
+    assert!(err.to_string().contains("letters, digits"), "{err}");
+}

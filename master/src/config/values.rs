@@ -1,8 +1,9 @@
 //! How a setting's value is written, in flags, the environment and the
-//! file: listeners (`NAME=ADDR`), overflow, worker counts, durations and
-//! sizes (through serde for the file).
+//! file: listeners (`NAME=ADDR`), expected members of an app (`APP=N`),
+//! overflow, worker counts, durations and sizes (through serde for the
+//! file).
 
-use super::{ListenerConfig, Overflow, WorkerCount};
+use super::{AppCount, ListenerConfig, Overflow, WorkerCount};
 
 pub(super) fn parse_listener(v: &str) -> Result<ListenerConfig, String> {
     let (name, addr) = v
@@ -81,5 +82,41 @@ pub(super) mod bytes {
                 .map(Some)
                 .map_err(serde::de::Error::custom),
         }
+    }
+}
+
+pub(super) fn parse_app_count(v: &str) -> Result<AppCount, String> {
+    let (app, n) = v
+        .split_once('=')
+        .ok_or_else(|| format!("{v:?}: write APP=N, like web=2"))?;
+    cohort_proto::check_app(app)?;
+    let count = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a count of members (APP=N, like web=2)"))?;
+    Ok(AppCount {
+        app: app.to_string(),
+        count,
+    })
+}
+
+/// `[expect] apps = { web = 2 }` in the file, `--expect-app web=2` as flags.
+pub(super) mod app_counts {
+    use super::AppCount;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(v: &[AppCount], s: S) -> Result<S::Ok, S::Error> {
+        let map: BTreeMap<&str, u32> = v.iter().map(|c| (c.app.as_str(), c.count)).collect();
+        s.collect_map(map)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AppCount>, D::Error> {
+        let map = BTreeMap::<String, u32>::deserialize(d)?;
+        map.into_iter()
+            .map(|(app, count)| {
+                cohort_proto::check_app(&app).map_err(serde::de::Error::custom)?;
+                Ok(AppCount { app, count })
+            })
+            .collect()
     }
 }

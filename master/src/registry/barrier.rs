@@ -68,11 +68,15 @@ impl Registry {
             n => format!("{n} {what}s"),
         };
         let e = &self.cfg.expect;
-        format!(
+        let mut words = format!(
             "{} and {}",
             plural(e.agents, "agent"),
             plural(e.workers, "worker")
-        )
+        );
+        for a in &e.apps {
+            words.push_str(&format!(", {} of app {}", a.count, a.app));
+        }
+        words
     }
 
     /// Takes a send or request from a member: held before ClusterReady,
@@ -117,6 +121,17 @@ impl Registry {
         if ready(Role::Agent) < self.cfg.expect.agents
             || ready(Role::Worker) < self.cfg.expect.workers
         {
+            return;
+        }
+        let short_of_an_app = self.cfg.expect.apps.iter().any(|want| {
+            let n = st
+                .members
+                .values()
+                .filter(|m| m.app == want.app && m.presence == Presence::Ready)
+                .count();
+            u32::try_from(n).unwrap_or(u32::MAX) < want.count
+        });
+        if short_of_an_app {
             return;
         }
         let held = st.barrier.open();

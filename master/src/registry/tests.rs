@@ -25,6 +25,7 @@ fn config(expect_workers: u32) -> RegistryConfig {
         expect: Expect {
             agents: 0,
             workers: expect_workers,
+            apps: Vec::new(),
         },
         join_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(30),
@@ -491,4 +492,33 @@ async fn a_leader_acks_often_enough_for_members_that_leave_after_suspect_after()
         was_ready: false,
     };
     assert_eq!(acks(Some(leading)).await, (0..10).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn cluster_ready_waits_for_the_members_expected_of_an_app() {
+    use crate::config::AppCount;
+    let mut cfg = config(0);
+    cfg.expect.apps = vec![AppCount {
+        app: "web".into(),
+        count: 2,
+    }];
+    let r = Registry::new(cfg, None);
+    assert!(!r.summary().cluster_ready);
+    assert_eq!(r.expected(), "0 agents and 0 workers, 2 of app web");
+    let t0 = Instant::now();
+    let in_app = |name: &str, app: &str| pb::Hello {
+        app: app.into(),
+        ..hello(name)
+    };
+    let ready = |hello: pb::Hello| {
+        let j = r.register(hello, Via::Network, t0).expect("join");
+        r.on_frame(&j.instance_id, In::Ready(pb::Ready {}), t0)
+            .expect("ready");
+        j
+    };
+    let _other = ready(in_app("queue-1", "queue"));
+    let _w1 = ready(in_app("web-1", "web"));
+    assert!(!r.summary().cluster_ready, "one of two web members");
+    let _w2 = ready(in_app("web-2", "web"));
+    assert!(r.summary().cluster_ready, "both web members ready");
 }
