@@ -65,3 +65,19 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
 }
+
+/// `cohortctl ARGS` against `master` (`COHORT_MASTER`: one address or
+/// several); its stdout, after checking it succeeded.
+pub fn cohortctl(master: &str, args: &[&str]) -> String {
+    let out = Command::new(crate::bin("cohortctl"))
+        .env(cohort::env::MASTER, master)
+        .args(args)
+        .output()
+        .expect("run cohortctl");
+    assert!(
+        out.status.success(),
+        "cohortctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -5,7 +5,7 @@
 //! app and only them, `random:app:APP` one of them.
 
 use cohort::{Code, MemberBuilder, Role, Target};
-use cohort_e2e::{Master, Proc, bin, eventually_async, wait_ready};
+use cohort_e2e::{Master, Proc, bin, cohortctl, eventually_async, wait_ready};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,20 +28,6 @@ async fn member(url: &str, name: &str, app: &str) -> (cohort::Member, Arc<Atomic
         }
     });
     (m, got)
-}
-
-fn ctl(addr: &str, args: &[&str]) -> String {
-    let out = Command::new(bin("cohortctl"))
-        .env(cohort::env::MASTER, addr)
-        .args(args)
-        .output()
-        .expect("cohortctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,11 +84,11 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
     assert_eq!(app_of("other-1"), "worker");
 
     let info: serde_json::Value =
-        serde_json::from_str(&ctl(&master.addr, &["info", "--json"])).expect("json");
+        serde_json::from_str(&cohortctl(&master.addr, &["info", "--json"])).expect("json");
     assert_eq!(info["cluster_ready"], true, "web's three are ready: {info}");
 
     // cohortctl: the APP column, grouped, and `app` in --json.
-    let table = ctl(&master.addr, &["ls"]);
+    let table = cohortctl(&master.addr, &["ls"]);
     let apps: Vec<&str> = table
         .lines()
         .skip(1)
@@ -114,7 +100,7 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         "{table}"
     );
     let json: serde_json::Value =
-        serde_json::from_str(&ctl(&master.addr, &["ls", "--json"])).expect("json");
+        serde_json::from_str(&cohortctl(&master.addr, &["ls", "--json"])).expect("json");
     let web3 = json
         .as_array()
         .expect("array")
@@ -124,7 +110,7 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
     assert_eq!(web3["app"], "web");
 
     // app:web reaches web's three members and nobody else.
-    let sent = ctl(&master.addr, &["send", "app:web", "hello"]);
+    let sent = cohortctl(&master.addr, &["send", "app:web", "hello"]);
     assert_eq!(sent.trim(), "delivered to 3");
     eventually_async("web-1 and web-2 got it", || async {
         (web1.load(Ordering::SeqCst) == 1 && web2.load(Ordering::SeqCst) == 1).then_some(())
@@ -178,7 +164,7 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
 
     // cohortctl logs app:APP: the lines of that app's members only.
     let web_logs = cohort_e2e::eventually("web-3's lines under app:web", || {
-        let out = ctl(&master.addr, &["logs", "app:web"]);
+        let out = cohortctl(&master.addr, &["logs", "app:web"]);
         (!out.trim().is_empty()).then_some(out)
     });
     assert!(
@@ -186,7 +172,7 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         "{web_logs}"
     );
     let worker_logs = cohort_e2e::eventually("other-1's lines under app:worker", || {
-        let out = ctl(&master.addr, &["logs", "app:worker"]);
+        let out = cohortctl(&master.addr, &["logs", "app:worker"]);
         (!out.trim().is_empty()).then_some(out)
     });
     assert!(
@@ -309,7 +295,7 @@ async fn a_rolling_restart_of_an_app_waits_for_each_remote_member_to_come_back()
     };
     let addr = master.addr.clone();
     let rolled =
-        tokio::task::spawn_blocking(move || ctl(&addr, &["restart", "app:web", "--rolling"]))
+        tokio::task::spawn_blocking(move || cohortctl(&addr, &["restart", "app:web", "--rolling"]))
             .await
             .expect("cohortctl");
     assert!(rolled.contains("restarted"), "{rolled}");
@@ -357,7 +343,7 @@ async fn a_rolling_restart_of_an_app_waits_for_each_remote_member_to_come_back()
     assert_eq!(web[2].pids(), web3, "the roll stopped before web-3");
 
     // Drain by app: every member of the app, no other.
-    ctl(&master.addr, &["drain", "app:queue"]);
+    cohortctl(&master.addr, &["drain", "app:queue"]);
     eventually_async("queue-1 drained", || async {
         let ms = cohort_e2e::members(&master.addr).await;
         let draining = cohort_proto::pb::MemberState::Draining as i32;

@@ -7,7 +7,7 @@
 use cohort::{Member, MemberBuilder, Role};
 use cohort_e2e::etcd::{Etcd, free_port, ha_master};
 use cohort_e2e::metrics::{scrape, value};
-use cohort_e2e::{Master, Proc, bin, eventually_async_within, venv_tool, workspace};
+use cohort_e2e::{Master, Proc, bin, cohortctl, eventually_async_within, venv_tool, workspace};
 use cohort_proto::pb;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -126,21 +126,6 @@ impl Cluster {
         )
         .await
     }
-}
-
-/// `cohortctl ARGS` with `COHORT_MASTER` = `masters`; its stdout.
-fn ctl(masters: &str, args: &[&str]) -> String {
-    let out = Command::new(bin("cohortctl"))
-        .env(cohort::env::MASTER, masters)
-        .args(args)
-        .output()
-        .expect("run cohortctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn info(addr: &str) -> Option<pb::ClusterInfoResponse> {
@@ -270,7 +255,7 @@ async fn kill_9_of_the_leader_moves_every_member_to_the_next_ten_times() {
     let s2 = Recorder::join(&list, "s2").await;
     let (mut leader, mut term) = cluster.settled(FAILOVER, &NAMES).await;
     let first_term = term;
-    let info = ctl(&list, &["info"]);
+    let info = cohortctl(&list, &["info"]);
     assert!(info.contains("role       leader (term"), "{info}");
     assert!(
         info.contains(&format!("leader     {}", cluster.addr(leader))),
