@@ -162,23 +162,19 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         .expect_err("a request to a whole app");
     assert_eq!(many.code(), Code::InvalidArgument, "{many}");
 
-    // cohortctl logs app:APP: the lines of that app's members only.
-    let web_logs = cohort_e2e::eventually("web-3's lines under app:web", || {
-        let out = cohortctl(&master.addr, &["logs", "app:web"]);
-        (!out.trim().is_empty()).then_some(out)
-    });
-    assert!(
-        web_logs.lines().all(|l| l.starts_with("web-3 ")),
-        "{web_logs}"
-    );
-    let worker_logs = cohort_e2e::eventually("other-1's lines under app:worker", || {
-        let out = cohortctl(&master.addr, &["logs", "app:worker"]);
-        (!out.trim().is_empty()).then_some(out)
-    });
-    assert!(
-        worker_logs.lines().all(|l| l.starts_with("other-1 ")),
-        "{worker_logs}"
-    );
+    // cohortctl logs app:APP: the lines of that app's members only (web-3
+    // and other-1 are the cohort-workers, which forward theirs).
+    for (app, only) in [("web", "web-3 "), ("worker", "other-1 ")] {
+        let which = format!("app:{app}");
+        let lines = cohort_e2e::eventually(&format!("lines under {which}"), || {
+            let out = cohortctl(&master.addr, &["logs", &which]);
+            (!out.trim().is_empty()).then_some(out)
+        });
+        assert!(
+            lines.lines().all(|l| l.starts_with(only)),
+            "{which}: {lines}"
+        );
+    }
 
     // An agent is in no app; an app name must be one.
     let agent = MemberBuilder::new(&url, Role::Agent)
@@ -187,12 +183,15 @@ async fn members_join_apps_and_app_targets_reach_only_their_members() {
         .await
         .expect_err("an agent in an app");
     assert_eq!(agent.code(), Code::InvalidArgument, "{agent}");
-    let bad = MemberBuilder::new(&url, Role::Worker)
-        .app("has space")
-        .join()
-        .await
-        .expect_err("a bad app name");
-    assert!(bad.to_string().contains("letters, digits"), "{bad}");
+    for app in ["has space".to_string(), "a".repeat(64)] {
+        let bad = MemberBuilder::new(&url, Role::Worker)
+            .app(app.clone())
+            .join()
+            .await
+            .expect_err("a bad app name");
+        assert_eq!(bad.code(), Code::InvalidArgument, "{app}: {bad}");
+        assert!(bad.to_string().contains("letters, digits"), "{bad}");
+    }
 }
 
 /// A remote member under a supervisor of its own (systemd's

@@ -22,9 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness {
     reporter: tonic_health::server::HealthReporter,
     registry: Arc<Registry>,
-    standby: bool,
-    /// One phase of a master of several ([ha]).
-    phase: bool,
+    /// With several masters ([ha]), whether this phase leads.
+    phase: Option<bool>,
 }
 
 /// The health name a liveness probe asks: `SERVING` whenever the process
@@ -61,8 +60,7 @@ impl Readiness {
             return Readiness {
                 reporter,
                 registry,
-                standby,
-                phase: true,
+                phase,
             };
         }
         reporter
@@ -83,8 +81,7 @@ impl Readiness {
         Readiness {
             reporter,
             registry,
-            standby,
-            phase: phase.is_some(),
+            phase,
         }
     }
 
@@ -97,7 +94,7 @@ impl Readiness {
             .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)));
         let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         // A standby's (empty) registry is never the cluster's readiness.
-        let mut announced = self.standby;
+        let mut announced = self.phase == Some(false);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -122,7 +119,7 @@ impl Readiness {
         }
         // A phase of a master of several ends without the process ending:
         // systemd hears STOPPING=1 only when the master stops (ha::run).
-        if !self.phase {
+        if self.phase.is_none() {
             stopping();
         }
     }
