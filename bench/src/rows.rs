@@ -109,6 +109,7 @@ pub(crate) async fn relay_while_a_child_floods(run: &mut Run) -> anyhow::Result<
         .scale(cohort_proto::pb::ScaleRequest {
             role: cohort_proto::pb::Role::Worker as i32,
             count: 0,
+            ..Default::default()
         })
         .await?;
     Ok(format!(

@@ -243,13 +243,34 @@ impl Ctl {
             .into_inner())
     }
 
-    pub async fn scale(&mut self, role: Role, count: u32) -> anyhow::Result<()> {
-        let r = pb::ScaleRequest {
-            role: role.into(),
-            count,
+    /// Scales an app, or a role's app when `which` names a role.
+    pub async fn scale(&mut self, which: &str, count: u32) -> anyhow::Result<()> {
+        let r = match Role::from_word(which) {
+            Ok(role) => pb::ScaleRequest {
+                role: role.into(),
+                count,
+                ..Default::default()
+            },
+            Err(_) => pb::ScaleRequest {
+                app: which.to_string(),
+                count,
+                ..Default::default()
+            },
         };
         answered(&self.master, ANSWER, self.control.scale(r)).await?;
         Ok(())
+    }
+
+    /// Reloads the master's configuration; what it did per app.
+    pub async fn reload(&mut self) -> anyhow::Result<Vec<pb::AppChange>> {
+        // The answer comes once changed apps have rolled, which may take
+        // long; HTTP/2 keepalive tells a master that went silent.
+        Ok(self
+            .control
+            .reload(pb::ReloadRequest {})
+            .await?
+            .into_inner()
+            .apps)
     }
 
     /// Restarts a member, a role when `which` names one, or an app

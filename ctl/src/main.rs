@@ -13,7 +13,6 @@ mod top;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Ctl;
-use cohort::Role;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -97,13 +96,17 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = cohort_process::parse_duration)]
         timeout: Duration,
     },
-    /// Sets how many local members of a role the master runs.
+    /// Sets how many local members of an app (or of agent / worker) the
+    /// master runs.
     Scale {
-        /// agent or worker.
-        role: String,
+        /// An app (web or app:web), or agent / worker.
+        app: String,
         /// How many.
         count: u32,
     },
+    /// Has the master read its config file again and apply it app by app
+    /// (as SIGHUP does): changed apps roll, others are not touched.
+    Reload,
     /// Restarts a local member, or every local member of a role, without a gap.
     Restart {
         /// A member name, agent / worker for the whole role, or app:APP
@@ -275,10 +278,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let reply = sent.reply.map(|r| r.data).unwrap_or_default();
             println!("{}", String::from_utf8_lossy(&reply));
         }
-        Command::Scale { role, count } => {
-            let role = Role::from_word(&role).map_err(anyhow::Error::msg)?;
-            ctl.scale(role, count).await?;
-            println!("{role}: {count}");
+        Command::Scale { app, count } => {
+            let app = app.strip_prefix("app:").unwrap_or(&app);
+            ctl.scale(app, count).await?;
+            println!("{app}: {count}");
+        }
+        Command::Reload => {
+            let apps = ctl.reload().await?;
+            show::reload(&apps, &mut std::io::stdout())?;
         }
         Command::Restart { which, rolling } => {
             ctl.restart(&which, rolling).await?;

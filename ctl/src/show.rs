@@ -134,7 +134,44 @@ pub fn table(members: &[pb::MemberInfo], colour: bool) -> String {
     if members.is_empty() {
         out.push("(no members)".into());
     }
+    // Why a slot is not running: FAILED, BACKOFF, or waiting to start.
+    for m in &sorted_why(members) {
+        out.push(format!("{}: {}", m.name, m.last_exit));
+    }
     out.join("\n")
+}
+
+/// Members with no process whose slot says why (name order).
+fn sorted_why(members: &[pb::MemberInfo]) -> Vec<&pb::MemberInfo> {
+    use pb::MemberState as S;
+    let mut why: Vec<&pb::MemberInfo> = members
+        .iter()
+        .filter(|m| m.pid == 0 && !m.last_exit.is_empty())
+        .filter(|m| {
+            [S::Failed, S::Backoff, S::Starting]
+                .iter()
+                .any(|s| *s as i32 == m.state)
+        })
+        .collect();
+    why.sort_by(|a, b| a.name.cmp(&b.name));
+    why
+}
+
+/// `reload`: what was done, app by app.
+pub fn reload(apps: &[pb::AppChange], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let width = apps.iter().map(|a| a.app.len()).max().unwrap_or(0).max(3);
+    let action = apps
+        .iter()
+        .map(|a| a.action.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    writeln!(out, "{:<width$}  {:<action$}  DETAIL", "APP", "ACTION")?;
+    for a in apps {
+        let line = format!("{:<width$}  {:<action$}  {}", a.app, a.action, a.detail);
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
 }
 
 /// A time or span as grpcurl prints it (RFC 3339, `"0.25s"`), or null.

@@ -315,6 +315,7 @@ async fn scale_up_and_down() {
     let scale = |count| pb::ScaleRequest {
         role: pb::Role::Worker as i32,
         count,
+        ..Default::default()
     };
     control(&addr)
         .await
@@ -340,6 +341,7 @@ async fn scale_up_and_down() {
         .scale(pb::ScaleRequest {
             role: pb::Role::Agent as i32,
             count: 2,
+            ..Default::default()
         })
         .await
         .expect_err("two agents");
@@ -590,6 +592,7 @@ async fn a_coordinator_only_master_writes_nothing_and_binds_only_its_grpc_port()
         .scale(pb::ScaleRequest {
             role: pb::Role::Worker as i32,
             count: 1,
+            ..Default::default()
         })
         .await
         .expect_err("no local members on this master");

@@ -3,10 +3,12 @@
 //! [`layer`]; parsing is strict: an unknown key, flag or out-of-range value
 //! is an error that names it.
 
+mod apps;
 mod layer;
 mod sections;
 mod values;
 
+pub use apps::{App, Join, RESERVED as RESERVED_APPS, RestartMode};
 pub use sections::*;
 
 use layer::{Layer, LayerError};
@@ -63,6 +65,8 @@ pub struct Config {
     pub worker: RoleConfig<WorkerCount>,
     /// Shared listeners.
     pub listeners: Vec<ListenerConfig>,
+    /// `[[app]]`s, beside the `[agent]` and `[worker]` sections' own.
+    pub apps: Vec<App>,
     /// Remote members to wait for.
     pub expect: Expect,
     /// Heartbeat timings.
@@ -94,6 +98,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[ha]`: one of several masters electing a leader through etcd.
     pub ha: Option<HaConfig>,
+    /// The flags it was loaded with: a reload reads the file again with
+    /// them.
+    pub args: Vec<String>,
 }
 
 impl Default for Config {
@@ -128,6 +135,7 @@ impl TryFrom<Layer> for Config {
                 command: need(l.worker.command, "worker.command")?,
                 max_rss: l.worker.max_rss,
             },
+            apps: apps::resolve(l.apps, &l.listeners)?,
             listeners: l.listeners,
             expect: Expect {
                 agents: need(l.expect.agents, "expect.agents")?,
@@ -225,6 +233,7 @@ impl TryFrom<Layer> for Config {
                     })
                 }
             },
+            args: Vec::new(),
         })
     }
 }
@@ -258,13 +267,21 @@ impl Config {
         };
         let given = file.under(from_env).under(flags);
         let local = (given.agent.count, given.worker.count);
+        let has_apps = !given.apps.is_empty();
         let mut merged = Layer::defaults().under(given);
         if merged.ha.etcd.as_ref().is_some_and(|e| !e.is_empty()) {
-            ha_children(local)?;
+            ha_children(local, has_apps)?;
             merged.agent.count = Some(0);
             merged.worker.count = Some(WorkerCount::Fixed(0));
         }
+        // With [[app]] tables the file says what runs: the demo agent and
+        // workers only when their sections ask for them.
+        if has_apps {
+            merged.agent.count = local.0.or(Some(0));
+            merged.worker.count = local.1.or(Some(WorkerCount::Fixed(0)));
+        }
         let mut cfg = Config::try_from(merged)?;
+        cfg.args = args.to_vec();
         if let Some(path) = &cfg.token_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -395,19 +412,26 @@ impl Config {
 
     /// How many local workers to run on a host with `cpus` CPUs.
     pub fn worker_count(&self, cpus: usize) -> u32 {
-        match self.worker.count {
-            WorkerCount::Auto => u32::try_from(cpus.max(1)).unwrap_or(u32::MAX),
-            WorkerCount::Fixed(n) => n,
-        }
+        self.worker.count.resolve(cpus)
     }
 }
 
 /// In HA mode masters run no local children (a standby would run a second
 /// set; members run under systemd or Kubernetes instead): an explicit
 /// count above 0 is refused, the defaults become 0.
-fn ha_children((agents, workers): (Option<u32>, Option<WorkerCount>)) -> Result<(), ConfigError> {
+fn ha_children(
+    (agents, workers): (Option<u32>, Option<WorkerCount>),
+    apps: bool,
+) -> Result<(), ConfigError> {
     let why = "must be 0 with [ha]: masters that fail over run no local members \
                (run agents and workers under systemd or Kubernetes with COHORT_MASTER listing every master)";
+    if apps {
+        return Err(value_err(
+            "app",
+            "[[app]] tables cannot go with [ha]: masters that fail over run no local members \
+             (run each app under systemd or Kubernetes with COHORT_APP and COHORT_MASTER listing every master)",
+        ));
+    }
     if agents.is_some_and(|n| n > 0) {
         return Err(value_err("agent.count", why));
     }

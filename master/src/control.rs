@@ -32,6 +32,7 @@ pub struct ControlService {
     supervisor: SupervisorHandle,
     listeners: Vec<pb::ListenerInfo>,
     election: Option<crate::ha::Election>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl ControlService {
@@ -55,7 +56,14 @@ impl ControlService {
             supervisor,
             listeners,
             election: None,
+            reloader: None,
         }
+    }
+
+    /// `Control/Reload` through this.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// A master of several: `ClusterInfo` tells the election.
@@ -287,9 +295,43 @@ impl cohort_proto::server::control_server::Control for ControlService {
         request: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleResponse>, Status> {
         let req = request.into_inner();
-        let role = role_of(req.role, "role")?;
-        self.supervisor.scale(role, req.count).await?;
+        let app = match (req.app.as_str(), req.role) {
+            ("", r) => match role_of(r, "role")? {
+                Role::Agent => "agent".to_string(),
+                Role::Worker => cohort_proto::DEFAULT_APP.to_string(),
+            },
+            (app, 0) => {
+                cohort_proto::check_app(app).map_err(Status::invalid_argument)?;
+                app.to_string()
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name a role or an app to scale, not both",
+                ));
+            }
+        };
+        self.supervisor.scale(&app, req.count).await?;
         Ok(Response::new(pb::ScaleResponse {}))
+    }
+
+    async fn reload(
+        &self,
+        _: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let Some(reloader) = &self.reloader else {
+            return Err(Status::unimplemented("this master cannot reload"));
+        };
+        let apps = reloader
+            .reload()
+            .await?
+            .into_iter()
+            .map(|c| pb::AppChange {
+                app: c.app,
+                action: c.action,
+                detail: c.detail,
+            })
+            .collect();
+        Ok(Response::new(pb::ReloadResponse { apps }))
     }
 
     async fn restart(

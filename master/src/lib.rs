@@ -36,6 +36,7 @@ pub(crate) mod model;
 pub(crate) mod outbound;
 pub(crate) mod readiness;
 pub(crate) mod registry;
+pub(crate) mod reload;
 pub(crate) mod roll;
 pub(crate) mod server;
 pub(crate) mod supervisor;
@@ -73,7 +74,7 @@ pub struct SharedListener {
 /// or none when the master runs no local workers: a coordinator-only
 /// master holds no port it does not serve.
 pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<SharedListener>> {
-    if config.worker_count(cpus()) == 0 {
+    if config.worker_count(cpus()) == 0 && config.apps.is_empty() {
         return Ok(Vec::new());
     }
     config
@@ -156,7 +157,7 @@ async fn serve(
     phase: Option<ha::Phase>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
-    let (agents, workers) = (config.agent.count, config.worker_count(cpus()));
+    let apps = supervisor::app::from_config(&config, cpus());
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(256);
     let leadership = phase.as_ref().and_then(|p| p.leading.clone());
     let standby = phase.is_some() && leadership.is_none();
@@ -171,18 +172,19 @@ async fn serve(
         _ => "the master is shutting down",
     };
     let registry = Arc::new(Registry::new(
-        registry_config(&config, agents, workers, leadership.clone()),
+        registry_config(&config, &apps, leadership.clone()),
         Some(notice_tx),
     ));
     let (listeners, fds) = describe(&shared)?;
     // Local children reach the master over a private Unix socket: no TLS
     // or client certificate to hand out, and no loopback TCP hop. A master
     // with no local members writes nothing (a read-only root is fine).
-    let mut local = match agents + workers {
-        0 => None,
-        _ => Some(LocalSocket::bind().context("creating the local members' socket")?),
+    let runs_apps = !config.apps.is_empty() || apps.iter().any(|a| a.count > 0);
+    let mut local = match runs_apps {
+        false => None,
+        true => Some(LocalSocket::bind().context("creating the local members' socket")?),
     };
-    let supervisor_config = supervisor_config(&config, agents, workers, local.as_ref(), fds);
+    let supervisor_config = supervisor_config(&config, apps, local.as_ref(), fds);
     let (supervisor, supervisor_task) =
         supervisor::start(supervisor_config, registry.clone(), notice_rx);
 
@@ -226,7 +228,10 @@ async fn serve(
             stop.clone(),
         ));
     }
+    let reloader = Arc::new(reload::Reloader::new(config.clone(), supervisor.clone()));
+    tasks.spawn(reload_on_sighup(reloader.clone(), stop.clone()));
     let parts = server::Parts {
+        reloader,
         registry: &registry,
         admission: &admission,
         config: &config,
@@ -321,13 +326,23 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The registry's settings: the expected members include the local ones.
+/// The registry's settings: the expected members include the local ones
+/// (but one-shot jobs, which exit).
 fn registry_config(
     config: &Config,
-    agents: u32,
-    workers: u32,
+    apps: &[supervisor::AppSpec],
     leadership: Option<registry::Leadership>,
 ) -> RegistryConfig {
+    let local = |role| -> u32 {
+        apps.iter()
+            .filter(|a| a.role == role && a.restart != config::RestartMode::Never)
+            .map(|a| a.count)
+            .sum()
+    };
+    let (agents, workers) = (
+        local(cohort_proto::Role::Agent),
+        local(cohort_proto::Role::Worker),
+    );
     RegistryConfig {
         health: config.health,
         messaging: config.messaging,
@@ -339,12 +354,39 @@ fn registry_config(
         join_timeout: config.restart.start_timeout,
         drain_timeout: config.restart.drain_timeout,
         local_agent: agents > 0,
-        max_rss: registry::MaxRss {
-            agent: config.agent.max_rss,
-            worker: config.worker.max_rss,
-        },
+        max_rss: supervisor::reload::max_rss(apps),
         max_members: config.max_members,
         leadership,
+    }
+}
+
+/// Reloads the configuration at each SIGHUP (as `cohortctl reload`), and
+/// logs what it did or why nothing changed.
+async fn reload_on_sighup(reloader: Arc<reload::Reloader>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with cohortctl reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading the configuration");
+        match reloader.reload().await {
+            Ok(changes) => {
+                let done: Vec<String> = changes
+                    .iter()
+                    .map(|c| format!("{} {}", c.app, c.action))
+                    .collect();
+                tracing::info!(apps = %done.join(", "), "reloaded");
+            }
+            Err(e) => tracing::error!("reload refused: {}", e.message()),
+        }
     }
 }
 
@@ -373,17 +415,13 @@ async fn mark_ready(
 /// The supervisor's settings.
 fn supervisor_config(
     config: &Config,
-    agents: u32,
-    workers: u32,
+    apps: Vec<supervisor::AppSpec>,
     local: Option<&LocalSocket>,
     listeners: Vec<(String, std::os::fd::RawFd)>,
 ) -> supervisor::SupervisorConfig {
     let r = &config.restart;
     supervisor::SupervisorConfig {
-        agents,
-        workers,
-        agent_command: config.agent.command.clone(),
-        worker_command: config.worker.command.clone(),
+        apps,
         policy: supervisor::slot::Policy {
             min_uptime: r.min_uptime,
             backoff_initial: r.backoff_initial,
@@ -392,6 +430,7 @@ fn supervisor_config(
             restart_window: r.restart_window,
             start_timeout: r.start_timeout,
             drain_timeout: r.drain_timeout,
+            restart: config::RestartMode::Always,
         },
         kill_timeout: r.kill_timeout,
         master_url: local.map(|l| format!("unix://{}", l.path.display())),

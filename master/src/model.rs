@@ -55,6 +55,8 @@ pub enum EventKind {
     Failed,
     /// Every expected member was ready.
     ClusterReady,
+    /// A reload changed an app (no member; the reason names the app).
+    Reloaded,
 }
 
 /// One member at one moment.

@@ -83,7 +83,8 @@ pub struct RegistryConfig {
     pub drain_timeout: Duration,
     /// The master runs its own agent: the agent role is reserved for it.
     pub local_agent: bool,
-    /// Memory limits per role (`[agent|worker] max_rss`).
+    /// Memory limits per app (`max_rss` of `[agent]`, `[worker]`,
+    /// `[[app]]`; a reload replaces them).
     pub max_rss: MaxRss,
     /// Members at once (`[limits] max_members`; 0 = no limit).
     pub max_members: usize,
@@ -105,15 +106,11 @@ pub struct Leadership {
     pub was_ready: bool,
 }
 
-/// Memory limits per role: a member whose heartbeats report more for
-/// [`OVER_MEMORY_BEATS`] in a row is drained (and, if local, replaced).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MaxRss {
-    /// The agent's limit.
-    pub agent: Option<u64>,
-    /// Each worker's limit.
-    pub worker: Option<u64>,
-}
+/// Memory limits by app (the agent's under `agent`): a member whose
+/// heartbeats report more for [`health::OVER_MEMORY_BEATS`] in a row is drained
+/// (and, if local, replaced).
+#[derive(Clone, Debug, Default)]
+pub struct MaxRss(pub HashMap<String, u64>);
 
 fn frame(kind: Out) -> pb::MasterFrame {
     pb::MasterFrame { kind: Some(kind) }
@@ -173,6 +170,8 @@ pub struct Registry {
     events: broadcast::Sender<ClusterEvent>,
     ready_tx: watch::Sender<bool>,
     cfg: RegistryConfig,
+    /// The memory limits now (from `cfg`, then each reload's).
+    max_rss: Mutex<MaxRss>,
     notices: Option<tokio::sync::mpsc::Sender<Notice>>,
     /// What routing counts, for `[metrics]`.
     pub metrics: RoutingMetrics,
@@ -208,6 +207,7 @@ impl Registry {
             }),
             events,
             ready_tx,
+            max_rss: Mutex::new(cfg.max_rss.clone()),
             cfg,
             notices,
             metrics: Default::default(),

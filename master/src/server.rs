@@ -46,6 +46,8 @@ pub struct Parts<'a> {
     pub addr: SocketAddr,
     /// The supervisor, for Scale/Restart/Drain.
     pub supervisor: SupervisorHandle,
+    /// What `Control/Reload` calls.
+    pub reloader: Arc<crate::reload::Reloader>,
     /// The shared listeners' real addresses.
     pub listeners: Vec<pb::ListenerInfo>,
     /// Where member readers and watchers are tracked.
@@ -77,6 +79,7 @@ impl Services {
             stop,
             gate,
             election,
+            reloader,
         } = parts;
         let max = cohort_proto::MAX_MESSAGE_BYTES;
         let auth = Auth::new(&config.tokens);
@@ -118,7 +121,8 @@ impl Services {
                 tasks.clone(),
                 stop.clone(),
             )
-            .with_election(election),
+            .with_election(election)
+            .with_reloader(reloader),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

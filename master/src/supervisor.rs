@@ -6,9 +6,12 @@
 //! from the registry, operator requests); decisions come from the pure
 //! state machine in [`slot`], side effects from [`spawn`].
 
+pub mod app;
 mod handle;
 mod operations;
+mod order;
 mod output;
+pub mod reload;
 pub mod rollout;
 mod shutdown;
 pub mod slot;
@@ -16,8 +19,10 @@ pub mod spawn;
 pub mod stale;
 mod timers;
 
+pub use app::AppSpec;
 use handle::*;
 pub use handle::{SlotView, SupervisorHandle};
+pub use reload::Change;
 
 use crate::model::Notice;
 use crate::model::{EventKind, MemberSnapshot, MemberState};
@@ -25,7 +30,7 @@ use crate::registry::Registry;
 use cohort_process::child;
 use cohort_proto::{Role, env};
 use rollout::{Progress, Rollout};
-use slot::{Action, Event, Lifecycle, Outcome, Policy, Slot};
+use slot::{Action, Event, Lifecycle, Outcome, Policy, RestartMode, Slot};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
@@ -36,15 +41,10 @@ use tonic::Status;
 /// What the supervisor runs.
 #[derive(Clone, Debug)]
 pub struct SupervisorConfig {
-    /// Local agents (0 or 1).
-    pub agents: u32,
-    /// Local workers.
-    pub workers: u32,
-    /// The agent's command.
-    pub agent_command: Vec<String>,
-    /// The workers' command.
-    pub worker_command: Vec<String>,
-    /// Restart policy, with the drain and start timeouts.
+    /// The apps, in start order ([`app::from_config`]).
+    pub apps: Vec<AppSpec>,
+    /// Restart policy, with the drain and start timeouts (each app's
+    /// restart mode replaces `policy.restart`).
     pub policy: Policy,
     /// At shutdown, how long after `drain_timeout` before SIGKILL.
     pub kill_timeout: Duration,
@@ -53,11 +53,12 @@ pub struct SupervisorConfig {
     pub master_url: Option<String>,
     /// The bearer token handed to local children (`COHORT_TOKEN`).
     pub token: Option<String>,
-    /// Shared listeners handed to workers.
+    /// Shared listeners, each app inheriting those it names.
     pub listeners: Vec<(String, RawFd)>,
 }
 
 struct Entry {
+    app: String,
     role: Role,
     name: String,
     slot: Slot,
@@ -66,37 +67,39 @@ struct Entry {
     removed: bool,
 }
 
-enum Stage {
-    Agent {
-        deadline: Instant,
-    },
-    Workers {
-        deadline: Instant,
-    },
-    Running,
-    /// The master is shutting down: instances retire, none start.
-    Stopping,
+/// An app and how far its start is.
+struct AppRun {
+    spec: AppSpec,
+    /// Its slots were started (what it depends on was ready).
+    started: bool,
+    /// When it started, or was added.
+    since: Instant,
+    /// Why it cannot start (what it depends on FAILED), once said.
+    blocked: Option<String>,
 }
+
+/// Who waits for the restart in progress, and with what.
+type Done = Box<dyn FnOnce(Result<(), Status>) + Send>;
 
 struct Supervisor {
     cfg: SupervisorConfig,
     registry: Arc<Registry>,
+    apps: Vec<AppRun>,
     entries: Vec<Entry>,
-    stage: Stage,
-    restart: Option<(Rollout, oneshot::Sender<Result<(), Status>>)>,
+    /// The master is shutting down: instances retire, none start.
+    stopping: bool,
+    /// "all local members ready" was logged.
+    all_ready_said: bool,
+    /// The agent was not ready within `start_timeout`: workers start
+    /// without it.
+    agent_late: bool,
+    restart: Option<(Rollout, Done)>,
     tx: mpsc::Sender<Command>,
     views: Arc<Mutex<Vec<SlotView>>>,
 }
 
 fn wall_clock(at: Instant) -> SystemTime {
     SystemTime::now() + at.saturating_duration_since(Instant::now())
-}
-
-fn slot_name(role: Role, index: u32) -> String {
-    match (role, index) {
-        (Role::Agent, 1) => "agent".into(),
-        _ => format!("{role}-{index}"),
-    }
 }
 
 /// Starts the supervisor task. `notices` carries the registry's reports on
@@ -108,12 +111,12 @@ pub fn start(
 ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
     let views = Arc::new(Mutex::new(Vec::new()));
-    let now = Instant::now();
     let mut sup = Supervisor {
+        apps: Vec::new(),
         entries: Vec::new(),
-        stage: Stage::Agent {
-            deadline: now + cfg.policy.start_timeout,
-        },
+        stopping: false,
+        all_ready_said: false,
+        agent_late: false,
         restart: None,
         tx: tx.clone(),
         views: views.clone(),
@@ -126,17 +129,10 @@ pub fn start(
 
 impl Supervisor {
     async fn run(&mut self, mut rx: mpsc::Receiver<Command>, mut notices: mpsc::Receiver<Notice>) {
-        for i in 1..=self.cfg.agents {
-            self.add_entry(Role::Agent, i);
+        for spec in std::mem::take(&mut self.cfg.apps) {
+            self.add_app(spec);
         }
-        for i in 1..=self.cfg.workers {
-            self.add_entry(Role::Worker, i);
-        }
-        if self.cfg.agents > 0 {
-            self.start_role(Role::Agent);
-        } else {
-            self.start_workers();
-        }
+        self.start_due();
         self.publish_views();
         loop {
             // Sleep until the next deadline (backoff, start timeout, drain,
@@ -161,31 +157,87 @@ impl Supervisor {
         }
     }
 
-    fn add_entry(&mut self, role: Role, index: u32) {
-        self.entries.push(Entry {
-            role,
-            name: slot_name(role, index),
-            slot: Slot::default(),
-            last_exit: String::new(),
-            removed: false,
+    fn add_app(&mut self, spec: AppSpec) {
+        let a = self.apps.len();
+        self.apps.push(AppRun {
+            spec,
+            started: false,
+            since: Instant::now(),
+            blocked: None,
         });
+        self.resize(a);
     }
 
-    fn start_role(&mut self, role: Role) {
-        let idx: Vec<usize> = (0..self.entries.len())
-            .filter(|i| self.entries[*i].role == role)
-            .collect();
-        for i in idx {
-            self.apply(i, Event::Start);
+    /// Adds or stops slots until app `a` has its count (started ones
+    /// start at once, the others with their app).
+    pub(super) fn resize(&mut self, a: usize) {
+        let app = &self.apps[a];
+        let (spec, started) = (app.spec.clone(), app.started);
+        let have = self.of_app(&spec.name).count() as u32;
+        for index in have + 1..=spec.count {
+            let name = spec.slot_name(index);
+            // A slot scaled away whose old instance is still finishing
+            // comes back as it is.
+            let i = match self.entries.iter().position(|e| e.name == name) {
+                Some(i) => {
+                    self.entries[i].removed = false;
+                    i
+                }
+                None => {
+                    self.entries.push(Entry {
+                        app: spec.name.clone(),
+                        role: spec.role,
+                        name,
+                        slot: Slot::default(),
+                        last_exit: String::new(),
+                        removed: false,
+                    });
+                    self.entries.len() - 1
+                }
+            };
+            if started {
+                self.apply(i, Event::Start);
+            }
+        }
+        for index in (spec.count + 1..=have).rev() {
+            let name = spec.slot_name(index);
+            if let Some(i) = self.index_of(&name) {
+                self.remove_slot(i);
+            }
         }
     }
 
-    fn start_workers(&mut self) {
-        self.stage = Stage::Workers {
-            deadline: Instant::now() + self.cfg.policy.start_timeout,
-        };
-        self.start_role(Role::Worker);
-        self.check_stage();
+    /// Stops slot `i` for good; it goes once its processes have.
+    pub(super) fn remove_slot(&mut self, i: usize) {
+        let name = self.entries[i].name.clone();
+        self.apply(i, Event::Stop);
+        self.entries[i].removed = true;
+        if self.entries[i].slot.pids().next().is_none() {
+            self.entries.remove(i);
+        }
+        self.registry.release(&name);
+    }
+
+    /// The indexes of app `name`'s slots (not scaled away).
+    fn of_app<'a>(&'a self, name: &'a str) -> impl Iterator<Item = usize> + 'a {
+        (0..self.entries.len()).filter(move |i| {
+            let e = &self.entries[*i];
+            e.app == name && !e.removed
+        })
+    }
+
+    /// App `name`'s place.
+    fn app_index(&self, name: &str) -> Option<usize> {
+        self.apps.iter().position(|a| a.spec.name == name)
+    }
+
+    /// Slot `i`'s restart policy: its app's mode on the common one.
+    fn policy(&self, i: usize) -> Policy {
+        let app = self.app_index(&self.entries[i].app);
+        Policy {
+            restart: app.map_or(self.cfg.policy.restart, |a| self.apps[a].spec.restart),
+            ..self.cfg.policy
+        }
     }
 
     /// The slot named `name`, unless it was scaled away.
@@ -200,7 +252,8 @@ impl Supervisor {
         let mut events = VecDeque::from([event]);
         while let Some(ev) = events.pop_front() {
             let now = Instant::now();
-            let actions = slot::step(&mut self.entries[i].slot, ev, &self.cfg.policy, now);
+            let policy = self.policy(i);
+            let actions = slot::step(&mut self.entries[i].slot, ev, &policy, now);
             for action in actions {
                 match action {
                     Action::Spawn => events.push_back(self.spawn(i)),
@@ -217,9 +270,16 @@ impl Supervisor {
                         self.report(i, EventKind::Backoff, &reason);
                     }
                     Action::Failed { reason } => {
-                        tracing::error!(member.name = %self.entries[i].name, reason, "slot failed: too many restarts");
+                        tracing::error!(member.name = %self.entries[i].name, reason, "slot failed");
                         self.entries[i].last_exit = reason.clone();
                         self.report(i, EventKind::Failed, &reason);
+                    }
+                    Action::Finished { outcome } => {
+                        tracing::info!(member.name = %self.entries[i].name, %outcome, "member finished; its restart mode starts no other");
+                        self.entries[i].last_exit = outcome.to_string();
+                        let reason = format!("{outcome}: finished");
+                        self.registry
+                            .announce_exit(self.view(i).snapshot(), &reason);
                     }
                     Action::Kill { pid, reason } => {
                         tracing::warn!(member.name = %self.entries[i].name, pid, reason, "killing the member's process group");
@@ -231,9 +291,9 @@ impl Supervisor {
                     }
                     Action::Retired { pid, outcome } => {
                         let e = &self.entries[i];
-                        let what = match self.stage {
-                            Stage::Stopping => "stopped at shutdown",
-                            _ => "replaced instance exited",
+                        let what = match self.stopping {
+                            true => "stopped at shutdown",
+                            false => "replaced instance exited",
                         };
                         tracing::info!(member.name = %e.name, pid, %outcome, "{what}");
                         let gone = MemberSnapshot {
@@ -259,34 +319,42 @@ impl Supervisor {
     /// Spawns slot `i`'s next instance; returns the event that follows.
     fn spawn(&mut self, i: usize) -> Event {
         let (role, name) = (self.entries[i].role, self.entries[i].name.clone());
+        let Some(a) = self.app_index(&self.entries[i].app) else {
+            let reason = "its app was removed".into();
+            return Event::SpawnFailed { reason };
+        };
+        let app = &self.apps[a].spec;
         let Some(url) = self.cfg.master_url.clone() else {
             let reason = "this master has no local members' socket".into();
             return Event::SpawnFailed { reason };
         };
         let secret = uuid::Uuid::new_v4().simple().to_string();
         self.registry.reserve(&name, &secret);
-        let command = match role {
-            Role::Agent => self.cfg.agent_command.clone(),
-            Role::Worker => self.cfg.worker_command.clone(),
-        };
-        let listeners: &[(String, RawFd)] = match role {
-            Role::Worker => &self.cfg.listeners,
-            Role::Agent => &[],
-        };
+        let command = app.command.clone();
+        let listeners: Vec<(String, RawFd)> = self
+            .cfg
+            .listeners
+            .iter()
+            .filter(|(l, _)| app.listeners.as_ref().is_none_or(|ls| ls.contains(l)))
+            .cloned()
+            .collect();
         let spec = spawn::SpawnSpec {
             command: &command,
-            env: vec![
-                (env::MASTER.into(), url),
-                (env::NAME.into(), name.clone()),
-                (env::ROLE.into(), role.to_string()),
-                (env::SECRET.into(), secret),
-                // Parsed and logged once by the master (supervisor/output.rs).
-                (env::LOG_FORMAT.into(), output::CHILD_LOG_FORMAT.into()),
-            ]
-            .into_iter()
-            .chain(self.cfg.token.clone().map(|t| (env::TOKEN.to_string(), t)))
-            .collect(),
-            listeners,
+            cwd: app.cwd.as_deref(),
+            env: app
+                .with_app_env()
+                .into_iter()
+                .chain([
+                    (env::MASTER.into(), url),
+                    (env::NAME.into(), name.clone()),
+                    (env::ROLE.into(), role.to_string()),
+                    (env::SECRET.into(), secret),
+                    // Parsed and logged once by the master (supervisor/output.rs).
+                    (env::LOG_FORMAT.into(), output::CHILD_LOG_FORMAT.into()),
+                ])
+                .chain(self.cfg.token.clone().map(|t| (env::TOKEN.to_string(), t)))
+                .collect(),
+            listeners: &listeners,
         };
         match spawn::spawn(&spec) {
             Ok(mut child) => {
@@ -296,7 +364,8 @@ impl Supervisor {
                     };
                 };
                 tracing::info!(member.name = %name, pid, "spawned");
-                output::capture(&mut child, &name, role, &self.registry.logs);
+                let app = self.entries[i].app.clone();
+                output::capture(&mut child, &name, role, &app, &self.registry.logs);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let outcome = match child.wait().await {
@@ -326,9 +395,10 @@ impl Supervisor {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Exited { pid, outcome } => self.exited(pid, outcome),
-            Command::Scale { role, count, reply } => {
-                let _ = reply.send(self.scale(role, count));
+            Command::Scale { app, count, reply } => {
+                let _ = reply.send(self.scale(&app, count));
             }
+            Command::Reload { apps, reply } => self.reload(apps, reply),
             Command::Restart {
                 member,
                 role,
@@ -356,6 +426,8 @@ impl Supervisor {
         if e.removed && e.slot.pids().next().is_none() {
             self.entries.remove(i);
         }
+        // A one-shot done (or failed) decides what waits for it.
+        self.start_due();
     }
 
     fn view(&self, i: usize) -> SlotView {
@@ -367,16 +439,27 @@ impl Supervisor {
             Lifecycle::Ready { pid, .. } => (MemberState::Ready, *pid, None),
             Lifecycle::Backoff { until, .. } => (MemberState::Backoff, 0, Some(wall_clock(*until))),
             Lifecycle::Failed { .. } => (MemberState::Failed, 0, None),
+            Lifecycle::Finished { .. } => (MemberState::Gone, 0, None),
         };
-        SlotView {
+        let mut view = SlotView {
             name: e.name.clone(),
+            app: e.app.clone(),
             role: e.role,
             state,
             pid,
             restarts: e.slot.restarts,
             next_attempt_at: next,
             last_exit: e.last_exit.clone(),
+        };
+        // Not started: waiting for what it depends on, or blocked by it.
+        let app = self.app_index(&e.app).map(|a| &self.apps[a]);
+        if let Some(app) = app.filter(|a| !a.started && !self.stopping) {
+            (view.state, view.last_exit) = match &app.blocked {
+                Some(why) => (MemberState::Failed, why.clone()),
+                None => (MemberState::Starting, self.waiting_for(app)),
+            };
         }
+        view
     }
 
     fn publish_views(&self) {

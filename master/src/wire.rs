@@ -47,6 +47,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Draining => pb::EventKind::Draining,
             EventKind::Left => pb::EventKind::Left,
             EventKind::Exited => pb::EventKind::Exited,
+            EventKind::Reloaded => pb::EventKind::Reloaded,
             EventKind::Respawned => pb::EventKind::Respawned,
             EventKind::Backoff => pb::EventKind::Backoff,
             EventKind::Failed => pb::EventKind::Failed,

@@ -54,6 +54,11 @@ impl Member {
         self.inner.send_frame(Out::Ready(pb::Ready {})).await
     }
 
+    /// Whether this member has reported ready ([`Member::ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
     /// Waits until the master announces ClusterReady.
     pub async fn cluster_ready(&self) {
         let mut rx = self.inner.cluster_ready.subscribe();

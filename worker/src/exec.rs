@@ -53,10 +53,13 @@ fn data_of(v: Option<&Value>) -> Vec<u8> {
 
 /// Runs the payload until it exits; returns its exit code (128 + signal when
 /// killed). `shutdown` asks the payload (and its process group) to stop.
+/// With `ready_after`, the member reports ready once the payload has run
+/// that long, unless the payload said so first.
 pub async fn run(
     member: Member,
     command: &[String],
     listen_fds: usize,
+    ready_after: Option<Duration>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<i32> {
     let Some((program, args)) = command.split_first() else {
@@ -137,6 +140,21 @@ pub async fn run(
         }
     });
 
+    let on_time = ready_after.map(|after| {
+        let member = member.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if !member.is_ready() {
+                tracing::info!(
+                    after_ms = after.as_millis() as u64,
+                    "payload still running: ready"
+                );
+                if let Err(e) = member.ready().await {
+                    tracing::warn!(error = %e, "cannot report ready");
+                }
+            }
+        })
+    });
     let status = tokio::select! {
         s = child.wait() => s?,
         _ = shutdown => {
@@ -162,6 +180,9 @@ pub async fn run(
     from_payload.abort();
     to_payload.abort();
     writer_task.abort();
+    if let Some(t) = on_time {
+        t.abort();
+    }
     // What the payload printed last, unless something it started still
     // holds its output open.
     for task in output.into_iter().flatten() {

@@ -30,6 +30,9 @@ pub struct Settings {
     pub demo_faults: bool,
     /// Run this program instead of the demo app.
     pub exec: Vec<String>,
+    /// With `exec`: report ready once the program ran this long, unless it
+    /// said so first.
+    pub ready_after: Option<Duration>,
     /// Inherited listeners.
     pub inherited: listeners::Inherited,
     /// How long in-flight requests may take after the worker stops accepting.
@@ -60,6 +63,7 @@ pub async fn run(
             member.clone(),
             &settings.exec,
             settings.inherited.names.len(),
+            settings.ready_after,
             shutdown,
         )
         .await;

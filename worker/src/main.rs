@@ -1,4 +1,4 @@
-//! `cohort-worker [--http ADDR] [--demo-faults] [--exec -- CMD ARGS]`: reads
+//! `cohort-worker [--http ADDR] [--demo-faults] [--ready-after DUR] [--exec -- CMD ARGS]`: reads
 //! `COHORT_*` and `LISTEN_FDS`, runs the demo worker (or CMD). Exit codes:
 //! 0 after a clean leave, the payload's status with `--exec`, 70 after the
 //! fatal-error path, 64 for bad settings, 1 on failure.
@@ -25,6 +25,10 @@ struct Flags {
     /// JSON lines on fd $COHORT_CHANNEL_FD.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     exec: Vec<String>,
+    /// With --exec: report ready once CMD has run this long (1s, 500ms),
+    /// unless it says so first on its channel.
+    #[arg(long, value_name = "DUR", value_parser = cohort_process::parse_duration, requires = "exec")]
+    ready_after: Option<Duration>,
 }
 
 /// The environment variable twin of `--http`.
@@ -73,6 +77,7 @@ fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Settin
         http,
         demo_faults: flags.demo_faults,
         exec,
+        ready_after: flags.ready_after,
     })
 }
 
@@ -138,6 +143,13 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(s.exec, ["sh", "-c", "x"]);
+        let s = parse(
+            &["--ready-after", "1s", "--exec", "--", "true"].map(String::from),
+            none,
+        )
+        .expect("ok");
+        assert_eq!(s.ready_after, Some(Duration::from_secs(1)));
+        assert!(parse(&["--ready-after".into(), "1s".into()], none).is_err());
         assert!(parse(&["--exec".into()], none).is_err());
         assert!(
             parse(&["--nope".into()], none)

@@ -6,6 +6,7 @@
 //! [`Layer::defaults`], the only place they are written: `--help` shows
 //! them from there, and the configuration is made from the merged layers.
 
+use super::apps::AppTable;
 use super::values::{
     app_counts, bytes, duration, parse_app_count, parse_listener, parse_overflow,
     parse_worker_count,
@@ -53,6 +54,10 @@ pub(super) struct Layer {
     #[arg(long = "listener", value_name = "NAME=ADDR", value_parser = parse_listener)]
     #[serde(rename = "listener", default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerConfig>,
+    /// `[[app]]` tables (file only).
+    #[arg(skip)]
+    #[serde(rename = "app", default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppTable>,
     #[command(flatten)]
     #[serde(default)]
     pub agent: AgentLayer,
@@ -370,6 +375,7 @@ impl Layer {
                 name: "http".into(),
                 addr: loopback(8080),
             }],
+            apps: Vec::new(),
             agent: AgentLayer {
                 count: Some(1),
                 max_rss: None,

@@ -17,6 +17,16 @@ pub enum WorkerCount {
     Auto,
 }
 
+impl WorkerCount {
+    /// The number on a host with `cpus` CPUs.
+    pub fn resolve(self, cpus: usize) -> u32 {
+        match self {
+            WorkerCount::Auto => u32::try_from(cpus.max(1)).unwrap_or(u32::MAX),
+            WorkerCount::Fixed(n) => n,
+        }
+    }
+}
+
 /// `"auto"` as the unit variant's text in the file.
 mod auto {
     use serde::{Deserialize, Deserializer, Serializer};

@@ -4,13 +4,19 @@ use super::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The configuration from flags and environment; what it was loaded from
+/// (`args`, kept for a reload) is checked once, then left out so that
+/// configurations compare by what they say.
 fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    Config::load(&args, &move |k| env.get(k).cloned())
+    let mut c = Config::load(&args, &move |k| env.get(k).cloned())?;
+    assert_eq!(c.args, args);
+    c.args.clear();
+    Ok(c)
 }
 
 fn write(text: &str) -> tempfile::NamedTempFile {
@@ -282,4 +288,122 @@ fn members_expected_of_an_app_come_from_the_file_the_environment_or_flags() {
     let f = write("[expect]\napps = { \"has space\" = 1 }\n");
     let err = load(&["--config", f.path().to_str().expect("path")], &[]).expect_err("bad app");
     assert!(err.to_string().contains("letters, digits"), "{err}");
+}
+
+#[test]
+fn apps_read_their_env_file_and_the_sections_run_nothing_unless_asked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let env_file = dir.path().join("web.env");
+    std::fs::write(&env_file, "# comment\nPORT=80\nMODE=\"from file\"\n").expect("write");
+    let text = format!(
+        r#"
+[[app]]
+name = "web"
+command = ["node", "server.js"]
+join = "wrap"
+count = 4
+env = {{ MODE = "from table" }}
+env_file = "{}"
+listeners = ["http"]
+max_rss = "512MiB"
+depends_on = ["migrate"]
+
+[[app]]
+name = "migrate"
+command = ["sh", "-c", "exit 0"]
+restart = "never"
+"#,
+        env_file.display()
+    );
+    let f = write(&text);
+    let c = load(&["--config", f.path().to_str().expect("path")], &[]).expect("apps");
+    assert_eq!((c.agent.count, c.worker.count), (0, WorkerCount::Fixed(0)));
+    let web = &c.apps[0];
+    assert_eq!(
+        (web.name.as_str(), web.join, web.count),
+        ("web", Join::Wrap, WorkerCount::Fixed(4))
+    );
+    // The file's lines, then the table's: the table wins when set later.
+    let env: Vec<(&str, &str)> = web
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("PORT", "80"),
+            ("MODE", "from file"),
+            ("MODE", "from table")
+        ]
+    );
+    assert_eq!(web.max_rss, Some(512 << 20));
+    let migrate = &c.apps[1];
+    assert_eq!(
+        (migrate.restart, migrate.count),
+        (RestartMode::Never, WorkerCount::Fixed(1))
+    );
+    // An explicit [worker] count still runs the section's app beside them.
+    let c = load(
+        &[
+            "--config",
+            f.path().to_str().expect("path"),
+            "--worker-count=2",
+        ],
+        &[],
+    )
+    .expect("worker");
+    assert_eq!(c.worker.count, WorkerCount::Fixed(2));
+}
+
+#[test]
+fn a_bad_set_of_apps_is_refused_naming_the_app() {
+    let app = |name: &str, extra: &str| {
+        format!("[[app]]\nname = \"{name}\"\ncommand = [\"x\"]\n{extra}\n")
+    };
+    let cases = [
+        (
+            app("web", "") + &app("web", ""),
+            "app web: name: is the name of another [[app]]",
+        ),
+        (
+            app("worker", ""),
+            "app worker: name: is the name of the [agent] or [worker] section's app",
+        ),
+        (
+            app("web", "depends_on = [\"db\"]"),
+            "app web: depends_on: \"db\" is no app",
+        ),
+        (
+            app("a", "depends_on = [\"b\"]") + &app("b", "depends_on = [\"a\"]"),
+            "app a: depends_on: is a cycle: a → b → a",
+        ),
+        (
+            app("web", "depends_on = [\"web\"]"),
+            "is a cycle: web → web",
+        ),
+        (
+            app("web", "listeners = [\"grpc\"]"),
+            "app web: listeners: \"grpc\" is no [[listener]] (listeners: http)",
+        ),
+        (
+            app("web", "env_file = \"/nonexistent/web.env\""),
+            "app web: env_file: cannot read /nonexistent/web.env",
+        ),
+        (
+            app("web", "restart = \"sometimes\""),
+            "unknown variant `sometimes`",
+        ),
+        (app("web", "port = 80"), "unknown field `port`"),
+        (app("a b", ""), "app.name"),
+        (
+            app("web", "[ha]\netcd = [\"http://e:2379\"]"),
+            "app: [[app]] tables cannot go with [ha]",
+        ),
+    ];
+    for (text, want) in cases {
+        let f = write(&text);
+        let err = load(&["--config", f.path().to_str().expect("path")], &[]).expect_err(&text);
+        assert!(err.to_string().contains(want), "{text}\n→ {err}");
+    }
 }

@@ -19,6 +19,14 @@ impl Registry {
         self.publish(&mut st, event(kind, Some(slot), reason));
     }
 
+    /// A reload changed app `app` (`what`: the action and why): to
+    /// `WatchEvents` only.
+    pub fn announce_reload(&self, app: &str, what: &str) {
+        let mut st = self.lock();
+        let reason = format!("app {app}: {what}");
+        self.publish_to(&mut st, event(EventKind::Reloaded, None, &reason), false);
+    }
+
     /// A local member's process ended after its instance had left: to
     /// `WatchEvents` only. Members had the LEFT, and by now a replacement
     /// may hold the name.

@@ -15,13 +15,19 @@ use tokio_util::sync::CancellationToken;
 pub const OVER_MEMORY_BEATS: u8 = 3;
 
 impl Registry {
-    /// Counts a ready member's heartbeats over its role's `max_rss`; the
+    /// Counts a ready member's heartbeats over its app's `max_rss`; the
     /// reason to drain it once there were [`OVER_MEMORY_BEATS`] in a row.
     pub(super) fn over_memory(&self, m: &mut Member) -> Option<String> {
-        let limit = match m.role {
-            Role::Agent => self.cfg.max_rss.agent,
-            Role::Worker => self.cfg.max_rss.worker,
-        }?;
+        let app = match m.role {
+            Role::Agent => "agent",
+            Role::Worker => m.app.as_str(),
+        };
+        let limit = *self
+            .max_rss
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(app)?;
         if m.presence != Presence::Ready || m.rss_bytes <= limit {
             m.over_memory = 0;
             return None;
@@ -34,6 +40,11 @@ impl Registry {
                 limit >> 20
             )
         })
+    }
+
+    /// Replaces the memory limits (a reload).
+    pub fn set_max_rss(&self, limits: super::MaxRss) {
+        *self.max_rss.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// Drains a member over `max_rss`: it stops taking work and finishes;

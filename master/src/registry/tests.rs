@@ -30,10 +30,7 @@ fn config(expect_workers: u32) -> RegistryConfig {
         join_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(30),
         local_agent: false,
-        max_rss: MaxRss {
-            agent: None,
-            worker: Some(100 << 20),
-        },
+        max_rss: MaxRss(HashMap::from([("worker".to_string(), 100 << 20)])),
         max_members: 0,
         leadership: None,
     }

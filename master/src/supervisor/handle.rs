@@ -8,6 +8,8 @@ use super::*;
 pub struct SlotView {
     /// The slot's member name.
     pub name: String,
+    /// Its app.
+    pub app: String,
     /// Its role.
     pub role: Role,
     /// Its state: STARTING, READY, BACKOFF, FAILED, or GONE when stopped.
@@ -32,6 +34,10 @@ impl SlotView {
             restarts: self.restarts,
             next_attempt_at: self.next_attempt_at,
             last_exit: self.last_exit.clone(),
+            app: match self.role {
+                Role::Agent => String::new(),
+                Role::Worker => self.app.clone(),
+            },
             ..MemberSnapshot::new(self.name.clone(), self.role, self.state)
         }
     }
@@ -43,9 +49,13 @@ pub(super) enum Command {
         outcome: Outcome,
     },
     Scale {
-        role: Role,
+        app: String,
         count: u32,
         reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Reload {
+        apps: Vec<AppSpec>,
+        reply: oneshot::Sender<Result<Vec<Change>, Status>>,
     },
     Restart {
         member: Option<String>,
@@ -70,16 +80,30 @@ pub(super) fn gone() -> Status {
 }
 
 impl SupervisorHandle {
-    /// Every slot, agent first.
+    /// Every slot, in start order.
     pub fn views(&self) -> Vec<SlotView> {
         self.views.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Sets the number of local members of `role`.
-    pub async fn scale(&self, role: Role, count: u32) -> Result<(), Status> {
+    /// Sets the number of local members of an app (`agent` and `worker`
+    /// are the `[agent]` and `[worker]` sections').
+    pub async fn scale(&self, app: &str, count: u32) -> Result<(), Status> {
+        let (reply, rx) = oneshot::channel();
+        let app = app.to_string();
+        self.tx
+            .send(Command::Scale { app, count, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Runs `apps` from now on: starts new ones, stops removed ones,
+    /// scales and rolls changed ones; returns what it did once the rolls
+    /// are done.
+    pub async fn reload(&self, apps: Vec<AppSpec>) -> Result<Vec<Change>, Status> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Scale { role, count, reply })
+            .send(Command::Reload { apps, reply })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?

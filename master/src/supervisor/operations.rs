@@ -4,49 +4,23 @@
 use super::*;
 
 impl Supervisor {
-    pub(super) fn scale(&mut self, role: Role, count: u32) -> Result<(), Status> {
-        if role == Role::Agent && count > 1 {
+    pub(super) fn scale(&mut self, app: &str, count: u32) -> Result<(), Status> {
+        let Some(a) = self.app_index(app) else {
+            let names: Vec<&str> = self.apps.iter().map(|a| a.spec.name.as_str()).collect();
+            return Err(Status::not_found(format!(
+                "no app named {app} on this master (apps: {})",
+                names.join(", ")
+            )));
+        };
+        if self.apps[a].spec.role == Role::Agent && count > 1 {
             return Err(Status::invalid_argument("a cluster has 0 or 1 agent"));
         }
         if count > 0 && self.cfg.master_url.is_none() {
-            return Err(Status::failed_precondition(
-                "this master was started with no local members ([agent] count = 0 and [worker] count = 0), so it has no socket for children; start it with a count above 0 to run local members",
-            ));
+            return Err(no_socket());
         }
-        let have = self
-            .entries
-            .iter()
-            .filter(|e| e.role == role && !e.removed)
-            .count() as u32;
-        tracing::info!(%role, from = have, to = count, "scaling");
-        for index in have + 1..=count {
-            let name = slot_name(role, index);
-            // A slot scaled away whose old instance is still finishing
-            // comes back as it is.
-            let i = match self.entries.iter().position(|e| e.name == name) {
-                Some(i) => {
-                    self.entries[i].removed = false;
-                    i
-                }
-                None => {
-                    self.add_entry(role, index);
-                    self.entries.len() - 1
-                }
-            };
-            self.apply(i, Event::Start);
-        }
-        for index in (count + 1..=have).rev() {
-            let name = slot_name(role, index);
-            let Some(i) = self.index_of(&name) else {
-                continue;
-            };
-            self.apply(i, Event::Stop);
-            self.entries[i].removed = true;
-            if self.entries[i].slot.pids().next().is_none() {
-                self.entries.remove(i);
-            }
-            self.registry.release(&name);
-        }
+        tracing::info!(app, from = self.apps[a].spec.count, to = count, "scaling");
+        self.apps[a].spec.count = count;
+        self.resize(a);
         Ok(())
     }
 
@@ -73,11 +47,14 @@ impl Supervisor {
                     return;
                 }
             },
-            (None, Some(r)) => self
-                .entries
-                .iter()
-                .filter(|e| e.role == r && !e.removed)
-                .map(|e| e.name.clone())
+            // Every member of the role but one-shots: a restart must not
+            // run a finished job again.
+            (None, Some(r)) => (0..self.entries.len())
+                .filter(|i| {
+                    let e = &self.entries[*i];
+                    e.role == r && !e.removed && self.policy(*i).restart != RestartMode::Never
+                })
+                .map(|i| self.entries[i].name.clone())
                 .collect(),
             (None, None) => {
                 let _ = reply.send(Err(Status::invalid_argument(
@@ -86,9 +63,18 @@ impl Supervisor {
                 return;
             }
         };
-        let deadline = Instant::now() + self.cfg.policy.start_timeout * names.len() as u32;
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r);
+        });
+        self.roll(names, rolling, done);
+    }
+
+    /// Replaces the slots `names` (one at a time when `rolling`); `done`
+    /// hears when their new instances are ready, or the deadline passed.
+    pub(super) fn roll(&mut self, names: Vec<String>, rolling: bool, done: Done) {
+        let deadline = Instant::now() + self.cfg.policy.start_timeout * names.len().max(1) as u32;
         let (rollout, first) = Rollout::begin(names, rolling, deadline);
-        self.restart = Some((rollout, reply));
+        self.restart = Some((rollout, done));
         self.advance(first);
     }
 
@@ -108,14 +94,14 @@ impl Supervisor {
                 }
                 Progress::Waiting => {}
                 Progress::Finished => {
-                    if let Some((_, reply)) = self.restart.take() {
+                    if let Some((_, done)) = self.restart.take() {
                         tracing::info!("restart finished");
-                        let _ = reply.send(Ok(()));
+                        done(Ok(()));
                     }
                 }
                 Progress::Expired(pending) => {
-                    if let Some((_, reply)) = self.restart.take() {
-                        let _ = reply.send(Err(Status::deadline_exceeded(format!(
+                    if let Some((_, done)) = self.restart.take() {
+                        done(Err(Status::deadline_exceeded(format!(
                             "restart did not finish in time; still waiting for {}",
                             pending.join(", ")
                         ))));
@@ -124,4 +110,12 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Local members asked of a master that has no socket for them.
+pub(super) fn no_socket() -> Status {
+    Status::failed_precondition(
+        "this master was started with no local members, so it has no socket for children; \
+         start it with a count above 0 (or an [[app]]) to run local members",
+    )
 }

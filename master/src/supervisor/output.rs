@@ -66,7 +66,7 @@ fn relog(level: &str, name: &str, source: &str, text: &str) {
 }
 
 /// Reads the child's stdout and stderr to their end, on the output thread.
-pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) {
+pub fn capture(child: &mut Child, name: &str, role: Role, app: &str, logs: &Arc<LogStore>) {
     let fds = [
         (child.stdout.take().map(|s| s.into_owned_fd()), "stdout"),
         (child.stderr.take().map(|s| s.into_owned_fd()), "stderr"),
@@ -74,10 +74,9 @@ pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) 
     for (fd, source) in fds {
         let Some(Ok(fd)) = fd else { continue };
         let (name, logs) = (name.to_string(), logs.clone());
-        // The master's own workers are the `[worker]` section's app.
         let app = match role {
-            Role::Worker => cohort_proto::DEFAULT_APP,
-            Role::Agent => "",
+            Role::Worker => app.to_string(),
+            Role::Agent => String::new(),
         };
         output_thread().spawn(async move {
             // Registered with the output thread's reactor, not the master's.
@@ -89,7 +88,7 @@ pub fn capture(child: &mut Child, name: &str, role: Role, logs: &Arc<LogStore>) 
             while let Some(Ok(line)) = lines.next().await {
                 let (level, text) = parse(&line);
                 relog(&level, &name, source, &text);
-                logs.append(&name, role, app, &level, text, source);
+                logs.append(&name, role, &app, &level, text, source);
                 // Over its rate, the child's pipe is left to fill: it waits
                 // on its own writes, as it would on a slow terminal.
                 budget.spend().await;

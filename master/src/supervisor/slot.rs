@@ -6,6 +6,7 @@
 //! being replaced keeps serving until its successor is ready, then gets
 //! SIGTERM and `drain_timeout` to finish before SIGKILL.
 
+pub use crate::config::RestartMode;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,9 @@ pub struct Policy {
     /// How long a retiring instance may take to finish after SIGTERM (or
     /// after it said it is leaving) before SIGKILL.
     pub drain_timeout: Duration,
+    /// Whether an instance that exited starts again (a one-shot: never;
+    /// it has no start timeout either).
+    pub restart: RestartMode,
 }
 
 /// Where the slot's current instance is.
@@ -56,7 +60,14 @@ pub enum Lifecycle {
         /// When the next attempt starts.
         until: Instant,
     },
-    /// Gave up: too many restarts within the window.
+    /// Exited and, by its restart mode, not started again: a one-shot's
+    /// success (or any clean exit under `on-failure`).
+    Finished {
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// Gave up: too many restarts within the window, or a one-shot that
+    /// failed.
     Failed {
         /// Why, in words.
         reason: String,
@@ -138,6 +149,8 @@ pub enum Action {
     },
     /// Report that the slot gave up.
     Failed { reason: String },
+    /// Report that the instance exited and stays down by its restart mode.
+    Finished { outcome: Outcome },
     /// Kill the instance's process group; its death follows as `Died`.
     Kill {
         pid: u32,
@@ -225,7 +238,9 @@ impl Slot {
     pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
         let own = match self.lifecycle {
             Lifecycle::Backoff { until, .. } => Some(until),
-            Lifecycle::Starting { since, .. } if self.condemned.is_none() => {
+            Lifecycle::Starting { since, .. }
+                if self.condemned.is_none() && policy.restart != RestartMode::Never =>
+            {
                 Some(since + policy.start_timeout)
             }
             _ => None,

@@ -6,14 +6,16 @@
 //! line into the master's log under the member's name.
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::process::{Child, Command};
 
 /// What to start and with which environment.
 pub struct SpawnSpec<'a> {
     /// Program and arguments.
     pub command: &'a [String],
-    /// Extra environment (`COHORT_*`).
+    /// Working directory (`None`: the master's).
+    pub cwd: Option<&'a Path>,
+    /// Environment over the master's: the app's, then `COHORT_*`.
     pub env: Vec<(String, String)>,
     /// Shared listeners, in `LISTEN_FDNAMES` order.
     pub listeners: &'a [(String, RawFd)],
@@ -53,6 +55,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Child> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
+    if let Some(dir) = spec.cwd {
+        cmd.current_dir(dir);
+    }
     if !spec.listeners.is_empty() {
         let names: Vec<&str> = spec.listeners.iter().map(|(n, _)| n.as_str()).collect();
         cmd.env("LISTEN_FDS", spec.listeners.len().to_string())

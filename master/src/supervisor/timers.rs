@@ -1,5 +1,5 @@
 //! What the registry reports (ready, leaving, evicted) and what comes due
-//! (backoff, start timeouts, drains, the startup stages, a restart).
+//! (backoff, start timeouts, drains, a late agent, a restart).
 
 use super::*;
 
@@ -18,7 +18,7 @@ impl Supervisor {
                     let progress = r.ready(&name);
                     self.advance(progress);
                 }
-                self.check_stage();
+                self.start_due();
             }
             Notice::OverMemory { name, pid, reason } => {
                 let Some(i) = self.index_of(&name) else {
@@ -56,16 +56,10 @@ impl Supervisor {
 
     /// The earliest moment something is due.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let slots = self
-            .entries
-            .iter()
-            .filter_map(|e| e.slot.deadline(&self.cfg.policy));
-        let stage = match self.stage {
-            Stage::Agent { deadline } | Stage::Workers { deadline } => Some(deadline),
-            Stage::Running | Stage::Stopping => None,
-        };
+        let slots =
+            (0..self.entries.len()).filter_map(|i| self.entries[i].slot.deadline(&self.policy(i)));
         let restart = self.restart.as_ref().map(|(r, _)| r.deadline());
-        slots.chain(stage).chain(restart).min()
+        slots.chain(self.agent_deadline()).chain(restart).min()
     }
 
     pub(super) fn tick(&mut self) {
@@ -73,53 +67,23 @@ impl Supervisor {
         for i in 0..self.entries.len() {
             if self.entries[i]
                 .slot
-                .deadline(&self.cfg.policy)
+                .deadline(&self.policy(i))
                 .is_some_and(|t| t <= now)
             {
                 self.apply(i, Event::Tick);
             }
         }
-        match self.stage {
-            Stage::Agent { deadline } | Stage::Workers { deadline } if deadline <= now => {
-                let which = if matches!(self.stage, Stage::Agent { .. }) {
-                    "the agent"
-                } else {
-                    "the workers"
-                };
-                tracing::error!(
-                    timeout_ms = self.cfg.policy.start_timeout.as_millis() as u64,
-                    "startup: {which} did not become ready in time; see the members' logs and ListMembers"
-                );
-                if matches!(self.stage, Stage::Agent { .. }) {
-                    self.start_workers();
-                } else {
-                    self.stage = Stage::Running;
-                }
-            }
-            _ => {}
+        if self.agent_deadline().is_some_and(|t| t <= now) {
+            tracing::error!(
+                timeout_ms = self.cfg.policy.start_timeout.as_millis() as u64,
+                "startup: the agent did not become ready in time; starting the workers without it (see its logs and ListMembers)"
+            );
+            self.agent_late = true;
         }
         if let Some((r, _)) = &self.restart {
             let progress = r.tick(now);
             self.advance(progress);
         }
-    }
-
-    pub(super) fn check_stage(&mut self) {
-        let all_ready = |role| {
-            self.entries
-                .iter()
-                .filter(|e| e.role == role && !e.removed)
-                .all(|e| matches!(e.slot.lifecycle, Lifecycle::Ready { .. }))
-        };
-        match self.stage {
-            Stage::Agent { .. } if all_ready(Role::Agent) => self.start_workers(),
-            Stage::Workers { .. } if all_ready(Role::Worker) => {
-                if !self.entries.is_empty() {
-                    tracing::info!("all local members ready");
-                }
-                self.stage = Stage::Running;
-            }
-            _ => {}
-        }
+        self.start_due();
     }
 }

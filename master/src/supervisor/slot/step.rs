@@ -34,7 +34,7 @@ pub fn step(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Vec
 fn lifecycle(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Vec<Action> {
     use Lifecycle as L;
     match (&slot.lifecycle, event) {
-        (L::Stopped | L::Failed { .. }, Event::Start) => {
+        (L::Stopped | L::Failed { .. } | L::Finished { .. }, Event::Start) => {
             slot.lifecycle = L::Spawning;
             vec![Action::Spawn]
         }
@@ -61,7 +61,10 @@ fn lifecycle(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Ve
             slot.lifecycle = L::Spawning;
             vec![Action::Spawn]
         }
-        (L::Backoff { .. } | L::Stopped | L::Failed { .. }, Event::Replace) => {
+        (
+            L::Backoff { .. } | L::Stopped | L::Failed { .. } | L::Finished { .. },
+            Event::Replace,
+        ) => {
             slot.lifecycle = L::Spawning;
             vec![Action::Spawn]
         }
@@ -97,7 +100,8 @@ fn lifecycle(slot: &mut Slot, event: Event, policy: &Policy, now: Instant) -> Ve
         }
         (L::Starting { pid, since }, Event::Tick)
             if now.saturating_duration_since(*since) >= policy.start_timeout
-                && slot.condemned.is_none() =>
+                && slot.condemned.is_none()
+                && policy.restart != RestartMode::Never =>
         {
             let reason = format!(
                 "not ready {} ms after it started (start_timeout)",
@@ -153,6 +157,23 @@ fn died(
     policy: &Policy,
     now: Instant,
 ) -> Vec<Action> {
+    let clean = outcome == Outcome::Exited(0);
+    match policy.restart {
+        RestartMode::Never if !clean => {
+            let reason = format!("{outcome} (restart = never)");
+            slot.lifecycle = Lifecycle::Failed {
+                reason: reason.clone(),
+            };
+            return vec![Action::Failed { reason }];
+        }
+        RestartMode::Never | RestartMode::OnFailure if clean => {
+            slot.lifecycle = Lifecycle::Finished {
+                outcome: outcome.clone(),
+            };
+            return vec![Action::Finished { outcome }];
+        }
+        _ => {}
+    }
     slot.restarts += 1;
     slot.recent.push_back(now);
     while slot

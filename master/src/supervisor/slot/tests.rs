@@ -11,7 +11,72 @@ fn policy(max_restarts: u32) -> Policy {
         restart_window: Duration::from_secs(60),
         start_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(30),
+        restart: RestartMode::Always,
     }
+}
+
+#[test]
+fn restart_modes_decide_what_an_exit_starts() {
+    let t0 = Instant::now();
+    let run = |mode: RestartMode, outcome: Outcome, uptime_s: u64| {
+        let p = Policy {
+            restart: mode,
+            ..policy(0)
+        };
+        let mut slot = Slot::default();
+        step(&mut slot, Event::Start, &p, t0);
+        step(&mut slot, Event::Spawned { pid: 7 }, &p, t0);
+        let died = Event::Died { pid: 7, outcome };
+        let actions = step(&mut slot, died, &p, t0 + Duration::from_secs(uptime_s));
+        (actions, slot)
+    };
+    let ok = || Outcome::Exited(0);
+    let three = || Outcome::Exited(3);
+    // A one-shot that succeeds is done; one that fails is FAILED, however
+    // long it ran, and neither counts as a restart.
+    let (a, s) = run(RestartMode::Never, ok(), 5);
+    assert_eq!(a, [Action::Finished { outcome: ok() }]);
+    assert_eq!(
+        (s.lifecycle, s.restarts),
+        (Lifecycle::Finished { outcome: ok() }, 0)
+    );
+    let (a, s) = run(RestartMode::Never, three(), 5);
+    let reason = "exited with status 3 (restart = never)".to_string();
+    assert_eq!(
+        a,
+        [Action::Failed {
+            reason: reason.clone()
+        }]
+    );
+    assert_eq!(s.lifecycle, Lifecycle::Failed { reason });
+    // on-failure: a clean exit stays down, a failure restarts as always.
+    let (a, _) = run(RestartMode::OnFailure, ok(), 5);
+    assert_eq!(a, [Action::Finished { outcome: ok() }]);
+    let (a, _) = run(RestartMode::OnFailure, three(), 5);
+    assert_eq!(a, [Action::Respawned { outcome: three() }, Action::Spawn]);
+    let (a, _) = run(RestartMode::Always, ok(), 5);
+    assert_eq!(a, [Action::Respawned { outcome: ok() }, Action::Spawn]);
+}
+
+#[test]
+fn a_one_shot_has_no_start_timeout_and_runs_again_when_replaced() {
+    let t0 = Instant::now();
+    let p = Policy {
+        restart: RestartMode::Never,
+        ..policy(0)
+    };
+    let mut slot = Slot::default();
+    step(&mut slot, Event::Start, &p, t0);
+    step(&mut slot, Event::Spawned { pid: 7 }, &p, t0);
+    assert_eq!(slot.deadline(&p), None);
+    let late = t0 + p.start_timeout * 2;
+    assert_eq!(step(&mut slot, Event::Tick, &p, late), []);
+    let done = Event::Died {
+        pid: 7,
+        outcome: Outcome::Exited(0),
+    };
+    step(&mut slot, done, &p, late);
+    assert_eq!(step(&mut slot, Event::Replace, &p, late), [Action::Spawn]);
 }
 
 fn ms(n: u64) -> Duration {
