@@ -423,6 +423,14 @@ impl Supervisor {
         };
         self.apply(i, Event::Died { pid, outcome });
         let e = &self.entries[i];
+        // A job run again by a restart is done once it finished.
+        if matches!(e.slot.lifecycle, Lifecycle::Finished { .. })
+            && let Some((r, _)) = &mut self.restart
+        {
+            let progress = r.ready(&e.name);
+            self.advance(progress);
+        }
+        let e = &self.entries[i];
         if e.removed && e.slot.pids().next().is_none() {
             self.entries.remove(i);
         }

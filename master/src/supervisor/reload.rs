@@ -3,6 +3,7 @@
 //! count scales, an unchanged one is not touched.
 
 use super::*;
+use crate::config::RESERVED_APPS;
 
 /// What a reload did to one app.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +63,11 @@ impl Supervisor {
             };
             let old = self.apps[a].spec.clone();
             if old == spec {
-                changes.push(change(&spec.name, "unchanged", String::new()));
+                // The [agent] and [worker] sections' apps, when they run
+                // nothing, are not the file's business.
+                if spec.count > 0 || !RESERVED_APPS.contains(&spec.name.as_str()) {
+                    changes.push(change(&spec.name, "unchanged", String::new()));
+                }
                 continue;
             }
             let rerun = !old.runs_like(&spec);
