@@ -6,7 +6,8 @@
 //! with `join = "wrap"` (under `cohort-worker --exec`) and the demo worker.
 
 use cohort_e2e::{
-    Load, Master, Proc, alive, bin, cohortctl, control, eventually_async, members, wait_ready,
+    Load, Master, Proc, alive, bin, cohortctl, control, eventually_async, http, members,
+    next_event, wait_ready, watch,
 };
 use cohort_proto::pb;
 use std::collections::HashMap;
@@ -522,4 +523,151 @@ async fn reload_rolls_only_what_changed_and_refuses_a_broken_file_without_touchi
     for (name, pid) in last {
         assert!(!alive(pid), "{name} outlived the master");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_failing_its_health_probe_is_replaced_while_the_shared_port_fails_no_request() {
+    let s = Setup::new();
+    s.write(
+        r#"
+[[app]]
+name = "web"
+command = ["cohort-worker", "--http", "127.0.0.1:0", "--demo-faults"]
+count = 2
+listeners = ["http"]
+health = { http = "/healthz", interval = "200ms", timeout = "1s", failures = 3 }
+"#,
+    );
+    let mut master = s.master();
+    let addr = master.addr.clone();
+    let before = wait_ready(&addr, &["web-1", "web-2"]).await;
+    let own = before[0]
+        .labels
+        .get("http")
+        .cloned()
+        .expect("web-1 reports its address");
+    let mut events = watch(&addr).await;
+    let load = Load::start(&http_addr(&addr).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // web-1's own /healthz fails from now on: after 3 probes it is
+    // drained and replaced; web-2 and the shared port carry on.
+    let (code, _) = http(&own, "POST", "/sick").expect("POST /sick");
+    assert_eq!(code, 200);
+    let reason = loop {
+        let e = next_event(&mut events).await;
+        let name = e
+            .member
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or_default();
+        if e.kind == pb::EventKind::Draining as i32 && name == "web-1" {
+            break e.reason;
+        }
+    };
+    assert!(
+        reason.starts_with("health probe failed 3 times in a row: GET http://")
+            && reason.ends_with("/healthz: HTTP 503"),
+        "{reason}"
+    );
+    let after = eventually_async("web-1 is replaced and ready", || async {
+        let ms = members(&addr).await;
+        let web1 = ms.iter().find(|m| m.name == "web-1")?;
+        (web1.pid != before[0].pid && web1.state == pb::MemberState::Ready as i32)
+            .then(|| ms.clone())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = load.stop();
+    assert!(
+        failures.is_empty() && ok > 0,
+        "{} failed of {}: {failures:?}",
+        failures.len(),
+        ok + failures.len() as u32
+    );
+    let web1 = after.iter().find(|m| m.name == "web-1").expect("web-1");
+    assert!(
+        web1.last_exit.contains("health probe failed 3 times"),
+        "{}",
+        web1.last_exit
+    );
+    let ls = cohortctl(&addr, &["ls", "--json"]);
+    assert!(ls.contains("health probe failed 3 times"), "{ls}");
+    let web2 = after.iter().find(|m| m.name == "web-2").expect("web-2");
+    assert_eq!(web2.pid, before[1].pid, "web-2 was touched");
+    eventually_async("the sick instance exits", || async {
+        (!alive(before[0].pid)).then_some(())
+    })
+    .await;
+    master.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_passes_its_probe_is_not_ready_and_holds_cluster_ready() {
+    let s = Setup::new();
+    let apps = |stuck: &str| {
+        format!(
+            r#"
+[[app]]
+name = "fine"
+command = ["cohort-worker"]
+listeners = []
+health = {{ exec = ["sh", "-c", "test -n \"$COHORT_PID\" && test \"$COHORT_APP\" = fine"], interval = "100ms" }}
+
+[[app]]
+name = "stuck"
+command = ["cohort-worker"]
+listeners = []
+health = {{ exec = ["sh", "-c", "exit {stuck}"], interval = "100ms" }}
+"#
+        )
+    };
+    s.write(&apps("1"));
+    let mut master = s.master();
+    let addr = master.addr.clone();
+    let state_of = |ms: &[pb::MemberInfo], name: &str| {
+        ms.iter()
+            .find(|m| m.name == name)
+            .and_then(|m| pb::MemberState::try_from(m.state).ok())
+    };
+    eventually_async("fine-1 passes its probe", || async {
+        let ms = members(&addr).await;
+        (state_of(&ms, "fine-1") == Some(pb::MemberState::Ready)).then_some(())
+    })
+    .await;
+    // stuck-1 joined and said it is ready; its probe says otherwise.
+    eventually_async("the master names the member whose probe fails", || async {
+        let err = master.proc.stderr();
+        err.lines()
+            .any(|l| {
+                l.contains("stuck-1")
+                    && l.contains("not ready: its health probe fails: sh exited with status 1")
+            })
+            .then_some(())
+    })
+    .await;
+    let ms = members(&addr).await;
+    assert_eq!(state_of(&ms, "stuck-1"), Some(pb::MemberState::Joined));
+    let info = |a: String| async move {
+        control(&a)
+            .await
+            .cluster_info(pb::ClusterInfoRequest {})
+            .await
+            .expect("ClusterInfo")
+            .into_inner()
+    };
+    assert!(
+        !info(addr.clone()).await.cluster_ready,
+        "ClusterReady without stuck-1"
+    );
+    // Its probe fixed by a reload: it rolls, passes, and the cluster is ready.
+    s.write(&apps("0"));
+    let out = cohortctl(&addr, &["reload"]);
+    assert!(out.contains("stuck  restarted  health changed"), "{out}");
+    assert!(out.contains("fine   unchanged"), "{out}");
+    eventually_async("ClusterReady once stuck-1 passes", || {
+        let a = addr.clone();
+        async move { info(a).await.cluster_ready.then_some(()) }
+    })
+    .await;
+    master.stop();
 }

@@ -8,7 +8,7 @@ mod layer;
 mod sections;
 mod values;
 
-pub use apps::{App, Join, RESERVED as RESERVED_APPS, RestartMode};
+pub use apps::{App, HealthCheck, Join, Probe, RESERVED as RESERVED_APPS, RestartMode};
 pub use sections::*;
 
 use layer::{Layer, LayerError};

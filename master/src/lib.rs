@@ -34,6 +34,7 @@ pub(crate) mod membership;
 pub(crate) mod metrics;
 pub(crate) mod model;
 pub(crate) mod outbound;
+pub(crate) mod probe;
 pub(crate) mod readiness;
 pub(crate) mod registry;
 pub(crate) mod reload;
@@ -194,6 +195,7 @@ async fn serve(
     let readiness =
         Readiness::new(reporter, registry.clone(), phase.as_ref().map(|_| !standby)).await;
     tasks.spawn(readiness.run(stop.clone()));
+    tasks.spawn(probe::run(registry.clone(), stop.clone()));
     // Through a shutdown's drain too: members are still read and routed.
     tasks.spawn(registry.clone().sweep_every(registry.closed()));
     let admission = Arc::new(admission::Admission::new(config.join_rate));
@@ -355,6 +357,7 @@ fn registry_config(
         drain_timeout: config.restart.drain_timeout,
         local_agent: agents > 0,
         max_rss: supervisor::reload::max_rss(apps),
+        health_checks: supervisor::reload::health_checks(apps),
         max_members: config.max_members,
         leadership,
     }

@@ -169,9 +169,10 @@ pub enum Notice {
         /// Start a replacement now.
         replace: bool,
     },
-    /// A local member's memory stayed above its role's `max_rss`: the
-    /// master asked it to drain; the supervisor starts its replacement now.
-    OverMemory {
+    /// A local member stayed above its app's `max_rss`, or failed its
+    /// health probe too often: the master asked it to drain; the
+    /// supervisor starts its replacement now.
+    Unhealthy {
         name: String,
         pid: u32,
         /// What was measured, against what limit.

@@ -39,10 +39,12 @@ mod health;
 mod join;
 mod listing;
 mod members;
+mod probing;
 mod requests;
 mod roster;
 mod router;
 mod secrets;
+pub use probing::ProbeTarget;
 #[cfg(test)]
 mod tests;
 mod watching;
@@ -88,6 +90,8 @@ pub struct RegistryConfig {
     pub max_rss: MaxRss,
     /// Members at once (`[limits] max_members`; 0 = no limit).
     pub max_members: usize,
+    /// Health probes by app (`[[app]] health`; a reload replaces them).
+    pub health_checks: HashMap<String, crate::config::HealthCheck>,
     /// With several masters: this leader's term and fence (nothing is
     /// registered or routed once the fence is down), and whether an
     /// earlier leader already announced ClusterReady.
@@ -172,6 +176,8 @@ pub struct Registry {
     cfg: RegistryConfig,
     /// The memory limits now (from `cfg`, then each reload's).
     max_rss: Mutex<MaxRss>,
+    /// The health probes by app now (from `cfg`, then each reload's).
+    health: Mutex<HashMap<String, crate::config::HealthCheck>>,
     notices: Option<tokio::sync::mpsc::Sender<Notice>>,
     /// What routing counts, for `[metrics]`.
     pub metrics: RoutingMetrics,
@@ -208,6 +214,7 @@ impl Registry {
             events,
             ready_tx,
             max_rss: Mutex::new(cfg.max_rss.clone()),
+            health: Mutex::new(cfg.health_checks.clone()),
             cfg,
             notices,
             metrics: Default::default(),
@@ -316,7 +323,7 @@ impl Registry {
                     }
                 }
                 if let Some(reason) = over {
-                    self.drain_over_memory(&mut st, &name, reason);
+                    self.drain_unhealthy(&mut st, &name, reason);
                 }
             }
             In::Logs(batch) => {
@@ -335,24 +342,10 @@ impl Registry {
                 return Ok(None);
             }
             In::Ready(_) => {
-                let changed = st.members.get_mut(&name).and_then(|m| {
-                    (m.presence == Presence::Joined).then(|| {
-                        let before = m.state();
-                        m.presence = Presence::Ready;
-                        (m.role, before, m.state(), m.info())
-                    })
-                });
-                if let Some((role, before, after, info)) = changed {
-                    st.counts.moved(role, before, after);
-                    tracing::info!(member.name = %name, "member ready");
-                    if info.local {
-                        self.notify(Notice::Ready {
-                            name: info.name.clone(),
-                            pid: info.pid,
-                        });
-                    }
-                    self.publish(&mut st, event(EventKind::Ready, Some(info), ""));
-                    self.check_cluster_ready(&mut st, now);
+                // A member with a health probe is ready when it passes.
+                let probed = st.members.get(&name).is_some_and(|m| self.probed(m));
+                if !probed {
+                    self.mark_ready(&mut st, &name, now);
                 }
             }
             In::Leaving(l) => {
@@ -380,6 +373,30 @@ impl Registry {
             In::Reply(env) => return Ok(self.reply(&mut st, &name, env)),
         }
         Ok(None)
+    }
+
+    /// A joined member is ready: it takes work, and may complete the
+    /// cluster's readiness.
+    fn mark_ready(&self, st: &mut State, name: &MemberName, now: Instant) {
+        let changed = st.members.get_mut(name).and_then(|m| {
+            (m.presence == Presence::Joined).then(|| {
+                let before = m.state();
+                m.presence = Presence::Ready;
+                (m.role, before, m.state(), m.info())
+            })
+        });
+        if let Some((role, before, after, info)) = changed {
+            st.counts.moved(role, before, after);
+            tracing::info!(member.name = %name, "member ready");
+            if info.local {
+                self.notify(Notice::Ready {
+                    name: info.name.clone(),
+                    pid: info.pid,
+                });
+            }
+            self.publish(st, event(EventKind::Ready, Some(info), ""));
+            self.check_cluster_ready(st, now);
+        }
     }
 
     /// Removes a member whose stream ended or broke the protocol, if it is

@@ -1,6 +1,7 @@
 //! The demo app: a small HTTP/1.1 server on hyper (what users copy). `GET /` tells which process
 //! answered, `GET /cache` shows the cache the agent refreshes (and counts of
-//! other messages by action), and with
+//! other messages by action), `GET /healthz` answers 200 while healthy
+//! (503 after `POST /sick`), and with
 //! `--demo-faults`, `POST /crash` takes the fatal-error path. Every
 //! response closes its connection, so a retiring worker holds nothing.
 
@@ -35,6 +36,8 @@ pub struct App {
     pub grown: Mutex<Vec<Vec<u8>>>,
     /// Cancelled to stop taking connections (fatal path, shutdown).
     pub stop_accepting: CancellationToken,
+    /// `POST /sick` was called: `GET /healthz` answers 503.
+    pub sick: std::sync::atomic::AtomicBool,
 }
 
 /// Accepts until `app.stop_accepting`, then waits (up to `drain`) for the
@@ -103,6 +106,18 @@ async fn route(req: &Request<Incoming>, app: &Arc<App>) -> Response<Full<Bytes>>
                 serde_json::json!({ "refreshes": cache.0, "data": cache.1, "messages": *received })
             };
             json(StatusCode::OK, body)
+        }
+        (&Method::GET, "/healthz") => match app.sick.load(std::sync::atomic::Ordering::Relaxed) {
+            true => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"healthy": false}),
+            ),
+            false => json(StatusCode::OK, serde_json::json!({"healthy": true})),
+        },
+        (&Method::POST, "/sick") if app.demo_faults => {
+            tracing::warn!("POST /sick: GET /healthz fails from now on");
+            app.sick.store(true, std::sync::atomic::Ordering::Relaxed);
+            json(StatusCode::OK, serde_json::json!({"healthy": false}))
         }
         (&Method::POST, "/crash") if app.demo_faults => {
             tracing::error!("POST /crash: simulating a fatal error");

@@ -24,7 +24,8 @@ pub const EXIT_FATAL: i32 = 70;
 /// How the worker runs.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
-    /// Address to serve HTTP on when no `http` listener was inherited.
+    /// Its own HTTP address, beside an inherited `http` listener or alone;
+    /// reported to the master in the label `http` (health probes go there).
     pub http: Option<SocketAddr>,
     /// Enable `POST /crash`.
     pub demo_faults: bool,
@@ -50,6 +51,21 @@ pub async fn run(
     // held) ends the worker at once: as PID 1 in a container nothing else
     // would.
     let mut shutdown = std::pin::pin!(shutdown);
+    // Its own address (--http), bound before joining so that the master
+    // learns it (label `http`: where health probes go), beside an
+    // inherited shared listener or alone.
+    let own = match (&settings.http, settings.exec.is_empty()) {
+        (Some(addr), true) => {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        _ => None,
+    };
+    let builder = match &own {
+        Some(l) => builder.label("http", l.local_addr()?.to_string()),
+        None => builder,
+    };
     let member = tokio::select! {
         m = builder.join() => m?,
         _ = &mut shutdown => {
@@ -71,13 +87,11 @@ pub async fn run(
         return code;
     }
 
-    let listener = match settings.inherited.take("http") {
+    let shared = match settings.inherited.take("http") {
         Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
-        None => match settings.http {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
-            None => None,
-        },
+        None => None,
     };
+    let own = own.map(tokio::net::TcpListener::from_std).transpose()?;
     let app = Arc::new(http::App {
         member: member.clone(),
         cache: Mutex::new((0, serde_json::Value::Null)),
@@ -85,6 +99,7 @@ pub async fn run(
         demo_faults: settings.demo_faults,
         grown: Mutex::default(),
         stop_accepting: CancellationToken::new(),
+        sick: Default::default(),
     });
     let mut refresh = member.on("refresh");
     let cache_app = app.clone();
@@ -109,18 +124,17 @@ pub async fn run(
             }
         }
     });
-    let server = match listener {
-        Some(l) => {
-            let addr = l.local_addr()?;
-            tracing::info!(http.addr = %addr, "serving HTTP");
-            if settings.inherited.names.is_empty() {
-                // A standalone worker says where it serves, as the master does.
-                println!("READY worker http {addr}");
-            }
-            Some(tokio::spawn(http::serve(l, app.clone(), settings.drain)))
+    let mut servers = Vec::new();
+    for (l, own) in [(shared, false), (own, true)] {
+        let Some(l) = l else { continue };
+        let addr = l.local_addr()?;
+        tracing::info!(http.addr = %addr, own, "serving HTTP");
+        if own {
+            // Its own address, said as the master says its own.
+            println!("READY worker http {addr}");
         }
-        None => None,
-    };
+        servers.push(tokio::spawn(http::serve(l, app.clone(), settings.drain)));
+    }
     member.ready().await?;
     tracing::info!(member.name = %member.name(), "ready");
     let mut code = 0;
@@ -139,7 +153,7 @@ pub async fn run(
         }
     }
     app.stop_accepting.cancel();
-    if let Some(server) = server {
+    for server in servers {
         let _ = server.await;
     }
     member.close().await;

@@ -14,11 +14,14 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "cohort-worker", version)]
 struct Flags {
-    /// Serve HTTP here when no `http` listener is inherited (port 0 ok).
+    /// Serve HTTP here too (port 0 ok), beside an inherited `http`
+    /// listener; reported to the master as the label `http`, where an
+    /// app's health probe (GET /healthz) goes.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
-    /// Enable POST /crash (the fatal-error path) and POST /grow?mib=N (a
-    /// memory leak, for max_rss), for demos and tests only.
+    /// Enable POST /crash (the fatal-error path), POST /grow?mib=N (a
+    /// memory leak, for max_rss) and POST /sick (GET /healthz fails from
+    /// then on), for demos and tests only.
     #[arg(long)]
     demo_faults: bool,
     /// Run CMD as the payload: `--exec -- CMD ARGS`; the messenger speaks

@@ -3,10 +3,11 @@
 //! whole set (names, `depends_on`, listeners) and reads each `env_file`,
 //! giving the [`App`]s the supervisor runs.
 
-use super::{ConfigError, ListenerConfig, WorkerCount, values::bytes};
+use super::{ConfigError, ListenerConfig, WorkerCount, values::bytes, values::duration};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The names the `[agent]` and `[worker]` sections' apps have.
 pub const RESERVED: [&str; 2] = ["agent", cohort_proto::DEFAULT_APP];
@@ -60,6 +61,49 @@ pub struct AppTable {
     restart: RestartMode,
     #[serde(default)]
     depends_on: Vec<String>,
+    #[serde(default)]
+    health: Option<HealthTable>,
+}
+
+/// An app's `health = { … }` as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthTable {
+    #[serde(default)]
+    http: Option<String>,
+    #[serde(default)]
+    exec: Option<Vec<String>>,
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    interval: Option<Duration>,
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    failures: Option<u32>,
+}
+
+/// A health probe: an app's members are ready only once it passes, and a
+/// ready member that fails it `failures` times in a row is replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub probe: Probe,
+    /// How often (default 5 s).
+    pub interval: Duration,
+    /// How long one check may take (default 1 s).
+    pub timeout: Duration,
+    /// Failures in a row that make a ready member unhealthy (default 3).
+    pub failures: u32,
+}
+
+/// What a health probe does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// `GET PATH` on the address the member reports in its label `http`;
+    /// a 2xx or 3xx answer passes.
+    Http(String),
+    /// This command, run by the master for its local members (with
+    /// `COHORT_NAME`, `COHORT_APP`, `COHORT_PID`); exit 0 passes.
+    Exec(Vec<String>),
 }
 
 /// An app as the supervisor runs it.
@@ -87,6 +131,8 @@ pub struct App {
     pub restart: RestartMode,
     /// Apps that must be ready (a one-shot: exited 0) before this starts.
     pub depends_on: Vec<String>,
+    /// Its health probe, if any.
+    pub health: Option<HealthCheck>,
 }
 
 /// Checks the `[[app]]` tables as a whole and reads their env files; an
@@ -158,7 +204,9 @@ fn read(t: AppTable) -> Result<App, ConfigError> {
         }
     }
     env.extend(t.env);
+    let health = t.health.map(|h| health(&t.name, h)).transpose()?;
     Ok(App {
+        health,
         count: t.count.unwrap_or(WorkerCount::Fixed(1)),
         name: t.name,
         command: t.command,
@@ -171,6 +219,41 @@ fn read(t: AppTable) -> Result<App, ConfigError> {
         restart: t.restart,
         depends_on: t.depends_on,
     })
+}
+
+fn health(app: &str, h: HealthTable) -> Result<HealthCheck, ConfigError> {
+    let probe = match (h.http, h.exec) {
+        (Some(path), None) if path.starts_with('/') && !path.contains(char::is_whitespace) => {
+            Probe::Http(path)
+        }
+        (Some(path), None) => {
+            return Err(bad(
+                &key(app, "health.http"),
+                &format!("{path:?}: give a path such as /healthz"),
+            ));
+        }
+        (None, Some(cmd)) if cmd.first().is_some_and(|p| !p.is_empty()) => Probe::Exec(cmd),
+        _ => {
+            return Err(bad(
+                &key(app, "health"),
+                "give either http = \"/healthz\" or exec = [\"cmd\", \"arg\"]",
+            ));
+        }
+    };
+    let check = HealthCheck {
+        probe,
+        interval: h.interval.unwrap_or(Duration::from_secs(5)),
+        timeout: h.timeout.unwrap_or(Duration::from_secs(1)),
+        failures: h.failures.unwrap_or(3),
+    };
+    if check.interval < Duration::from_millis(10) || check.timeout.is_zero() || check.failures == 0
+    {
+        return Err(bad(
+            &key(app, "health"),
+            "interval must be at least 10ms, timeout above 0 and failures at least 1",
+        ));
+    }
+    Ok(check)
 }
 
 /// A `depends_on` cycle, as the names around it (first = last), if any.

@@ -307,6 +307,7 @@ env_file = "{}"
 listeners = ["http"]
 max_rss = "512MiB"
 depends_on = ["migrate"]
+health = {{ http = "/healthz", interval = "2s" }}
 
 [[app]]
 name = "migrate"
@@ -338,6 +339,12 @@ restart = "never"
         ]
     );
     assert_eq!(web.max_rss, Some(512 << 20));
+    let health = web.health.as_ref().expect("health");
+    assert_eq!(health.probe, Probe::Http("/healthz".into()));
+    assert_eq!(
+        (health.interval, health.timeout, health.failures),
+        (Duration::from_secs(2), Duration::from_secs(1), 3)
+    );
     let migrate = &c.apps[1];
     assert_eq!(
         (migrate.restart, migrate.count),
@@ -395,6 +402,22 @@ fn a_bad_set_of_apps_is_refused_naming_the_app() {
             "unknown variant `sometimes`",
         ),
         (app("web", "port = 80"), "unknown field `port`"),
+        (
+            app("web", "health = { http = \"healthz\" }"),
+            "app web: health.http: \"healthz\": give a path such as /healthz",
+        ),
+        (
+            app("web", "health = { http = \"/h\", exec = [\"true\"] }"),
+            "app web: health: give either http",
+        ),
+        (
+            app("web", "health = { exec = [\"true\"], failures = 0 }"),
+            "failures at least 1",
+        ),
+        (
+            app("web", "health = { exec = [\"true\"], interval = \"1ms\" }"),
+            "interval must be at least 10ms",
+        ),
         (app("a b", ""), "app.name"),
         (
             app("web", "[ha]\netcd = [\"http://e:2379\"]"),

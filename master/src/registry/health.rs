@@ -47,14 +47,15 @@ impl Registry {
         *self.max_rss.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
-    /// Drains a member over `max_rss`: it stops taking work and finishes;
+    /// Drains a member over `max_rss` or failing its health probe: it
+    /// stops taking work and finishes;
     /// a local one is replaced at once by the supervisor, a remote one by
     /// its own (systemd, Kubernetes) when it exits.
-    pub(super) fn drain_over_memory(&self, st: &mut State, name: &MemberName, reason: String) {
+    pub(super) fn drain_unhealthy(&self, st: &mut State, name: &MemberName, reason: String) {
         let Some(m) = st.members.get_mut(name) else {
             return;
         };
-        tracing::warn!(member.name = %name, reason, "draining a member over max_rss");
+        tracing::warn!(member.name = %name, reason, "draining an unhealthy member");
         let before = m.state();
         m.presence = Presence::Draining;
         let (role, after, info) = (m.role, m.state(), m.info());
@@ -64,7 +65,7 @@ impl Registry {
         })));
         st.counts.moved(role, before, after);
         if info.local {
-            self.notify(Notice::OverMemory {
+            self.notify(Notice::Unhealthy {
                 name: info.name.clone(),
                 pid: info.pid,
                 reason: reason.clone(),

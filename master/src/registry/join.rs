@@ -227,6 +227,7 @@ impl Registry {
             next_timing: None,
             acked_at: None,
             over_memory: 0,
+            probe_fails: 0,
             joined_at: now,
             dropped: 0,
             seen_taken: 0,

@@ -47,8 +47,10 @@ pub(super) struct Member {
     pub(super) timing: Timing,
     /// Shorter timings it was told, applied at its next heartbeat.
     pub(super) next_timing: Option<Timing>,
-    /// Heartbeats in a row over its role's `max_rss`.
+    /// Heartbeats in a row over its app's `max_rss`.
     pub(super) over_memory: u8,
+    /// Health probes failed in a row.
+    pub(super) probe_fails: u32,
     /// When its last heartbeat was acked (`None`: never).
     pub(super) acked_at: Option<Instant>,
     pub(super) joined_at: Instant,

@@ -31,6 +31,7 @@ fn config(expect_workers: u32) -> RegistryConfig {
         drain_timeout: Duration::from_secs(30),
         local_agent: false,
         max_rss: MaxRss(HashMap::from([("worker".to_string(), 100 << 20)])),
+        health_checks: HashMap::new(),
         max_members: 0,
         leadership: None,
     }
@@ -361,7 +362,7 @@ async fn a_member_over_max_rss_for_three_heartbeats_is_drained_and_replaced() {
     );
     let mut got = None;
     while let Ok(n) = notices.try_recv() {
-        if let Notice::OverMemory { name, reason, .. } = n {
+        if let Notice::Unhealthy { name, reason, .. } = n {
             got = Some((name, reason));
         }
     }
@@ -518,4 +519,77 @@ async fn cluster_ready_waits_for_the_members_expected_of_an_app() {
     assert!(!r.summary().cluster_ready, "one of two web members");
     let _w2 = ready(in_app("web-2", "web"));
     assert!(r.summary().cluster_ready, "both web members ready");
+}
+
+#[tokio::test]
+async fn a_probed_member_is_ready_when_its_probe_passes_and_drained_after_failures_in_a_row() {
+    use crate::config::{HealthCheck, Probe};
+    let (r, mut notices) = registry(1);
+    let check = HealthCheck {
+        probe: Probe::Http("/healthz".into()),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        failures: 2,
+    };
+    r.set_health(HashMap::from([("web".to_string(), check)]));
+    let t0 = Instant::now();
+    let j = r
+        .register(
+            pb::Hello {
+                app: "web".into(),
+                labels: HashMap::from([("http".to_string(), "127.0.0.1:9".to_string())]),
+                ..hello("web-1")
+            },
+            Via::Network,
+            t0,
+        )
+        .expect("joins");
+    let other = join(&r, "worker-9", t0);
+    let targets = r.probe_targets();
+    assert_eq!(targets.len(), 1, "only web's member is probed");
+    assert_eq!(targets[0].http.as_deref(), Some("127.0.0.1:9"));
+    let id = j.instance_id.to_string();
+    // Saying it is ready is not enough; its probe passing is.
+    ready(&r, &j, t0);
+    assert_eq!(
+        r.get("web-1").map(|m| m.state).ok(),
+        Some(MemberState::Joined)
+    );
+    r.probe_result("web-1", &id, Err("HTTP 503".into()));
+    r.probe_result("web-1", "another-instance", Ok(()));
+    assert_eq!(
+        r.get("web-1").map(|m| m.state).ok(),
+        Some(MemberState::Joined)
+    );
+    r.probe_result("web-1", &id, Ok(()));
+    assert_eq!(
+        r.get("web-1").map(|m| m.state).ok(),
+        Some(MemberState::Ready)
+    );
+    // One failure, a pass, one failure: not in a row. Then two in a row.
+    for result in [Err("HTTP 503"), Ok(()), Err("HTTP 503")] {
+        r.probe_result("web-1", &id, result.map_err(String::from));
+    }
+    assert_eq!(
+        r.get("web-1").map(|m| m.state).ok(),
+        Some(MemberState::Ready)
+    );
+    r.probe_result("web-1", &id, Err("HTTP 503".into()));
+    assert_eq!(
+        r.get("web-1").map(|m| m.state).ok(),
+        Some(MemberState::Draining)
+    );
+    assert!(
+        r.probe_targets().is_empty(),
+        "a draining member is not probed"
+    );
+    // Not local: drained only, its own supervisor restarts it.
+    assert!(notices.try_recv().is_err());
+    // An unprobed app is ready as it says.
+    ready(&r, &other, t0);
+    assert_eq!(
+        r.get("worker-9").map(|m| m.state).ok(),
+        Some(MemberState::Ready)
+    );
+    counts_agree(&r);
 }

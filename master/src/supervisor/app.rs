@@ -1,7 +1,7 @@
 //! The apps the supervisor runs: the `[agent]` section's (app `agent`), the
 //! `[worker]` section's (app `worker`) and each `[[app]]`, in start order.
 
-use crate::config::{Config, Join, RestartMode};
+use crate::config::{Config, HealthCheck, Join, RestartMode};
 use cohort_proto::{Role, env};
 use std::path::PathBuf;
 
@@ -29,6 +29,8 @@ pub struct AppSpec {
     pub depends_on: Vec<String>,
     /// Memory limit per member.
     pub max_rss: Option<u64>,
+    /// Its health probe: readiness is the probe's.
+    pub health: Option<HealthCheck>,
 }
 
 impl AppSpec {
@@ -41,7 +43,8 @@ impl AppSpec {
     }
 
     /// Whether members started from `other` would run the same (command,
-    /// environment, directory, listeners, restart mode): if not, a reload
+    /// environment, directory, listeners, restart mode, health probe): if
+    /// not, a reload
     /// restarts them. The count, `depends_on` and `max_rss` apply as they
     /// are.
     pub fn runs_like(&self, other: &AppSpec) -> bool {
@@ -82,6 +85,7 @@ pub fn from_config(config: &Config, cpus: usize) -> Vec<AppSpec> {
         restart: RestartMode::Always,
         depends_on: Vec::new(),
         max_rss,
+        health: None,
     };
     let mut apps = vec![
         role_app(
@@ -102,11 +106,15 @@ pub fn from_config(config: &Config, cpus: usize) -> Vec<AppSpec> {
     for a in &config.apps {
         let command = match a.join {
             Join::Itself => a.command.clone(),
-            // Ready when the program says so on its channel, or once it ran
-            // min_uptime (PM2's "online").
+            // Ready when the program says so on its channel, when its
+            // health probe passes, or, with neither, once it ran min_uptime
+            // (PM2's "online").
             Join::Wrap => ["cohort-worker".to_string()]
                 .into_iter()
-                .chain(["--ready-after".into(), format!("{min_uptime_ms}ms")])
+                .chain(match a.health {
+                    Some(_) => vec![],
+                    None => vec!["--ready-after".into(), format!("{min_uptime_ms}ms")],
+                })
                 .chain(["--exec".into(), "--".into()])
                 .chain(a.command.iter().cloned())
                 .collect(),
@@ -122,6 +130,7 @@ pub fn from_config(config: &Config, cpus: usize) -> Vec<AppSpec> {
             restart: a.restart,
             depends_on: a.depends_on.clone(),
             max_rss: a.max_rss,
+            health: a.health.clone(),
         });
     }
     in_start_order(apps)

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::config::RESERVED_APPS;
+use std::collections::HashMap;
 
 /// What a reload did to one app.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +112,7 @@ impl Supervisor {
         self.apps
             .sort_by_key(|a| order.iter().position(|s| s.name == a.spec.name));
         self.registry.set_max_rss(max_rss(&order));
+        self.registry.set_health(health_checks(&order));
         for c in &changes {
             if c.action != "unchanged" {
                 tracing::info!(app = %c.app, action = %c.action, detail = %c.detail, "reload");
@@ -135,6 +137,13 @@ pub fn max_rss(apps: &[AppSpec]) -> crate::registry::MaxRss {
     )
 }
 
+/// The health probes of `apps`, by app.
+pub fn health_checks(apps: &[AppSpec]) -> HashMap<String, crate::config::HealthCheck> {
+    apps.iter()
+        .filter_map(|a| a.health.clone().map(|h| (a.name.clone(), h)))
+        .collect()
+}
+
 /// Which fields but the count differ, in words.
 fn differences(old: &AppSpec, new: &AppSpec) -> String {
     let fields = [
@@ -143,6 +152,7 @@ fn differences(old: &AppSpec, new: &AppSpec) -> String {
         ("cwd", old.cwd != new.cwd),
         ("listeners", old.listeners != new.listeners),
         ("restart", old.restart != new.restart),
+        ("health", old.health != new.health),
         ("depends_on", old.depends_on != new.depends_on),
         ("max_rss", old.max_rss != new.max_rss),
     ];

@@ -20,7 +20,7 @@ impl Supervisor {
                 }
                 self.start_due();
             }
-            Notice::OverMemory { name, pid, reason } => {
+            Notice::Unhealthy { name, pid, reason } => {
                 let Some(i) = self.index_of(&name) else {
                     return;
                 };
@@ -29,7 +29,7 @@ impl Supervisor {
                 }
                 // The master asked it to drain; it is replaced like on the
                 // fatal-error path, without a gap.
-                tracing::warn!(member.name = %name, pid, reason, "replacing a member over max_rss");
+                tracing::warn!(member.name = %name, pid, reason, "replacing an unhealthy member");
                 self.entries[i].last_exit = format!("replaced: {reason}");
                 self.apply(i, Event::Fatal { pid });
             }
