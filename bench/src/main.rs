@@ -28,6 +28,7 @@
 //! cargo build --release --bins && cargo run --release -p cohort-bench -- cluster|members|local|failover [--out FILE] [--quick]
 //! ```
 
+mod apps;
 mod cluster;
 mod failover;
 mod floor;
@@ -75,6 +76,9 @@ enum Bench {
     /// Three masters through etcd: kill -9 / SIGTERM of the leader → a
     /// new leader, and every worker on it.
     Failover(Options),
+    /// Several apps from one file: reload of one app among four, and what
+    /// health probes cost the master.
+    Apps(Options),
     /// The master of a messaging run, in its own process (internal).
     #[command(hide = true)]
     Master {
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Members(o) => members::run(&o),
         Bench::Local(o) => local::run(&o),
         Bench::Failover(o) => failover::run(&o),
+        Bench::Apps(o) => apps::run(&o),
         Bench::Master { args } => run_master(&args),
         Bench::Member { url, name, mode } => run_member(&url, &name, &mode),
         Bench::FloorReaders { addr, n } => floor::readers(&addr, n),

@@ -14,6 +14,22 @@ pub async fn control(
         .expect("connect to Control")
 }
 
+/// The real address of the master's shared listener `http` (port 0 is
+/// resolved by the master).
+pub async fn http_addr(addr: &str) -> String {
+    let info = control(addr)
+        .await
+        .cluster_info(cohort_proto::pb::ClusterInfoRequest {})
+        .await
+        .expect("ClusterInfo")
+        .into_inner();
+    info.listeners
+        .into_iter()
+        .find(|l| l.name == "http")
+        .map(|l| l.addr)
+        .expect("an http listener")
+}
+
 /// Every member the master lists.
 pub async fn members(addr: &str) -> Vec<cohort_proto::pb::MemberInfo> {
     members_with(addr, None).await

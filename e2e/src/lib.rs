@@ -21,7 +21,8 @@ mod watchdog;
 
 pub use chatty::{CHATTY_LINE, chatty_config};
 pub use grpc::{
-    control, members, members_with, next_event, wait_ready, wait_ready_tls, wait_ready_with, watch,
+    control, http_addr, members, members_with, next_event, wait_ready, wait_ready_tls,
+    wait_ready_with, watch,
 };
 pub use http::{Load, http};
 pub use process::{

@@ -78,6 +78,11 @@ impl Proc {
         }
     }
 
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: &str) {
         kill(self.child.id(), sig);

@@ -3,27 +3,13 @@
 //! shutdown, each checking that no process of the cluster is left behind.
 
 use cohort_e2e::{
-    Load, Master, alive, bin, control, eventually_async, http, members, next_event, wait_ready,
-    watch, workspace,
+    Load, Master, alive, bin, control, eventually_async, http, http_addr, members, next_event,
+    wait_ready, watch, workspace,
 };
 use cohort_proto::pb;
 use std::time::{Duration, Instant};
 
 const READY: i32 = pb::MemberState::Ready as i32;
-
-async fn http_addr(addr: &str) -> String {
-    let info = control(addr)
-        .await
-        .cluster_info(pb::ClusterInfoRequest {})
-        .await
-        .expect("ClusterInfo")
-        .into_inner();
-    info.listeners
-        .iter()
-        .find(|l| l.name == "http")
-        .map(|l| l.addr.clone())
-        .expect("http listener")
-}
 
 fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
     let path = dir.path().join("cohort.toml");

@@ -6,7 +6,7 @@
 //! with `join = "wrap"` (under `cohort-worker --exec`) and the demo worker.
 
 use cohort_e2e::{
-    Load, Master, Proc, alive, bin, cohortctl, control, eventually_async, http, members,
+    Load, Master, Proc, alive, bin, cohortctl, control, eventually_async, http, http_addr, members,
     next_event, wait_ready, watch,
 };
 use cohort_proto::pb;
@@ -128,6 +128,17 @@ async fn send(addr: &str, target: pb::target::Kind, action: &str) -> u32 {
         .delivered
 }
 
+/// The member list once exactly `n` members are in `state`.
+async fn in_state(addr: &str, state: pb::MemberState, n: usize) -> Vec<pb::MemberInfo> {
+    let what = format!("{n} members {}", state.as_str_name());
+    eventually_async(&what, || async {
+        let ms = members(addr).await;
+        let count = ms.iter().filter(|m| m.state == state as i32).count();
+        (count == n).then_some(ms)
+    })
+    .await
+}
+
 /// Pids by member name.
 async fn pids(addr: &str) -> HashMap<String, u32> {
     members(addr)
@@ -135,20 +146,6 @@ async fn pids(addr: &str) -> HashMap<String, u32> {
         .into_iter()
         .map(|m| (m.name, m.pid))
         .collect()
-}
-
-async fn http_addr(addr: &str) -> String {
-    let info = control(addr)
-        .await
-        .cluster_info(pb::ClusterInfoRequest {})
-        .await
-        .expect("ClusterInfo")
-        .into_inner();
-    info.listeners
-        .into_iter()
-        .find(|l| l.name == "http")
-        .map(|l| l.addr)
-        .expect("http listener")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,15 +315,7 @@ restart = "never"
     let mut master = s.master();
     // migrate exits 3: it is FAILED, and web and api never start.
     let state = |m: &pb::MemberInfo| pb::MemberState::try_from(m.state).unwrap_or_default();
-    let listed = eventually_async("migrate fails and blocks web and api", || async {
-        let ms = members(&master.addr).await;
-        let failed = ms
-            .iter()
-            .filter(|m| state(m) == pb::MemberState::Failed)
-            .count();
-        (failed == 3).then_some(ms)
-    })
-    .await;
+    let listed = in_state(&master.addr, pb::MemberState::Failed, 3).await;
     let why: HashMap<&str, &str> = listed
         .iter()
         .map(|m| (m.name.as_str(), m.last_exit.as_str()))
@@ -348,15 +337,7 @@ restart = "never"
     // Fixed, and run again: then web starts, then api.
     std::fs::write(s.path("status"), "0").expect("status");
     cohortctl(&master.addr, &["restart", "migrate-1"]);
-    let after = eventually_async("web and api start once migrate exited 0", || async {
-        let ms = members(&master.addr).await;
-        let ready = ms
-            .iter()
-            .filter(|m| state(m) == pb::MemberState::Ready)
-            .count();
-        (ready == 2).then_some(ms)
-    })
-    .await;
+    let after = in_state(&master.addr, pb::MemberState::Ready, 2).await;
     let migrate1 = after
         .iter()
         .find(|m| m.name == "migrate-1")

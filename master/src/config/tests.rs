@@ -430,3 +430,21 @@ fn a_bad_set_of_apps_is_refused_naming_the_app() {
         assert!(err.to_string().contains(want), "{text}\n→ {err}");
     }
 }
+
+#[test]
+fn the_readme_apps_example_is_a_valid_configuration() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## Apps: several programs from one file")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block under ## Apps");
+    let env_file = write("A=1\n");
+    let text = section.replace("/etc/web.env", env_file.path().to_str().expect("path"));
+    let f = write(&text);
+    let c =
+        load(&["--config", f.path().to_str().expect("path")], &[]).expect("the README's example");
+    let names: Vec<&str> = c.apps.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["migrate", "web", "api", "queue"]);
+}
