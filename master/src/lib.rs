@@ -72,10 +72,10 @@ pub struct SharedListener {
 }
 
 /// Binds every `[[listener]]` of the config (parse first, bind second),
-/// or none when the master runs no local workers: a coordinator-only
+/// or none when the master runs no local members: a coordinator-only
 /// master holds no port it does not serve.
 pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<SharedListener>> {
-    if config.worker_count(cpus()) == 0 && config.apps.is_empty() {
+    if !runs_local_members(config) {
         return Ok(Vec::new());
     }
     config
@@ -180,8 +180,7 @@ async fn serve(
     // Local children reach the master over a private Unix socket: no TLS
     // or client certificate to hand out, and no loopback TCP hop. A master
     // with no local members writes nothing (a read-only root is fine).
-    let runs_apps = !config.apps.is_empty() || apps.iter().any(|a| a.count > 0);
-    let mut local = match runs_apps {
+    let mut local = match runs_local_members(&config) {
         false => None,
         true => Some(LocalSocket::bind().context("creating the local members' socket")?),
     };
@@ -322,6 +321,13 @@ async fn serve(
     within("background tasks", tasks.wait()).await;
     tracing::info!("{what} stopped");
     Ok(())
+}
+
+/// Whether the master runs members of its own (or may, after a reload:
+/// it has `[[app]]`s): then it binds the shared listeners and its local
+/// members' socket; a coordinator-only master binds and writes neither.
+fn runs_local_members(config: &Config) -> bool {
+    config.agent.count > 0 || config.worker_count(cpus()) > 0 || !config.apps.is_empty()
 }
 
 fn cpus() -> usize {

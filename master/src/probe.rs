@@ -57,10 +57,7 @@ pub async fn run(registry: Arc<Registry>, stop: CancellationToken) {
                     *next = now + t.check.interval;
                     busy.insert(t.instance_id.clone());
                     running.spawn(async move {
-                        let limit = t.check.timeout;
-                        let result = tokio::time::timeout(limit, check(&t))
-                            .await
-                            .unwrap_or_else(|_| Err(format!("no answer within {} ms (timeout)", limit.as_millis())));
+                        let result = check(&t).await;
                         (t, result)
                     });
                 }
@@ -69,15 +66,22 @@ pub async fn run(registry: Arc<Registry>, stop: CancellationToken) {
     }
 }
 
+/// One check of `t`, within its timeout.
 async fn check(t: &ProbeTarget) -> Result<(), String> {
+    let limit = t.check.timeout;
+    let late = || format!("no answer within {} ms (timeout)", limit.as_millis());
     match &t.check.probe {
         Probe::Http(path) => {
             let addr = t.http.as_deref().ok_or(
                 "it reports no address to probe: a member of an app with an http probe gives its own HTTP address in the label http (HOST:PORT)",
             )?;
-            get(addr, path).await
+            tokio::time::timeout(limit, get(addr, path))
+                .await
+                .unwrap_or_else(|_| Err(late()))
         }
-        Probe::Exec(command) => exec(command, t).await,
+        Probe::Exec(command) => exec(command, t, limit)
+            .await
+            .map_err(|e| e.unwrap_or_else(late)),
     }
 }
 
@@ -109,13 +113,13 @@ async fn get(addr: &str, path: &str) -> Result<(), String> {
     }
 }
 
-/// Runs `command` for member `t`: exit 0 passes. Killed if it outlives
-/// the probe's timeout.
-async fn exec(command: &[String], t: &ProbeTarget) -> Result<(), String> {
+/// Runs `command` for member `t`: exit 0 passes. Its process group is
+/// killed if it outlives `limit` (then the error is `None`: the timeout).
+async fn exec(command: &[String], t: &ProbeTarget, limit: Duration) -> Result<(), Option<String>> {
     let Some((program, args)) = command.split_first() else {
-        return Err("empty command".into());
+        return Err(Some("empty command".into()));
     };
-    let status = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .env(cohort_proto::env::NAME, &t.name)
         .env(cohort_proto::env::APP, &t.app)
@@ -123,13 +127,23 @@ async fn exec(command: &[String], t: &ProbeTarget) -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
-        .status()
-        .await
-        .map_err(|e| format!("{program}: {e}"))?;
+        .spawn()
+        .map_err(|e| Some(format!("{program}: {e}")))?;
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status.map_err(|e| Some(format!("{program}: {e}")))?,
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                cohort_process::child::signal_group(pid, cohort_process::child::SIGKILL);
+            }
+            let _ = child.wait().await;
+            return Err(None);
+        }
+    };
     match status.code() {
         Some(0) => Ok(()),
-        Some(code) => Err(format!("{program} exited with status {code}")),
-        None => Err(format!("{program} was killed by a signal")),
+        Some(code) => Err(Some(format!("{program} exited with status {code}"))),
+        None => Err(Some(format!("{program} was killed by a signal"))),
     }
 }

@@ -1,10 +1,12 @@
-//! Local supervision: the master starts its own agent and workers, waits on
-//! them, respawns them by the restart policy, replaces them without a gap,
-//! and ends them on shutdown.
+//! Local supervision: the master starts its apps (the agent, the workers,
+//! each `[[app]]`) in `depends_on` order, waits on them, respawns them by
+//! their restart mode, replaces them without a gap, applies a reload app by
+//! app, and ends them on shutdown in the reverse order.
 //!
 //! One task owns every slot and receives commands (child exits, notices
 //! from the registry, operator requests); decisions come from the pure
-//! state machine in [`slot`], side effects from [`spawn`].
+//! state machine in [`slot`], side effects from [`spawn`]; `order` says
+//! which app may start, [`reload`] what a new configuration changes.
 
 pub mod app;
 mod handle;
@@ -136,7 +138,7 @@ impl Supervisor {
         self.publish_views();
         loop {
             // Sleep until the next deadline (backoff, start timeout, drain,
-            // startup stage, restart), not on a polling tick.
+            // a late agent, restart), not on a polling tick.
             let next = self.next_deadline();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
