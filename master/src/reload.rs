@@ -46,29 +46,29 @@ impl Reloader {
 fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let differs = [
         ("listen", old.listen != new.listen),
-        ("listener", old.listeners != new.listeners),
-        ("expect", old.expect != new.expect),
-        ("health", old.health != new.health),
-        ("restart", old.restart != new.restart),
-        ("messaging", old.messaging != new.messaging),
+        ("[[listener]]", old.listeners != new.listeners),
+        ("[expect]", old.expect != new.expect),
+        ("[health]", old.health != new.health),
+        ("[restart]", old.restart != new.restart),
+        ("[messaging]", old.messaging != new.messaging),
         (
-            "limits",
+            "[limits]",
             old.limits != new.limits
                 || old.join_rate != new.join_rate
                 || old.max_members != new.max_members,
         ),
         (
-            "metrics",
+            "[metrics]",
             old.metrics_listen != new.metrics_listen
                 || old.metrics_per_member != new.metrics_per_member,
         ),
         (
-            "auth",
+            "[auth]",
             old.token_file != new.token_file || old.tokens != new.tokens,
         ),
-        ("insecure", old.insecure != new.insecure),
-        ("tls", old.tls != new.tls),
-        ("ha", old.ha != new.ha),
+        ("--insecure", old.insecure != new.insecure),
+        ("[tls]", old.tls != new.tls),
+        ("[ha]", old.ha != new.ha),
     ];
     differs
         .into_iter()
@@ -90,6 +90,6 @@ mod tests {
         assert!(fixed_changes(&old, &new).is_empty());
         new.listen = "127.0.0.1:9".parse().expect("addr");
         new.tls.cert = Some("c.pem".into());
-        assert_eq!(fixed_changes(&old, &new), ["listen", "tls"]);
+        assert_eq!(fixed_changes(&old, &new), ["listen", "[tls]"]);
     }
 }
