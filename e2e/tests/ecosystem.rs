@@ -275,6 +275,40 @@ cwd = {cron:?}
     for name in ["web-1", "web-2", "cron-1"] {
         assert_eq!(s.got(name, "job"), 0, "{name}");
     }
+    // Scale by app; a count no host can run and an unknown app are refused
+    // with a reason, and nothing else changes.
+    for (app, count, code, want) in [
+        (
+            "cron",
+            4_000_000_000,
+            tonic::Code::InvalidArgument,
+            "at most 4096 local members",
+        ),
+        (
+            "nope",
+            1,
+            tonic::Code::NotFound,
+            "no app named nope on this master (apps: agent, worker, web, queue, cron)",
+        ),
+    ] {
+        let refused = control(&master.addr)
+            .await
+            .scale(pb::ScaleRequest {
+                app: app.into(),
+                count,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), code);
+        assert!(refused.message().contains(want), "{}", refused.message());
+    }
+    cohortctl(&master.addr, &["scale", "cron", "2"]);
+    let listed = wait_ready(
+        &master.addr,
+        &["cron-1", "cron-2", "queue-1", "queue-2", "web-1", "web-2"],
+    )
+    .await;
     let pids: Vec<u32> = listed.iter().map(|m| m.pid).collect();
     master.stop();
     for pid in pids {

@@ -15,6 +15,10 @@ use layer::{Layer, LayerError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Local members of one app at most (`count`, `Control/Scale`): a number
+/// beyond is a mistake, not a plan, and would only exhaust the host.
+pub const MAX_LOCAL_MEMBERS: u32 = 4096;
+
 /// The environment variable holding a bearer token directly (never a flag:
 /// argv is visible to every local user).
 const ENV_TOKEN: &str = cohort_proto::env::TOKEN;
@@ -315,6 +319,19 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.agent.count > 1 {
             return Err(value_err("agent.count", "must be 0 or 1"));
+        }
+        let too_many = |c: WorkerCount| matches!(c, WorkerCount::Fixed(n) if n > MAX_LOCAL_MEMBERS);
+        if too_many(self.worker.count) {
+            return Err(value_err(
+                "worker.count",
+                &format!("must be at most {MAX_LOCAL_MEMBERS} (or \"auto\")"),
+            ));
+        }
+        if let Some(app) = self.apps.iter().find(|a| too_many(a.count)) {
+            return Err(value_err(
+                &format!("app {}: count", app.name),
+                &format!("must be at most {MAX_LOCAL_MEMBERS} (or \"auto\")"),
+            ));
         }
         for (role, cmd) in [
             ("agent", &self.agent.command),

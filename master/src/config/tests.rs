@@ -403,6 +403,10 @@ fn a_bad_set_of_apps_is_refused_naming_the_app() {
         ),
         (app("web", "port = 80"), "unknown field `port`"),
         (
+            app("web", "count = 100000"),
+            "app web: count: must be at most 4096",
+        ),
+        (
             app("web", "health = { http = \"healthz\" }"),
             "app web: health.http: \"healthz\": give a path such as /healthz",
         ),

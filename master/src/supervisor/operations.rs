@@ -15,6 +15,12 @@ impl Supervisor {
         if self.apps[a].spec.role == Role::Agent && count > 1 {
             return Err(Status::invalid_argument("a cluster has 0 or 1 agent"));
         }
+        if count > crate::config::MAX_LOCAL_MEMBERS {
+            return Err(Status::invalid_argument(format!(
+                "count {count}: a master runs at most {} local members of an app",
+                crate::config::MAX_LOCAL_MEMBERS
+            )));
+        }
         if count > 0 && self.cfg.master_url.is_none() {
             return Err(no_socket());
         }
