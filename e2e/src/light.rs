@@ -91,7 +91,7 @@ async fn member(
             ..Default::default()
         };
         let _ = tx.send(frame(Out::Hello(hello))).await;
-        let _ = tx.send(frame(Out::Ready(pb::Ready {}))).await;
+        let _ = tx.send(frame(Out::Ready(pb::Ready::default()))).await;
         let mut client = pb::membership_client::MembershipClient::new(channel.clone());
         if let Ok(response) = client
             .join(tokio_stream::wrappers::ReceiverStream::new(rx))

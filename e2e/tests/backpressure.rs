@@ -42,7 +42,7 @@ async fn streams_that_never_read_cost_a_bounded_amount_and_are_cut_off() {
                     })),
                 },
                 pb::MemberFrame {
-                    kind: Some(Frame::Ready(pb::Ready {})),
+                    kind: Some(Frame::Ready(pb::Ready::default())),
                 },
             ];
             // The request stream stays open (pending) after the two frames.

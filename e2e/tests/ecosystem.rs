@@ -686,3 +686,75 @@ health = {{ exec = ["sh", "-c", "exit {stuck}"], interval = "100ms" }}
     .await;
     master.stop();
 }
+
+/// A wrapped Python program with its own health address, told on its
+/// channel as it becomes ready; unhealthy while `$D/NAME.sick` exists (a
+/// new instance removes it as it starts).
+const PY_HEALTH: &str = r#"
+import http.server, json, os, socket
+sick = os.path.join(os.environ["D"], os.environ["COHORT_NAME"] + ".sick")
+if os.path.exists(sick):
+    os.remove(sick)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503 if os.path.exists(sick) else 200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+channel = socket.socket(fileno=int(os.environ["COHORT_CHANNEL_FD"]))
+ready = {"type": "ready", "labels": {"http": "127.0.0.1:%d" % server.server_port}}
+channel.sendall((json.dumps(ready) + "\n").encode())
+server.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_program_tells_its_own_address_on_ready_and_its_http_probe_goes_there() {
+    let s = Setup::new();
+    s.write(&format!(
+        r#"
+[[app]]
+name = "py"
+command = ["python3", "-c", {script}]
+join = "wrap"
+count = 2
+listeners = []
+health = {{ http = "/healthz", interval = "100ms" }}
+"#,
+        script = lit(PY_HEALTH),
+    ));
+    let mut master = s.master();
+    let addr = master.addr.clone();
+    let before = wait_ready(&addr, &["py-1", "py-2"]).await;
+    for m in &before {
+        let own = m.labels.get("http").cloned().unwrap_or_default();
+        assert!(
+            own.starts_with("127.0.0.1:"),
+            "{}: label http {own:?}",
+            m.name
+        );
+        assert_eq!(http(&own, "GET", "/healthz").map(|r| r.0).ok(), Some(200));
+    }
+    std::fs::write(s.path("py-1.sick"), "").expect("sick");
+    let after = eventually_async("py-1 is replaced after its probe failed", || async {
+        let ms = members(&addr).await;
+        let py1 = ms.iter().find(|m| m.name == "py-1")?;
+        (py1.pid != before[0].pid && py1.state == pb::MemberState::Ready as i32).then(|| ms.clone())
+    })
+    .await;
+    let py1 = after.iter().find(|m| m.name == "py-1").expect("py-1");
+    assert!(
+        py1.last_exit
+            .contains("health probe failed 3 times in a row"),
+        "{}",
+        py1.last_exit
+    );
+    assert_ne!(
+        py1.labels.get("http"),
+        before[0].labels.get("http"),
+        "the new instance told its own address"
+    );
+    let py2 = after.iter().find(|m| m.name == "py-2").expect("py-2");
+    assert_eq!(py2.pid, before[1].pid, "py-2 was touched");
+    master.stop();
+}

@@ -341,7 +341,21 @@ impl Registry {
                 }
                 return Ok(None);
             }
-            In::Ready(_) => {
+            In::Ready(ready) => {
+                if !ready.labels.is_empty() {
+                    join::check_labels("ready", &ready.labels)
+                        .map_err(|s| StreamError::BadLabels(s.message().to_string()))?;
+                    if let Some(m) = st.members.get_mut(&name) {
+                        let new = ready.labels.keys().filter(|k| !m.labels.contains_key(*k));
+                        if m.labels.len() + new.count() > cohort_proto::MAX_LABELS {
+                            return Err(StreamError::BadLabels(format!(
+                                "hello.labels and ready.labels make more than {} labels",
+                                cohort_proto::MAX_LABELS
+                            )));
+                        }
+                        m.labels.extend(ready.labels);
+                    }
+                }
                 // A member with a health probe is ready when it passes.
                 let probed = st.members.get(&name).is_some_and(|m| self.probed(m));
                 if !probed {

@@ -141,7 +141,7 @@ async fn a_receiver_that_stops_reading_is_cut_off_and_only_its_senders_notice() 
     let stuck = stuck.expect("joined");
     stuck_tx
         .send(pb::MemberFrame {
-            kind: Some(Frame::Ready(pb::Ready {})),
+            kind: Some(Frame::Ready(pb::Ready::default())),
         })
         .await
         .expect("ready");

@@ -248,7 +248,7 @@ async fn a_plain_send_never_passes_as_a_reply() {
     // ready, so never picked) forges; A asks.
     let (b_tx, b) = raw_join(&master, hello("b")).await;
     let mut b = b.expect("b joins");
-    b_tx.send(frame(Frame::Ready(pb::Ready {})))
+    b_tx.send(frame(Frame::Ready(pb::Ready::default())))
         .await
         .expect("ready");
     let (c_tx, c) = raw_join(&master, hello("c")).await;

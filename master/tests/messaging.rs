@@ -240,7 +240,7 @@ async fn bad_input_gets_clear_statuses_and_disturbs_nobody() {
     let (_tx, r) = raw_join(
         &master,
         pb::MemberFrame {
-            kind: Some(Frame::Ready(pb::Ready {})),
+            kind: Some(Frame::Ready(pb::Ready::default())),
         },
     )
     .await;

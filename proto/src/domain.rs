@@ -177,6 +177,38 @@ pub fn check_app(name: &str) -> Result<(), String> {
     }
 }
 
+/// Most labels a member carries (`hello.labels` and `ready.labels`).
+pub const MAX_LABELS: usize = 32;
+/// Longest label key.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 255;
+
+/// Checks labels (`field`: `hello` or `ready`) against their bounds:
+/// whatever a member says of itself is copied into every listing.
+pub fn check_labels(
+    field: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{field}.labels has {} entries: at most {MAX_LABELS} are accepted",
+            labels.len()
+        ));
+    }
+    for (k, v) in labels {
+        let (what, len, max) = match (k.len() > MAX_LABEL_KEY_LEN, v.len() > MAX_LABEL_VALUE_LEN) {
+            (true, _) => ("labels key".to_string(), k.len(), MAX_LABEL_KEY_LEN),
+            (_, true) => (format!("labels[{k}]"), v.len(), MAX_LABEL_VALUE_LEN),
+            _ => continue,
+        };
+        return Err(format!(
+            "{field}.{what} is {len} bytes: at most {max} are accepted"
+        ));
+    }
+    Ok(())
+}
+
 impl Role {
     /// A role as an operator types it: `agent`, `worker`, or their plurals.
     pub fn from_word(s: &str) -> Result<Role, String> {

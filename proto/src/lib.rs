@@ -12,7 +12,8 @@ pub mod log_line;
 pub mod time;
 
 pub use domain::{
-    DEFAULT_APP, MAX_APP_LEN, MAX_NAME_LEN, MemberName, Role, Target, check_app, is_instance_id,
+    DEFAULT_APP, MAX_APP_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_NAME_LEN,
+    MemberName, Role, Target, check_app, check_labels, is_instance_id,
 };
 
 /// Generated code for package `cohort.v1`.

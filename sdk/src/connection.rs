@@ -291,8 +291,9 @@ async fn session(
     }
     *lock(&inner.out) = Some(tx.clone());
     if inner.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        let labels = lock(&inner.ready_labels).clone();
         let _ = tx.try_send(pb::MemberFrame {
-            kind: Some(Out::Ready(pb::Ready {})),
+            kind: Some(Out::Ready(pb::Ready { labels })),
         });
     }
     match first.take() {

@@ -8,6 +8,7 @@ use crate::shared::{ANY_ACTION, Handler, Inner, Message, Subscription, Waiter, c
 use bytes::Bytes;
 use cohort_proto::pb::{self, member_frame::Kind as Out};
 use cohort_proto::{MemberName, Role, Target};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -50,8 +51,27 @@ impl Member {
 
     /// Tells the master this member takes work (repeated after reconnects).
     pub async fn ready(&self) -> Result<(), Error> {
+        self.ready_with_labels(HashMap::new()).await
+    }
+
+    /// [`Member::ready`], adding labels learned while starting: its own
+    /// address as `http` (`HOST:PORT`), where an app's HTTP health probe
+    /// goes. At most 32 labels in all, keys of 63 bytes, values of 255.
+    pub async fn ready_with_labels(&self, labels: HashMap<String, String>) -> Result<(), Error> {
+        let refused = |message| Error::Status {
+            code: tonic::Code::InvalidArgument,
+            message,
+        };
+        cohort_proto::check_labels("ready", &labels).map_err(refused)?;
+        let labels = {
+            let mut all = lock(&self.inner.ready_labels);
+            all.extend(labels);
+            all.clone()
+        };
         self.inner.ready.store(true, Ordering::SeqCst);
-        self.inner.send_frame(Out::Ready(pb::Ready {})).await
+        self.inner
+            .send_frame(Out::Ready(pb::Ready { labels }))
+            .await
     }
 
     /// Whether this member has reported ready ([`Member::ready`]).

@@ -105,6 +105,8 @@ pub(crate) struct Inner {
     pub(crate) drain: watch::Sender<Option<String>>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) ready: AtomicBool,
+    /// Labels given with `ready` (sent again after reconnects).
+    pub(crate) ready_labels: Mutex<HashMap<String, String>>,
     /// Set by `leave`: a lost stream is not re-established.
     pub(crate) leaving: AtomicBool,
     next_id: AtomicU64,
@@ -145,6 +147,7 @@ impl Inner {
             drain: watch::channel(None).0,
             events: broadcast::channel(256).0,
             ready: AtomicBool::new(false),
+            ready_labels: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:016x}", uuid::Uuid::new_v4().as_u128() as u64),

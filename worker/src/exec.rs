@@ -3,7 +3,7 @@
 //! over a JSON-lines socket at fd `COHORT_CHANNEL_FD`:
 //!
 //! ```text
-//! payload → worker  {"type":"ready"}
+//! payload → worker  {"type":"ready"}   (or with "labels":{"http":"127.0.0.1:3001"}: its own address, for health probes)
 //!                   {"type":"send","target":"all"|"workers"|"agent"|"random"|"random:ROLE"|"member:NAME","action":"a","data":ANY}
 //!                   {"type":"reply","to":"ID","data":ANY}
 //! worker → payload  {"type":"message","id":"ID","from":"worker-2","action":"a","data":ANY,"expects_reply":true}
@@ -227,7 +227,28 @@ async fn handle_line(
 ) -> Result<(), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
     match v["type"].as_str() {
-        Some("ready") => member.ready().await.map_err(|e| e.to_string()),
+        Some("ready") => {
+            // `"labels": {"http": "127.0.0.1:3001"}`: strings only.
+            let labels = match v.get("labels") {
+                None | Some(Value::Null) => HashMap::new(),
+                Some(Value::Object(map)) => map
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => Ok((k.clone(), s.clone())),
+                        other => Err(format!("ready: labels[{k}] is {other}: labels are strings")),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(other) => {
+                    return Err(format!(
+                        "ready: labels is {other}: give an object of strings"
+                    ));
+                }
+            };
+            member
+                .ready_with_labels(labels)
+                .await
+                .map_err(|e| e.to_string())
+        }
         Some("send") => {
             let target = parse_target(v["target"].as_str().unwrap_or("all"))?;
             let action = v["action"]

@@ -89,6 +89,9 @@ pub enum StreamError {
     /// This master's leadership lapsed ([ha]): it routes nothing more.
     #[error("this master no longer leads: join the leader (COHORT_MASTER lists every master)")]
     NotLeading,
+    /// A frame's labels are over their bounds.
+    #[error("{0}")]
+    BadLabels(String),
 }
 
 impl From<StreamError> for Status {
@@ -96,6 +99,7 @@ impl From<StreamError> for Status {
         let code = match e {
             StreamError::Evicted | StreamError::NotLeading => Code::Unavailable,
             StreamError::HelloAgain => Code::FailedPrecondition,
+            StreamError::BadLabels(_) => Code::InvalidArgument,
         };
         Status::new(code, e.to_string())
     }

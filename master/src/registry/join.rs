@@ -10,6 +10,7 @@ use crate::model::{EventKind, MemberState};
 use crate::outbound;
 use cohort_proto::pb::master_frame::Kind as Out;
 use cohort_proto::{MemberName, Role, pb};
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -22,15 +23,6 @@ pub const MAX_HOST_LEN: usize = 255;
 
 /// Longest `hello.version` accepted.
 pub const MAX_VERSION_LEN: usize = 128;
-
-/// Most `hello.labels`.
-pub const MAX_LABELS: usize = 32;
-
-/// Longest label key and value.
-pub const MAX_LABEL_KEY_LEN: usize = 63;
-
-/// Longest label value.
-pub const MAX_LABEL_VALUE_LEN: usize = 255;
 
 /// Longest `hello.secret` accepted.
 pub(super) const MAX_SECRET_LEN: usize = 128;
@@ -65,25 +57,14 @@ pub fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
         cohort_proto::check_app(&hello.app)
             .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
     }
-    if hello.labels.len() > MAX_LABELS {
-        return Err(Status::invalid_argument(format!(
-            "hello.labels has {} entries: at most {MAX_LABELS} are accepted",
-            hello.labels.len()
-        )));
-    }
-    for (k, v) in &hello.labels {
-        if k.len() > MAX_LABEL_KEY_LEN {
-            return Err(too_long("labels key", k.len(), MAX_LABEL_KEY_LEN));
-        }
-        if v.len() > MAX_LABEL_VALUE_LEN {
-            return Err(too_long(
-                &format!("labels[{k}]"),
-                v.len(),
-                MAX_LABEL_VALUE_LEN,
-            ));
-        }
-    }
+    check_labels("hello", &hello.labels)?;
     Ok(())
+}
+
+/// Refuses labels (`hello.labels`, `ready.labels`: `field`) over their
+/// bounds.
+pub fn check_labels(field: &str, labels: &HashMap<String, String>) -> Result<(), Status> {
+    cohort_proto::check_labels(field, labels).map_err(Status::invalid_argument)
 }
 
 impl Registry {

@@ -52,7 +52,7 @@ fn join(r: &Registry, name: &str, now: Instant) -> Joined {
 }
 
 fn ready(r: &Registry, j: &Joined, now: Instant) {
-    r.on_frame(&j.instance_id, In::Ready(pb::Ready {}), now)
+    r.on_frame(&j.instance_id, In::Ready(pb::Ready::default()), now)
         .expect("ready");
 }
 
@@ -510,7 +510,7 @@ async fn cluster_ready_waits_for_the_members_expected_of_an_app() {
     };
     let ready = |hello: pb::Hello| {
         let j = r.register(hello, Via::Network, t0).expect("join");
-        r.on_frame(&j.instance_id, In::Ready(pb::Ready {}), t0)
+        r.on_frame(&j.instance_id, In::Ready(pb::Ready::default()), t0)
             .expect("ready");
         j
     };
@@ -592,4 +592,43 @@ async fn a_probed_member_is_ready_when_its_probe_passes_and_drained_after_failur
         Some(MemberState::Ready)
     );
     counts_agree(&r);
+}
+
+#[tokio::test]
+async fn labels_given_with_ready_are_kept_within_their_bounds() {
+    let (r, _notices) = registry(0);
+    let t0 = Instant::now();
+    let j = join(&r, "worker-1", t0);
+    let with = |labels: Vec<(String, String)>| {
+        In::Ready(pb::Ready {
+            labels: labels.into_iter().collect(),
+        })
+    };
+    let http = vec![("http".to_string(), "127.0.0.1:3001".to_string())];
+    r.on_frame(&j.instance_id, with(http), t0).expect("ready");
+    let listed = r.get("worker-1").expect("listed");
+    assert_eq!(
+        listed.labels.get("http").map(String::as_str),
+        Some("127.0.0.1:3001")
+    );
+    assert_eq!(listed.state, MemberState::Ready);
+    // Over the bounds: refused with a reason, the labels unchanged.
+    let long = vec![("http".to_string(), "x".repeat(300))];
+    let Err(err) = r.on_frame(&j.instance_id, with(long), t0) else {
+        panic!("a 300-byte label was taken");
+    };
+    assert!(
+        err.to_string()
+            .contains("ready.labels[http] is 300 bytes: at most 255"),
+        "{err}"
+    );
+    let many = (0..40)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let Err(err) = r.on_frame(&j.instance_id, with(many), t0) else {
+        panic!("40 labels were taken");
+    };
+    assert!(err.to_string().contains("at most 32"), "{err}");
+    let listed = r.get("worker-1").expect("listed");
+    assert_eq!(listed.labels.len(), 1);
 }
