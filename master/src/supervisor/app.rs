@@ -3,6 +3,7 @@
 
 use crate::config::{Config, HealthCheck, Join, RestartMode};
 use cohort_proto::{Role, env};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// One app as the supervisor runs it.
@@ -139,27 +140,91 @@ pub fn from_config(config: &Config, cpus: usize) -> Vec<AppSpec> {
 /// Sorts `apps` by depth: an app after everything it depends on (workers
 /// after the agent), stable within a depth. Cycles were refused with the
 /// configuration.
-pub fn in_start_order(apps: Vec<AppSpec>) -> Vec<AppSpec> {
-    let mut depth: Vec<(usize, AppSpec)> = apps
-        .iter()
-        .map(|a| (depth_of(a, &apps, 0), a.clone()))
-        .collect();
-    depth.sort_by_key(|(d, _)| *d);
-    depth.into_iter().map(|(_, a)| a).collect()
+pub fn in_start_order(mut apps: Vec<AppSpec>) -> Vec<AppSpec> {
+    let depth = depths(&apps);
+    apps.sort_by_key(|a| depth.get(&a.name).copied().unwrap_or(0));
+    apps
 }
 
-/// How many apps stand before `app` on its longest `depends_on` chain.
-pub fn depth_of(app: &AppSpec, apps: &[AppSpec], guard: usize) -> usize {
-    if guard > apps.len() {
-        return guard;
+/// Each app's depth: how many apps stand before it on its longest
+/// `depends_on` chain (workers depend on the agent).
+pub fn depths(apps: &[AppSpec]) -> HashMap<String, usize> {
+    fn depth(
+        app: &AppSpec,
+        apps: &[AppSpec],
+        memo: &mut HashMap<String, usize>,
+        guard: usize,
+    ) -> usize {
+        if let Some(d) = memo.get(&app.name) {
+            return *d;
+        }
+        if guard > apps.len() {
+            return guard;
+        }
+        let implicit = (app.role == Role::Worker).then_some("agent");
+        let d = app
+            .depends_on
+            .iter()
+            .map(String::as_str)
+            .chain(implicit)
+            .filter_map(|d| apps.iter().find(|a| a.name == d))
+            .map(|d| 1 + depth(d, apps, memo, guard + 1))
+            .max()
+            .unwrap_or(0);
+        memo.insert(app.name.clone(), d);
+        d
     }
-    let implicit = (app.role == Role::Worker).then_some("agent");
-    app.depends_on
-        .iter()
-        .map(String::as_str)
-        .chain(implicit)
-        .filter_map(|d| apps.iter().find(|a| a.name == d))
-        .map(|d| 1 + depth_of(d, apps, guard + 1))
-        .max()
-        .unwrap_or(0)
+    let mut memo = HashMap::new();
+    for a in apps {
+        depth(a, apps, &mut memo, 0);
+    }
+    memo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, role: Role, deps: &[&str]) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            role,
+            count: 1,
+            command: vec!["x".into()],
+            env: Vec::new(),
+            cwd: None,
+            listeners: None,
+            restart: RestartMode::Always,
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            max_rss: None,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn apps_start_after_what_they_depend_on_and_workers_after_the_agent() {
+        let apps = vec![
+            app("api", Role::Worker, &["web"]),
+            app("web", Role::Worker, &["migrate"]),
+            app("queue", Role::Worker, &[]),
+            app("migrate", Role::Worker, &[]),
+            app("agent", Role::Agent, &[]),
+        ];
+        let names: Vec<String> = in_start_order(apps).into_iter().map(|a| a.name).collect();
+        assert_eq!(names, ["agent", "queue", "migrate", "web", "api"]);
+    }
+
+    #[test]
+    fn depths_of_many_shared_dependencies_take_no_time() {
+        // Each app depends on every earlier one: 2^40 paths, 40 depths.
+        let names: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
+        let apps: Vec<AppSpec> = (0..40)
+            .map(|i| {
+                let deps: Vec<&str> = names[..i].iter().map(String::as_str).collect();
+                app(&names[i], Role::Worker, &deps)
+            })
+            .collect();
+        let depth = depths(&apps);
+        assert_eq!(depth["a39"], 39);
+    }
 }

@@ -150,9 +150,10 @@ impl Supervisor {
     /// in `depends_on` stop before what they depend on.
     pub(super) fn stop_order(&self) -> Vec<Vec<String>> {
         let specs: Vec<AppSpec> = self.apps.iter().map(|a| a.spec.clone()).collect();
+        let depth = app::depths(&specs);
         let mut groups: Vec<Vec<String>> = Vec::new();
         for s in &specs {
-            let d = app::depth_of(s, &specs, 0);
+            let d = depth.get(&s.name).copied().unwrap_or(0);
             if groups.len() <= d {
                 groups.resize(d + 1, Vec::new());
             }
