@@ -758,3 +758,41 @@ health = {{ http = "/healthz", interval = "100ms" }}
     assert_eq!(py2.pid, before[1].pid, "py-2 was touched");
     master.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_ecosystem_file_runs() {
+    let file = cohort_e2e::workspace().join("examples/ecosystem/cohort.toml");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut master = Master::start_env(
+        &["--config", file.to_str().expect("path")],
+        &[("TMPDIR", tmp.path().as_os_str())],
+    );
+    let addr = master.addr.clone();
+    let ready = in_state(&addr, pb::MemberState::Ready, 4).await;
+    let names: Vec<&str> = ready
+        .iter()
+        .filter(|m| m.state == pb::MemberState::Ready as i32)
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["queue-1", "queue-2", "web-1", "web-2"]);
+    let migrate = ready
+        .iter()
+        .find(|m| m.name == "migrate-1")
+        .expect("migrate-1");
+    assert_eq!(migrate.last_exit, "exited with status 0");
+    let (code, body) = http(&http_addr(&addr).await, "GET", "/").expect("GET /");
+    assert!(
+        code == 200 && body.contains("\"name\":\"web-"),
+        "{code} {body}"
+    );
+    assert_eq!(
+        send(&addr, pb::target::Kind::App("queue".into()), "job").await,
+        2
+    );
+    eventually_async("the queue's consumers print what they got", || async {
+        let logs = cohortctl(&addr, &["logs", "app:queue"]);
+        (logs.matches("\"action\":\"job\"").count() == 2).then_some(())
+    })
+    .await;
+    master.stop();
+}

@@ -18,11 +18,19 @@ const MAX_READ: usize = 64 << 10;
 pub const CHILD_LOG_FORMAT: &str = "json";
 
 /// A line's level and text: a tracing JSON line's level, target, message
-/// and fields; anything else as it is, at info.
+/// and fields; anything else (JSON a program prints of its own included)
+/// as it is, at info.
 pub fn parse(line: &str) -> (String, String) {
-    let Ok(serde_json::Value::Object(v)) = serde_json::from_str::<serde_json::Value>(line) else {
-        return ("info".into(), line.to_string());
+    let event = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(v))
+            if v.get("level").is_some_and(|l| l.is_string())
+                && v.get("fields").is_some_and(|f| f.is_object()) =>
+        {
+            v
+        }
+        _ => return ("info".into(), line.to_string()),
     };
+    let v = event;
     let level = v
         .get("level")
         .and_then(|l| l.as_str())
@@ -161,5 +169,8 @@ mod tests {
         let line = r#"{"timestamp":"2026-11-27T21:00:00Z","level":"WARN","fields":{"message":"slow","member.name":"worker-1","ms":12},"target":"app"}"#;
         assert_eq!(parse(line), ("warn".into(), "app: slow ms=12".into()));
         assert_eq!(parse("plain text"), ("info".into(), "plain text".into()));
+        // A program's own JSON is kept whole.
+        let own = r#"{"type":"message","action":"job","data":{"id":1}}"#;
+        assert_eq!(parse(own), ("info".into(), own.into()));
     }
 }
