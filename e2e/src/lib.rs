@@ -28,7 +28,7 @@ pub use http::{Load, http};
 pub use process::{
     Master, Proc, alive, children_of, cpu_seconds, is_root, kill, rss_bytes, rss_mib,
 };
-pub use tools::{cohortctl, grpcurl, grpcurl_raw, venv_tool, which};
+pub use tools::{cohortctl, cohortctl_raw, grpcurl, grpcurl_raw, venv_tool, which};
 pub use wait::{eventually, eventually_async, eventually_async_within, eventually_within};
 
 use std::path::{Path, PathBuf};

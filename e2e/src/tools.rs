@@ -69,15 +69,18 @@ pub fn which(name: &str) -> Option<PathBuf> {
 /// `cohortctl ARGS` against `master` (`COHORT_MASTER`: one address or
 /// several); its stdout, after checking it succeeded.
 pub fn cohortctl(master: &str, args: &[&str]) -> String {
+    let (code, out, err) = cohortctl_raw(master, args);
+    assert_eq!(code, Some(0), "cohortctl {args:?}: {err}");
+    out
+}
+
+/// `cohortctl ARGS` that may fail: its exit code, stdout and stderr.
+pub fn cohortctl_raw(master: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(crate::bin("cohortctl"))
         .env(cohort::env::MASTER, master)
         .args(args)
         .output()
         .expect("run cohortctl");
-    assert!(
-        out.status.success(),
-        "cohortctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }

@@ -5,7 +5,7 @@
 //! app and only them, `random:app:APP` one of them.
 
 use cohort::{Code, MemberBuilder, Role, Target};
-use cohort_e2e::{Master, Proc, bin, cohortctl, eventually_async, wait_ready};
+use cohort_e2e::{Master, Proc, bin, cohortctl, cohortctl_raw, eventually_async, wait_ready};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -328,13 +328,8 @@ async fn a_rolling_restart_of_an_app_waits_for_each_remote_member_to_come_back()
     // web-3 is not touched.
     web[1].respawn.store(false, Ordering::SeqCst);
     let web3 = web[2].pids();
-    let out = Command::new(bin("cohortctl"))
-        .env(cohort::env::MASTER, &master.addr)
-        .args(["restart", "app:web", "--rolling"])
-        .output()
-        .expect("cohortctl");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = cohortctl_raw(&master.addr, &["restart", "app:web", "--rolling"]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("stopped at web-2") && err.contains("1 of 3 restarted"),
         "{err}"

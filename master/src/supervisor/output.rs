@@ -21,7 +21,7 @@ pub const CHILD_LOG_FORMAT: &str = "json";
 /// and fields; anything else (JSON a program prints of its own included)
 /// as it is, at info.
 pub fn parse(line: &str) -> (String, String) {
-    let event = match serde_json::from_str::<serde_json::Value>(line) {
+    let v = match serde_json::from_str::<serde_json::Value>(line) {
         Ok(serde_json::Value::Object(v))
             if v.get("level").is_some_and(|l| l.is_string())
                 && v.get("fields").is_some_and(|f| f.is_object()) =>
@@ -30,7 +30,6 @@ pub fn parse(line: &str) -> (String, String) {
         }
         _ => return ("info".into(), line.to_string()),
     };
-    let v = event;
     let level = v
         .get("level")
         .and_then(|l| l.as_str())
