@@ -6,8 +6,8 @@
 //! with `join = "wrap"` (under `cohort-worker --exec`) and the demo worker.
 
 use cohort_e2e::{
-    Load, Master, Proc, alive, bin, cohortctl, control, eventually_async, http, http_addr, members,
-    next_event, wait_ready, watch,
+    Load, Master, Proc, alive, bin, cohortctl, cohortctl_raw, control, eventually_async, http,
+    http_addr, kill, members, next_event, wait_ready, watch,
 };
 use cohort_proto::pb;
 use std::collections::HashMap;
@@ -101,17 +101,6 @@ impl Setup {
 fn lit(s: &str) -> String {
     assert!(!s.contains("'''"));
     format!("'''{s}'''")
-}
-
-/// `cohortctl ARGS` that may fail: (success, stdout, stderr).
-fn ctl(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("cohortctl"))
-        .env(cohort::env::MASTER, addr)
-        .args(args)
-        .output()
-        .expect("run cohortctl");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 async fn send(addr: &str, target: pb::target::Kind, action: &str) -> u32 {
@@ -509,8 +498,8 @@ async fn reload_rolls_only_what_changed_and_refuses_a_broken_file_without_touchi
     ];
     for (text, want) in broken {
         std::fs::write(s.config(), &text).expect("write");
-        let (ok, _, err) = ctl(&addr, &["reload"]);
-        assert!(!ok && err.contains(want), "{want:?} in {err}");
+        let (code, _, err) = cohortctl_raw(&addr, &["reload"]);
+        assert!(code == Some(1) && err.contains(want), "{want:?} in {err}");
         assert_eq!(pids(&addr).await, now, "a refused reload changed something");
     }
     // SIGHUP: a broken file is a log line; a good one applies.
@@ -794,5 +783,59 @@ async fn the_example_ecosystem_file_runs() {
         (logs.matches("\"action\":\"job\"").count() == 2).then_some(())
     })
     .await;
+    master.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_remote_member_fails_its_probe_by_timeout_and_is_drained_alone() {
+    let s = Setup::new();
+    s.write(
+        r#"
+[[app]]
+name = "web"
+command = ["cohort-worker", "--http", "127.0.0.1:0"]
+listeners = ["http"]
+health = { http = "/healthz", interval = "100ms", timeout = "200ms", failures = 3 }
+"#,
+    );
+    let mut master = s.master();
+    let addr = master.addr.clone();
+    // A remote member of web, on its own address, probed like the local one.
+    let remote = Proc::spawn("cohort-worker web-remote", {
+        let mut cmd = Command::new(bin("cohort-worker"));
+        cmd.args(["--http", "127.0.0.1:0"])
+            .env(cohort::env::MASTER, master.url())
+            .env(cohort::env::NAME, "web-remote")
+            .env(cohort::env::APP, "web");
+        cmd
+    });
+    let before = wait_ready(&addr, &["web-1", "web-remote"]).await;
+    let mut events = watch(&addr).await;
+    // Alive but silent: it takes the probe's connection and never answers.
+    kill(remote.id(), "STOP");
+    let reason = loop {
+        let e = next_event(&mut events).await;
+        let name = e
+            .member
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or_default();
+        if e.kind == pb::EventKind::Draining as i32 && name == "web-remote" {
+            break e.reason;
+        }
+    };
+    assert!(
+        reason
+            .starts_with("health probe failed 3 times in a row: no answer within 200 ms (timeout)"),
+        "{reason}"
+    );
+    let now = members(&addr).await;
+    let web1 = now.iter().find(|m| m.name == "web-1").expect("web-1");
+    assert_eq!(
+        (web1.pid, web1.state),
+        (before[0].pid, pb::MemberState::Ready as i32),
+        "web-1 was touched"
+    );
+    kill(remote.id(), "CONT");
     master.stop();
 }

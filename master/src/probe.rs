@@ -119,8 +119,8 @@ async fn exec(command: &[String], t: &ProbeTarget, limit: Duration) -> Result<()
     let Some((program, args)) = command.split_first() else {
         return Err(Some("empty command".into()));
     };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
         .env(cohort_proto::env::NAME, &t.name)
         .env(cohort_proto::env::APP, &t.app)
         .env("COHORT_PID", t.pid.to_string())
@@ -128,9 +128,10 @@ async fn exec(command: &[String], t: &ProbeTarget, limit: Duration) -> Result<()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Some(format!("{program}: {e}")))?;
+        .kill_on_drop(true);
+    // As the master's children: ended with it, even by kill -9.
+    cohort_process::child::prepare(&mut cmd, Vec::new(), 3);
+    let mut child = cmd.spawn().map_err(|e| Some(format!("{program}: {e}")))?;
     let status = match tokio::time::timeout(limit, child.wait()).await {
         Ok(status) => status.map_err(|e| Some(format!("{program}: {e}")))?,
         Err(_) => {

@@ -71,6 +71,55 @@ async fn oversized_hello_fields_are_refused_and_break_nothing() {
 }
 
 #[tokio::test]
+async fn oversized_ready_labels_end_only_that_stream() {
+    let master = TestMaster::start(config()).await;
+    let ok = master.join(Role::Worker, "ok").await;
+    ok.ready().await.expect("ready");
+    let big = "h".repeat(3 * 1024 * 1024);
+    let cases: Vec<(&str, pb::Ready, &str)> = vec![
+        (
+            "big",
+            pb::Ready {
+                labels: [("http".to_string(), big)].into_iter().collect(),
+            },
+            "ready.labels[http] is 3145728 bytes: at most 255",
+        ),
+        (
+            "many",
+            pb::Ready {
+                labels: (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+            },
+            "ready.labels has 33 entries",
+        ),
+    ];
+    for (name, ready, needle) in cases {
+        let (tx, stream) = raw_join(&master, hello(name)).await;
+        let mut stream = stream.expect("joins");
+        tx.send(frame(Frame::Ready(ready))).await.expect("sent");
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{name}: the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(needle), "{status:?}");
+    }
+    // The SDK refuses them before sending; the member goes on.
+    let big = [("http".to_string(), "x".repeat(256))]
+        .into_iter()
+        .collect();
+    let err = ok.ready_with_labels(big).await.expect_err("refused");
+    assert!(
+        err.to_string().contains("ready.labels[http] is 256 bytes"),
+        "{err}"
+    );
+    assert_eq!(names(&master).await, ["ok"]);
+    master.stop().await;
+}
+
+#[tokio::test]
 async fn names_cannot_pose_as_instance_ids_or_control() {
     let master = TestMaster::start(config()).await;
     let victim = master.join(Role::Worker, "victim").await;
