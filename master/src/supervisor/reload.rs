@@ -107,12 +107,14 @@ impl Supervisor {
                 }
             }
         }
+        // In start order again (stable: new apps after the others of their
+        // depth).
         let specs: Vec<AppSpec> = self.apps.iter().map(|a| a.spec.clone()).collect();
-        let order = app::in_start_order(specs);
+        let depth = app::depths(&specs);
         self.apps
-            .sort_by_key(|a| order.iter().position(|s| s.name == a.spec.name));
-        self.registry.set_max_rss(max_rss(&order));
-        self.registry.set_health(health_checks(&order));
+            .sort_by_key(|a| depth.get(&a.spec.name).copied().unwrap_or(0));
+        self.registry.set_max_rss(max_rss(&specs));
+        self.registry.set_health(health_checks(&specs));
         for c in &changes {
             if c.action != "unchanged" {
                 tracing::info!(app = %c.app, action = %c.action, detail = %c.detail, "reload");
